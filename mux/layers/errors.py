@@ -1,0 +1,55 @@
+"""ErrorLayer: the outermost net. Anything unexpected becomes an OpenAI-shaped 500 carrying the request id.
+
+Reads ``ctx.request_id``. Writes nothing. Logs the failure with the request id and the exception's class
+and traceback (never its response body, which holds neither); the client sees only a generic message.
+A failure after the response started cannot change its status: it is logged and the response is ended.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from ..asgi import ASGIApp, Message, Receive, Scope, Send, send_error
+from ..errors import MuxError
+
+
+class ErrorLayer:
+    reads: frozenset[str] = frozenset()
+    reads_after = frozenset({"request_id"})
+    writes: frozenset[str] = frozenset()
+
+    def __init__(self, app: ASGIApp, *, logger: Any = None) -> None:
+        self.app = app
+        self.logger = logger or structlog.get_logger("mux.errors")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        response_started = False
+        response_ended = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started, response_ended
+            if message["type"] == "http.response.start":
+                response_started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_ended = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - this is the net
+            ctx = scope.get("mux")
+            request_id = ctx.request_id if ctx is not None else ""
+            if isinstance(exc, MuxError):
+                error = exc
+            else:
+                self.logger.error("unhandled_error", request_id=request_id, error_type=type(exc).__name__,
+                                  path=scope.get("path"), exc_info=exc)
+                error = MuxError(f"The gateway failed to handle this request (request id {request_id or 'unknown'}).")
+            if not response_started:
+                await send_error(send, error, request_id)
+            elif not response_ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,105 @@
+"""TagsLayer: collects the request's annotations into ``ctx.mlx``.
+
+Reads the body fields ``mlx:tags``, ``mlx:end_user``, ``mlx:cache``, ``mlx:trace``, ``user``, ``metadata``
+and ``session_id``, and the headers ``x-mux-tags: k=v,k=v``, ``x-mux-end-user`` and ``x-session-id``.
+Writes ``ctx.mlx``. Answers 400 for malformed values, naming the parameter or header.
+
+Precedence: body tags override header tags key by key; the end user is ``mlx:end_user``, else the
+``x-mux-end-user`` header, else OpenAI's ``user``; the session is the body's ``session_id``, else the
+``x-session-id`` header. ``metadata`` entries become tags too (explicit tags win). None of the ``mlx:*``
+fields is forwarded upstream (Dispatch drops them when it builds the upstream body).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from ..asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, header, send_error
+from ..context import Mlx, context_of, request_of
+from ..errors import InvalidRequest, MuxError
+
+MAX_TAGS = 32
+MAX_KEY = 64
+MAX_VALUE = 256
+MAX_ID = 256
+
+
+class TagsLayer:
+    reads = frozenset({"request"})
+    writes = frozenset({"mlx"})
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int = 10 * 1024 * 1024,
+                 paths: frozenset[str] = CHAT_PATHS) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        ctx = context_of(scope)
+        try:
+            request, receive = await request_of(scope, receive, self.max_body_bytes)
+            ctx.mlx = annotations(
+                body_tags=request.mlx_tags,
+                metadata=request.metadata,
+                body_end_user=request.mlx_end_user,
+                user=request.user,
+                cache=request.mlx_cache,
+                trace=request.mlx_trace,
+                body_session=request.session_id,
+                header_tags=header(scope, b"x-mux-tags"),
+                header_end_user=header(scope, b"x-mux-end-user"),
+                header_session=header(scope, b"x-session-id"),
+            )
+        except MuxError as error:
+            return await send_error(send, error)
+        await self.app(scope, receive, send)
+
+
+def annotations(*, body_tags, metadata, body_end_user, user, cache, trace, body_session,
+                header_tags: bytes | None, header_end_user: bytes | None, header_session: bytes | None) -> Mlx:
+    """Answer the merged annotations (pure); raise ``InvalidRequest`` naming the bad field."""
+    tags: dict[str, str] = {}
+    if metadata:
+        tags.update(metadata)
+    if header_tags:
+        tags.update(parse_tag_header(header_tags))
+    if body_tags:
+        tags.update(body_tags)
+    if len(tags) > MAX_TAGS:
+        raise InvalidRequest(f"At most {MAX_TAGS} tags are allowed.", param="mlx:tags")
+    end_user = body_end_user or _header_text(header_end_user, "x-mux-end-user", MAX_ID) or user
+    session = body_session or _header_text(header_session, "x-session-id", 128)
+    return Mlx(tags=tags, end_user=end_user, cache=cache, trace=bool(trace), session_id=session)
+
+
+def parse_tag_header(raw: bytes) -> dict[str, str]:
+    """Parse ``k=v,k=v`` (values may be percent-encoded); raise ``InvalidRequest`` for malformed pairs."""
+    text = _header_text(raw, "x-mux-tags", 8192) or ""
+    tags: dict[str, str] = {}
+    for pair in text.split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        key, eq, value = pair.partition("=")
+        key, value = unquote(key.strip()), unquote(value.strip())
+        if not eq or not key:
+            raise InvalidRequest(f"Header x-mux-tags: '{pair}' is not of the form key=value.", param="x-mux-tags")
+        if len(key) > MAX_KEY or len(value) > MAX_VALUE:
+            raise InvalidRequest(f"Header x-mux-tags: tag keys are limited to {MAX_KEY} characters and values to "
+                                 f"{MAX_VALUE}.", param="x-mux-tags")
+        tags[key] = value
+    return tags
+
+
+def _header_text(raw: bytes | None, name: str, limit: int) -> str | None:
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"Header {name} is not valid UTF-8.", param=name) from None
+    if len(text) > limit:
+        raise InvalidRequest(f"Header {name} is longer than {limit} characters.", param=name)
+    return text or None

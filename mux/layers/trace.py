@@ -1,0 +1,178 @@
+"""TraceLayer: the request id, the ``x-mux-*`` response headers, and one log record per request.
+
+Writes ``ctx.request_id``. Reads ``ctx.outcome``, ``ctx.request``, ``ctx.mlx``, ``ctx.plan`` and
+``ctx.trace`` (after the inner app ran, for the record; at ``http.response.start``, for the headers).
+
+Headers, added to every response it sees: ``x-mux-request-id``; and where known when the response starts
+``x-mux-provider``, ``x-mux-model-used``, ``x-mux-cost-usd``, ``x-mux-latency-ms``, ``x-mux-config``,
+``x-mux-config-version`` (a stream knows its provider and model when it starts; its cost arrives in the final
+usage chunk). The record is one structured log event ``request`` with id, method, path, status, model asked
+and used, provider, latency, time to first byte, tokens, cost, end user, tags, session, error code and the
+attempts; it is written even when an inner app raises.
+"""
+
+from __future__ import annotations
+
+import os
+from time import perf_counter
+from typing import Any
+
+import msgspec
+import structlog
+
+from ..asgi import ASGIApp, Message, Receive, Scope, Send
+from ..context import Context, context_of
+
+
+class _ErrorPeek(msgspec.Struct):
+    code: str | None = None
+    type: str | None = None
+
+
+class _ErrorBodyPeek(msgspec.Struct):
+    error: _ErrorPeek | None = None
+
+
+_error_peek = msgspec.json.Decoder(_ErrorBodyPeek)
+_PREFIX = os.urandom(4).hex()
+
+
+class RequestIds:
+    """Request ids: a per-process random prefix and a counter; unique, ordered within a process, cheap."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def __call__(self) -> str:
+        self._next += 1
+        return f"req_{_PREFIX}{self._next:010x}"
+
+
+class TraceLayer:
+    reads: frozenset[str] = frozenset()
+    reads_after = frozenset({"outcome", "request", "mlx", "plan", "trace"})
+    writes = frozenset({"request_id"})
+
+    def __init__(self, app: ASGIApp, *, logger: Any = None, prefixes: tuple[str, ...] | None = None) -> None:
+        """``prefixes`` limits the layer to paths starting with one of them (``None``: every HTTP request)."""
+        self.app = app
+        self.logger = logger or structlog.get_logger("mux.requests")
+        self.prefixes = prefixes
+        self.new_id = RequestIds()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self.prefixes is not None and not scope["path"].startswith(self.prefixes)):
+            return await self.app(scope, receive, send)
+        ctx = context_of(scope)
+        ctx.request_id = request_id = self.new_id()
+        status = 0
+        first_byte: float | None = None
+        error_code: str | None = None
+
+        async def traced_send(message: Message) -> None:
+            nonlocal status, first_byte, error_code
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-mux-request-id", request_id.encode()))
+                headers.extend(response_headers(ctx, perf_counter()))
+                message = {**message, "headers": headers}
+            elif kind == "http.response.body":
+                body = message.get("body", b"")
+                if first_byte is None and body:
+                    first_byte = perf_counter()
+                    if status >= 400:
+                        error_code = error_code_of(body)
+            await send(message)
+
+        failure: str | None = None
+        try:
+            await self.app(scope, receive, traced_send)
+        except BaseException as exc:
+            failure = type(exc).__name__
+            raise
+        finally:
+            self.logger.info("request", **record(ctx, scope, status or 500, first_byte, error_code, failure))
+
+
+def response_headers(ctx: Context, now: float) -> list[tuple[bytes, bytes]]:
+    """Answer the ``x-mux-*`` headers known from the context at ``now``."""
+    headers = [(b"x-mux-latency-ms", f"{(now - ctx.started) * 1000:.1f}".encode())]
+    outcome = ctx.outcome
+    if outcome.provider is not None:
+        headers.append((b"x-mux-provider", outcome.provider.encode()))
+    if outcome.model is not None:
+        headers.append((b"x-mux-model-used", outcome.model.encode("utf-8", "replace")))
+    if outcome.cost_usd is not None:
+        headers.append((b"x-mux-cost-usd", f"{outcome.cost_usd:.10f}".rstrip("0").rstrip(".").encode() or b"0"))
+    if outcome.cache is not None:
+        headers.append((b"x-mux-cache", outcome.cache.encode()))
+    plan = ctx.plan
+    if plan is not None and getattr(plan, "route", None):
+        headers.append((b"x-mux-config", f"@{plan.route}".encode()))
+        if plan.route_version is not None:
+            headers.append((b"x-mux-config-version", str(plan.route_version).encode()))
+    return headers
+
+
+def error_code_of(body: bytes) -> str | None:
+    """Answer the ``error.code`` (else ``error.type``) of an OpenAI-shaped error body, if it is one."""
+    try:
+        error = _error_peek.decode(body).error
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    return (error.code or error.type) if error is not None else None
+
+
+def record(ctx: Context, scope: Scope, status: int, first_byte: float | None, error_code: str | None,
+           failure: str | None) -> dict[str, Any]:
+    """Answer the fields of the request's log record."""
+    now = perf_counter()
+    outcome = ctx.outcome
+    fields: dict[str, Any] = {
+        "request_id": ctx.request_id,
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "latency_ms": round((now - ctx.started) * 1000, 3),
+    }
+    if first_byte is not None:
+        fields["ttfb_ms"] = round((first_byte - ctx.started) * 1000, 3)
+    request = ctx.request
+    if request is not None:
+        fields["model"] = request.model
+        fields["stream"] = bool(request.stream)
+    if outcome.provider is not None:
+        fields["provider"] = outcome.provider
+        fields["model_used"] = outcome.model
+    usage = outcome.usage
+    if usage is not None:
+        fields["prompt_tokens"] = usage.prompt_tokens
+        fields["completion_tokens"] = usage.completion_tokens
+        if usage.cached_tokens:
+            fields["cached_tokens"] = usage.cached_tokens
+        if usage.reasoning_tokens:
+            fields["reasoning_tokens"] = usage.reasoning_tokens
+    if outcome.cost_usd is not None:
+        fields["cost_usd"] = outcome.cost_usd
+    if outcome.cache is not None:
+        fields["cache"] = outcome.cache
+    mlx = ctx.mlx
+    if mlx is not None:
+        if mlx.end_user:
+            fields["end_user"] = mlx.end_user
+        if mlx.tags:
+            fields["tags"] = mlx.tags
+        if mlx.session_id:
+            fields["session_id"] = mlx.session_id
+    error = failure or outcome.error_type or error_code
+    if error is not None:
+        fields["error"] = error
+    if outcome.attempts:
+        fields["attempts"] = outcome.attempts
+    if ctx.trace:
+        fields["trace"] = ctx.trace
+    if ctx.plan is not None and getattr(ctx.plan, "route", None):
+        fields["config"] = ctx.plan.route
+    return fields

@@ -1,0 +1,52 @@
+"""Logging setup for the standalone gateway: structlog, one JSON object per line, on standard output.
+
+A library user who mounts mux layers keeps their own structlog configuration; nothing here runs on import.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Iterable
+
+import msgspec
+import structlog
+
+from .errors import redact
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _serialize(event: dict[str, Any], **_: Any) -> bytes:
+    return _encode(event)
+
+
+class RedactSecrets:
+    """A structlog processor: removes configured secrets from rendered exception text."""
+
+    def __init__(self, secrets: Iterable[str | None]) -> None:
+        self.secrets = tuple(s for s in secrets if s)
+
+    def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        if self.secrets:
+            for key in ("exception", "error"):
+                value = event.get(key)
+                if isinstance(value, str):
+                    event[key] = redact(value, self.secrets)
+        return event
+
+
+def configure_logging(*, level: str = "info", secrets: Iterable[str | None] = (), stream: Any = None) -> None:
+    """Configure structlog to write JSON lines (with ISO UTC timestamps) to ``stream`` (stdout by default)."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            RedactSecrets(secrets),
+            structlog.processors.JSONRenderer(serializer=_serialize),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.BytesLoggerFactory(file=stream or sys.stdout.buffer),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,129 @@
+"""OpenAI Chat Completions (``POST {base_url}/chat/completions``, Bearer auth).
+
+The request body is the client's own, minus the gateway's keys, with ``model`` set to the target's name:
+parameters mux does not know reach OpenAI untouched. Responses and stream chunks are relayed as the very
+bytes OpenAI sent; mux only peeks at ``model``, ``usage`` and in-band ``error`` objects. Streams always ask
+OpenAI for the final usage chunk (so every request is accounted) and drop it again when the client did not.
+Wire format: the OpenAI API reference, "Create chat completion" and "The chat completion chunk object".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Mapping
+
+import msgspec
+
+from ..errors import MuxError, UpstreamError, redact
+from ..sse import SSEEvent
+from ..wire import Usage, encoder, forwardable_fields, peek_decoder
+from .base import Call, Completion, UpstreamRequest, upstream_error
+
+if TYPE_CHECKING:
+    from ..config import ProviderConfig
+
+_INCLUDE_USAGE = msgspec.Raw(b'{"include_usage":true}')
+
+
+class OpenAIAdapter:
+    """OpenAI and every server that speaks its chat-completions dialect unchanged."""
+
+    type_name: ClassVar[str] = "openai"
+    default_base_url: ClassVar[str] = "https://api.openai.com/v1"
+    env_keys: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
+    model_prefixes: ClassVar[tuple[str, ...]] = (
+        "gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "codex-", "computer-use-",
+    )
+
+    def build_request(self, provider: ProviderConfig, call: Call) -> UpstreamRequest:
+        """Answer the upstream request: the client's body minus gateway keys, ``model`` replaced."""
+        fields = forwardable_fields(call.fields)
+        fields["model"] = msgspec.Raw(encoder.encode(call.model))
+        if call.stream and not call.include_usage:  # always account usage; Dispatch relays it if asked
+            fields["stream_options"] = _stream_options_with_usage(fields.get("stream_options"))
+        headers = {"content-type": "application/json", **provider.headers}
+        if provider.api_key:
+            headers["authorization"] = "Bearer " + provider.api_key
+        return UpstreamRequest("POST", provider.url_for("/chat/completions"), headers, encoder.encode(fields))
+
+    def parse_response(self, provider: ProviderConfig, call: Call, body: bytes) -> Completion:
+        """Answer OpenAI's body unchanged, with its usage and model read for accounting."""
+        try:
+            peek = peek_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise UpstreamError(f"Provider '{provider.name}' answered with a body that is not a chat completion.",
+                                code="upstream_malformed_response") from None
+        if peek.error is not None:
+            raise _in_band_error(provider, peek.error)
+        if peek.choices is None:
+            raise UpstreamError(f"Provider '{provider.name}' answered without 'choices'.",
+                                code="upstream_malformed_response")
+        return Completion(body=body, usage=peek.usage, model=peek.model)
+
+    def parse_error(self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]) -> MuxError:
+        return upstream_error(provider, status, body, headers)
+
+    def stream_translator(self, provider: ProviderConfig, call: Call) -> "OpenAIStream":
+        return OpenAIStream(provider)
+
+
+def _stream_options_with_usage(current: msgspec.Raw | None) -> msgspec.Raw:
+    if current is None:
+        return _INCLUDE_USAGE
+    options = msgspec.json.decode(current)
+    options = options if isinstance(options, dict) else {}
+    options["include_usage"] = True
+    return msgspec.Raw(encoder.encode(options))
+
+
+def _in_band_error(provider: ProviderConfig, error: dict) -> UpstreamError:
+    message = error.get("message") if isinstance(error.get("message"), str) else "stream failed"
+    code = error.get("code") if isinstance(error.get("code"), str) else "upstream_error"
+    return UpstreamError(redact(f"Provider '{provider.name}' reported an error: {message}", (provider.api_key,)), code=code)
+
+
+class OpenAIStream:
+    """Relays OpenAI chunks as they are; keeps the final usage chunk back (Dispatch re-emits it with the cost,
+    if the client asked for it); knows whether ``[DONE]`` arrived."""
+
+    __slots__ = ("provider", "usage", "model", "id", "created", "done")
+
+    def __init__(self, provider: ProviderConfig) -> None:
+        self.provider = provider
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self.id: str | None = None
+        self.created: int | None = None
+        self.done = False
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        """Answer the chunk payloads to relay for one upstream event."""
+        data = event.data
+        if data == b"[DONE]":
+            self.done = True
+            return []
+        if self.done:
+            return []
+        try:
+            peek = peek_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise UpstreamError(f"Provider '{self.provider.name}' sent a stream event that is not a JSON chunk.",
+                                code="upstream_malformed_response") from None
+        if peek.error is not None:
+            raise _in_band_error(self.provider, peek.error)
+        if self.id is None:
+            self.id, self.created, self.model = peek.id, peek.created, peek.model
+        if peek.usage is not None:
+            self.usage = peek.usage
+            if not peek.choices:
+                return []
+        return [data]
+
+    def close(self) -> list[bytes]:
+        """The upstream closed: fine after ``[DONE]``, a cut before it."""
+        if not self.done:
+            raise UpstreamError(f"Provider '{self.provider.name}' ended the stream before it was complete.",
+                                code="upstream_stream_cut")
+        return []
+
+
+ADAPTER = OpenAIAdapter()
