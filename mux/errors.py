@@ -121,11 +121,12 @@ def render_error(message: str, type_: str, param: str | None = None, code: str |
 
 
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_MISSING_RE = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 
 
 def param_of(path: str) -> str | None:
     """Turn a msgspec path such as ``.messages[0].content`` into ``messages[0].content``."""
-    path = path.lstrip(".")
+    path = path.lstrip(".").replace("[...]", "")  # msgspec's marker for "some key of this mapping"
     return path or None
 
 
@@ -136,6 +137,14 @@ def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError, *, prefi
         match = _PATH_RE.search(text)
         param = param_of(match.group("path")) if match else None
         detail = text[: match.start()] if match else text
+        missing = _MISSING_RE.match(detail)
+        if missing:
+            field = missing.group("field")
+            param = f"{param}.{field}" if param else field
+            if prefix:
+                param = f"{prefix}.{param}"
+            return InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
+                                  code="missing_required_parameter")
         if prefix and param:
             param = f"{prefix}.{param}"
         elif prefix:

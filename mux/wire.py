@@ -301,6 +301,8 @@ def decode_request(body: bytes) -> tuple[ChatRequest, dict[str, msgspec.Raw]]:
         raise from_validation(exc) from None
     except RecursionError:
         raise _too_deep() from None
+    except UnicodeDecodeError:
+        raise _not_utf8() from None
     for key in fields:
         if key in FORBIDDEN_KEYS or key.startswith("mlx:") and key not in GATEWAY_KEYS:
             raise InvalidRequest(
@@ -315,6 +317,8 @@ def decode_request(body: bytes) -> tuple[ChatRequest, dict[str, msgspec.Raw]]:
         raise from_validation(exc) from None
     except RecursionError:
         raise _too_deep() from None
+    except UnicodeDecodeError:
+        raise _not_utf8() from None
     if view.model is None and not view.models:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
     if view.top_logprobs is not None and not view.logprobs:
@@ -326,6 +330,10 @@ def decode_request(body: bytes) -> tuple[ChatRequest, dict[str, msgspec.Raw]]:
 
 def _too_deep() -> InvalidRequest:
     return InvalidRequest("Request body is not valid JSON: nested too deeply.", code="invalid_json")
+
+
+def _not_utf8() -> InvalidRequest:
+    return InvalidRequest("Request body is not valid JSON: it is not valid UTF-8.", code="invalid_json")
 
 
 def forwardable_fields(fields: dict[str, msgspec.Raw]) -> dict[str, msgspec.Raw]:

@@ -1,0 +1,169 @@
+"""The servers under test, each run as its own single-worker uvicorn process (uvloop + httptools, no access
+log):
+
+- ``mux``: the gateway's default stack, ``mux.build_app(mux.parse_config(...))``, one provider ``openai``
+  pointed at the fake upstream, with its JSON request log written to ``--log-file``. ``--client httpx`` swaps
+  in ``HttpxTransport`` (for the client comparison).
+- ``pass``: the floor for any Python gateway: a few lines of pure ASGI that forward the request body to the
+  fake with one pooled client and relay the response, stream chunks as they arrive. ``--client aiohttp``
+  (the default, configured as mux's ``AiohttpTransport``), ``httpx`` (an ``httpx.AsyncClient`` whose pool
+  keeps as many idle connections as mux's does) or ``httpx-default`` (``httpx.AsyncClient()`` with httpx's
+  default limits: 100 connections, 20 kept alive).
+
+Run: ``python bench/servers.py mux|pass --port P --upstream http://127.0.0.1:U [--client ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+API_KEY = "sk-bench-0123456789"
+_UPSTREAM_HEADERS = {"content-type": "application/json", "authorization": "Bearer " + API_KEY}
+
+
+def mux_app(upstream: str, log_file: str, client: str):
+    sys.path.insert(0, ROOT)
+    import mux
+    from mux.transport import HttpxTransport
+
+    config = mux.parse_config({
+        "providers": [{"name": "openai", "type": "openai", "base_url": f"{upstream}/v1", "api_key": API_KEY,
+                       "models": ["gpt-4o-mini"]}],
+    })
+    stream = open(log_file, "ab")  # noqa: SIM115 - lives as long as the process
+    mux.configure_logging(stream=stream, secrets=[API_KEY])
+    transport = HttpxTransport() if client == "httpx" else None
+    return mux.build_app(config, transport=transport)
+
+
+async def _read_body(receive) -> bytes:
+    message = await receive()
+    body = message.get("body", b"")
+    while message.get("more_body", False):
+        message = await receive()
+        body += message.get("body", b"")
+    return body
+
+
+async def _lifespan(receive, send, startup, shutdown) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await startup()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class AiohttpPassthrough:
+    """Forward the body to ``url``; relay status, content type and body (stream chunks as they arrive)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session = None
+
+    async def _open(self) -> None:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30.0)
+        self.session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
+                                             timeout=aiohttp.ClientTimeout(total=None), trust_env=False)
+
+    async def _close(self) -> None:
+        await self.session.close()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send, self._open, self._close)
+        body = await _read_body(receive)
+        async with self.session.post(self.url, data=body, headers=_UPSTREAM_HEADERS) as response:
+            content_type = response.headers.get("content-type", "application/json")
+            if content_type.startswith("text/event-stream"):
+                await send({"type": "http.response.start", "status": response.status,
+                            "headers": [(b"content-type", content_type.encode())]})
+                async for chunk in response.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                data = await response.read()
+                await send({"type": "http.response.start", "status": response.status,
+                            "headers": [(b"content-type", content_type.encode()),
+                                        (b"content-length", str(len(data)).encode())]})
+                await send({"type": "http.response.body", "body": data})
+
+
+class HttpxPassthrough:
+    """The same pass-through over one ``httpx.AsyncClient``."""
+
+    def __init__(self, url: str, *, default_limits: bool = False) -> None:
+        self.url = url
+        self.default_limits = default_limits
+        self.client = None
+
+    async def _open(self) -> None:
+        import httpx
+
+        if self.default_limits:
+            self.client = httpx.AsyncClient(timeout=None, trust_env=False)
+        else:
+            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=30.0)
+            self.client = httpx.AsyncClient(timeout=None, trust_env=False, limits=limits)
+
+    async def _close(self) -> None:
+        await self.client.aclose()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send, self._open, self._close)
+        body = await _read_body(receive)
+        request = self.client.build_request("POST", self.url, content=body, headers=_UPSTREAM_HEADERS)
+        response = await self.client.send(request, stream=True)
+        try:
+            content_type = response.headers.get("content-type", "application/json")
+            if content_type.startswith("text/event-stream"):
+                await send({"type": "http.response.start", "status": response.status_code,
+                            "headers": [(b"content-type", content_type.encode())]})
+                async for chunk in response.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                data = await response.aread()
+                await send({"type": "http.response.start", "status": response.status_code,
+                            "headers": [(b"content-type", content_type.encode()),
+                                        (b"content-length", str(len(data)).encode())]})
+                await send({"type": "http.response.body", "body": data})
+        finally:
+            await response.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="a server under test, one uvicorn worker")
+    parser.add_argument("kind", choices=("mux", "pass"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True, help="the fake's base URL, http://127.0.0.1:PORT")
+    parser.add_argument("--client", default="aiohttp", choices=("aiohttp", "httpx", "httpx-default"))
+    parser.add_argument("--log-file", default=os.devnull, help="mux's JSON request log")
+    args = parser.parse_args()
+
+    if args.kind == "mux":
+        app = mux_app(args.upstream, args.log_file, args.client)
+    elif args.client == "aiohttp":
+        app = AiohttpPassthrough(f"{args.upstream}/v1/chat/completions")
+    else:
+        app = HttpxPassthrough(f"{args.upstream}/v1/chat/completions", default_limits=args.client == "httpx-default")
+
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
+                access_log=False, log_level="warning", timeout_graceful_shutdown=2)
+
+
+if __name__ == "__main__":
+    main()
