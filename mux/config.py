@@ -36,6 +36,7 @@ class ProviderConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     idle_timeout_s: PositiveSeconds = 120.0  # longest silence between two reads of the body
     models: list[str] = []
     headers: dict[str, str] = {}  # extra upstream headers, e.g. OpenAI-Organization
+    api_version: str | None = None  # Azure OpenAI's api-version query parameter
 
     def __repr__(self) -> str:
         key = "***" if self.api_key else None
@@ -134,9 +135,9 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> Config:
     providers = []
     for type_name, adapter in ADAPTERS.items():
         key = next((environ[k] for k in adapter.env_keys if environ.get(k)), None)
-        if key is None:
-            continue
         base_url = environ.get(f"{type_name.upper()}_BASE_URL") or adapter.default_base_url
+        if key is None or not base_url:
+            continue
         providers.append(ProviderConfig(name=type_name, type=type_name, base_url=base_url, api_key=key))
     return _checked(Config(providers=providers))
 
@@ -153,6 +154,8 @@ def _checked(config: Config) -> Config:
         seen.add(provider.name)
         if not provider.base_url:
             provider.base_url = ADAPTERS[provider.type].default_base_url
+        if not provider.base_url:
+            raise ConfigError(f"{where}.base_url: required for a provider of type '{provider.type}'")
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}.base_url: must start with http:// or https://")
     return config

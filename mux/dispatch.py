@@ -81,7 +81,7 @@ class Dispatch:
             call = self._call(ctx, request, target)
             started = perf_counter()
             try:
-                completion = await self._complete_once(target, call)
+                completion = await self._complete_once(ctx, target, call)
             except MuxError as exc:
                 error = exc
                 self._record(ctx, target, started, exc)
@@ -99,10 +99,10 @@ class Dispatch:
         _failed(outcome, error)
         await send_error(send, error)
 
-    async def _complete_once(self, target: Target, call: Call):
+    async def _complete_once(self, ctx: Context, target: Target, call: Call):
         provider = target.provider
         adapter = self.adapters[provider.type]
-        upstream = adapter.build_request(provider, call)
+        upstream = self._build(ctx, adapter, target, call)
         try:
             async with asyncio.timeout(provider.timeout_s):
                 if provider.first_byte_timeout_s is None:
@@ -163,7 +163,7 @@ class Dispatch:
         after that, failures end the stream with one error event."""
         provider = target.provider
         adapter = self.adapters[provider.type]
-        upstream = adapter.build_request(provider, call)
+        upstream = self._build(ctx, adapter, target, call)
         translator = adapter.stream_translator(provider, call)
         parser = SSEParser()
         loop = asyncio.get_running_loop()
@@ -233,6 +233,14 @@ class Dispatch:
         ctx.outcome.attempts += 1
         end_user = ctx.mlx.end_user if ctx.mlx is not None else None
         return Call(request=request, fields=ctx.fields or {}, model=target.model, end_user=end_user)
+
+    @staticmethod
+    def _build(ctx: Context, adapter: Adapter, target: Target, call: Call):
+        """Ask the adapter for the upstream request; its translation notes go to the decision trace."""
+        upstream = adapter.build_request(target.provider, call)
+        if upstream.notes:
+            ctx.trace.append({"type": "translation", "target": target.label, "notes": list(upstream.notes)})
+        return upstream
 
     def _settle(self, outcome: Outcome, target: Target, model: str | None, usage: Usage | None) -> None:
         """Record the provider and model that answered and, once usage is known, its cost."""

@@ -25,6 +25,7 @@ class UpstreamRequest(msgspec.Struct):
     url: str
     headers: dict[str, str]
     body: bytes
+    notes: list[str] = []  # translation decisions worth a line in the decision trace (dropped params, ...)
 
 
 class Call(msgspec.Struct):

@@ -36,14 +36,32 @@ class OpenAIAdapter:
 
     def build_request(self, provider: ProviderConfig, call: Call) -> UpstreamRequest:
         """Answer the upstream request: the client's body minus gateway keys, ``model`` replaced."""
-        fields = forwardable_fields(call.fields)
-        fields["model"] = msgspec.Raw(encoder.encode(call.model))
+        notes: list[str] = []
+        fields = self.upstream_fields(call, notes)
+        return UpstreamRequest("POST", self.url(provider, call), self.headers(provider), encoder.encode(fields), notes)
+
+    def upstream_fields(self, call: Call, notes: list[str]) -> dict[str, msgspec.Raw]:
+        """Answer the body fields to send; ``notes`` collects decisions for the trace."""
+        fields = self.client_fields(call)
         if call.stream and not call.include_usage:  # always account usage; Dispatch relays it if asked
             fields["stream_options"] = _stream_options_with_usage(fields.get("stream_options"))
+        return fields
+
+    @staticmethod
+    def client_fields(call: Call) -> dict[str, msgspec.Raw]:
+        """Answer the client's own fields minus gateway keys, with ``model`` set to the attempt's model."""
+        fields = forwardable_fields(call.fields)
+        fields["model"] = msgspec.Raw(encoder.encode(call.model))
+        return fields
+
+    def url(self, provider: ProviderConfig, call: Call) -> str:
+        return provider.url_for("/chat/completions")
+
+    def headers(self, provider: ProviderConfig) -> dict[str, str]:
         headers = {"content-type": "application/json", **provider.headers}
         if provider.api_key:
             headers["authorization"] = "Bearer " + provider.api_key
-        return UpstreamRequest("POST", provider.url_for("/chat/completions"), headers, encoder.encode(fields))
+        return headers
 
     def parse_response(self, provider: ProviderConfig, call: Call, body: bytes) -> Completion:
         """Answer OpenAI's body unchanged, with its usage and model read for accounting."""
