@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
 from msgspec import Meta, Struct
@@ -57,14 +57,64 @@ class ServerConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
     max_body_mb: Annotated[float, Meta(gt=0, le=1024)] = 10.0
     access_log: bool = False
+    admin_token: str | None = None  # enables /admin/* with "Authorization: Bearer <token>"
+    state_path: str | None = None  # SQLite file keeping route versions across restarts (default: memory)
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
 
+# An upstream status (429, 503, ...) or a class of failure: any 5xx, a timeout, a connection failure.
+RetryClass = Annotated[int, Meta(ge=400, le=599)] | Literal["5xx", "timeout", "connect"]
+Strategy = Literal["single", "fallback", "weighted", "latency", "cost", "cascade", "ab_test"]
+CascadeCheck = Literal["error", "refusal", "length", "invalid_json"]
+
+
+class RouteTarget(Struct, kw_only=True, forbid_unknown_fields=True):
+    """One target of a routing config: a model identifier (``provider/model``, a bare name or ``@route``)."""
+
+    model: Annotated[str, Meta(min_length=1)]
+    timeout_ms: Annotated[int, Meta(gt=0)] | None = None  # this attempt's whole time
+    weight: Annotated[float, Meta(ge=0)] = 1.0  # weighted and ab_test
+    retries: Annotated[int, Meta(ge=0, le=5)] = 0  # extra attempts at this same target
+
+
+class CascadeConfig(Struct, kw_only=True, forbid_unknown_fields=True):
+    """When to escalate from a cheaper target to the next: the failed checks, and an optional validator."""
+
+    checks: list[CascadeCheck] = msgspec.field(default_factory=lambda: ["error", "refusal", "length", "invalid_json"])
+    validator: str | None = None  # "module:function", called with (request, completion dict) -> bool
+
+
+class RouteConfig(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A named, versioned routing config, used as ``"model": "@name"``."""
+
+    strategy: Strategy = "fallback"
+    targets: Annotated[list[RouteTarget], Meta(min_length=1)]
+    retry_on: list[RetryClass] = msgspec.field(default_factory=lambda: [429, "5xx", "timeout", "connect"])
+    total_timeout_ms: Annotated[int, Meta(gt=0)] | None = None
+    sticky: Literal["end_user", "session"] | None = None  # weighted and ab_test assignment
+    cascade: CascadeConfig | None = None
+    max_attempts: Annotated[int, Meta(ge=1, le=20)] | None = None
+
+
+class HealthConfig(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Shared health: circuit breakers, retry budget and backoff."""
+
+    breaker_failures: Annotated[int, Meta(ge=1)] = 5  # consecutive failures that open a target's breaker
+    breaker_cooldown_s: PositiveSeconds = 30.0  # open time before a half-open probe
+    retry_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.2  # retries allowed per recent request
+    retry_floor_per_s: Annotated[float, Meta(ge=0)] = 2.0  # retries always allowed per second
+    backoff_base_ms: Annotated[int, Meta(ge=0)] = 50
+    backoff_max_ms: Annotated[int, Meta(ge=0)] = 2000
+    latency_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.3  # EWMA weight of the newest latency
+
+
 class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     providers: list[ProviderConfig] = []
+    routes: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$")], RouteConfig] = {}
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
 
     def provider(self, name: str) -> ProviderConfig | None:
@@ -110,7 +160,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         config = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-    return _checked(config)
+    return validated(config)
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
@@ -139,10 +189,12 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> Config:
         if key is None or not base_url:
             continue
         providers.append(ProviderConfig(name=type_name, type=type_name, base_url=base_url, api_key=key))
-    return _checked(Config(providers=providers))
+    return validated(Config(providers=providers))
 
 
-def _checked(config: Config) -> Config:
+def validated(config: Config) -> Config:
+    """Answer ``config`` after the checks a Struct cannot express (types, names, base URLs, routes), with
+    provider base URLs defaulted; raise ``ConfigError`` naming the key."""
     seen: set[str] = set()
     for index, provider in enumerate(config.providers):
         where = f"providers[{index}]"
@@ -158,7 +210,39 @@ def _checked(config: Config) -> Config:
             raise ConfigError(f"{where}.base_url: required for a provider of type '{provider.type}'")
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}.base_url: must start with http:// or https://")
+    _check_routes(config)
     return config
+
+
+def _check_routes(config: Config) -> None:
+    """Refuse routes that name unknown routes, form cycles, or misuse a strategy."""
+    for name, route in config.routes.items():
+        for index, target in enumerate(route.targets):
+            if target.model.startswith("@") and target.model[1:] not in config.routes:
+                raise ConfigError(f"routes.{name}.targets[{index}].model: no route named '{target.model}'")
+        if route.strategy == "single" and len(route.targets) != 1:
+            raise ConfigError(f"routes.{name}.targets: strategy 'single' takes exactly one target")
+        if route.strategy == "ab_test" and not all(t.model.startswith("@") for t in route.targets):
+            raise ConfigError(f"routes.{name}.targets: strategy 'ab_test' splits across routes ('@name' targets)")
+        if route.strategy in ("weighted", "ab_test") and not any(t.weight > 0 for t in route.targets):
+            raise ConfigError(f"routes.{name}.targets: at least one weight must be positive")
+        if route.cascade and route.strategy != "cascade":
+            raise ConfigError(f"routes.{name}.cascade: only for strategy 'cascade'")
+    for name in config.routes:
+        cycle = _cycle_from(name, config.routes, [])
+        if cycle:
+            raise ConfigError(f"routes.{name}: routes form a cycle: {' -> '.join('@' + n for n in cycle)}")
+
+
+def _cycle_from(name: str, routes: dict[str, RouteConfig], path: list[str]) -> list[str] | None:
+    if name in path:
+        return path[path.index(name):] + [name]
+    for target in routes[name].targets:
+        if target.model.startswith("@"):
+            cycle = _cycle_from(target.model[1:], routes, path + [name])
+            if cycle:
+                return cycle
+    return None
 
 
 _PATH_RE = re.compile(r"^(?P<detail>.*) - at `\$(?P<path>[^`]*)`$", re.S)

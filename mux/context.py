@@ -49,6 +49,7 @@ class Outcome(Struct):
     status: int | None = None
     error_type: str | None = None
     streamed: bool = False
+    stream_id: str | None = None  # the id of the stream's chunks, for the chunks mux adds at its end
     attempts: int = 0
     cache: str | None = None  # "hit" | "miss" | "skip"
 

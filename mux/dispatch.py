@@ -1,8 +1,14 @@
 """Dispatch: the terminal handler of ``POST /v1/chat/completions``. It executes the plan's attempts.
 
-Reads ``ctx.request``/``ctx.fields`` (decoding the body itself if no layer did), ``ctx.plan`` (planning a
-single target itself if no RouterLayer ran) and ``ctx.mlx``; writes ``ctx.outcome`` and appends one trace
-event per attempt. Transport, timeouts and failover live here once; provider knowledge stays in adapters.
+Reads ``ctx.request``/``ctx.fields`` (decoding the body itself if no layer did), ``ctx.plan`` (planning itself
+if no RouterLayer ran) and ``ctx.mlx``; writes ``ctx.outcome`` and appends one trace event per attempt.
+Transport, timeouts, retries, backoff and failover live here once; provider knowledge stays in adapters.
+
+The attempt policy: targets in plan order, each tried ``1 + retries`` times; a failure is retried or failed
+over only if its class is in the plan's ``retry_on`` (an upstream status, ``5xx``, ``timeout``, ``connect``)
+— other 4xx never are; each retry needs a token from the shared retry budget; a retry at the same provider
+waits a full-jitter exponential backoff (at least its ``Retry-After``), never past the plan's total time;
+a target whose breaker is open is skipped.
 
 Streams: nothing is sent until an attempt yields its first chunk, so an attempt that fails before that
 (error status, connect error, first-byte timeout, empty or malformed first event) falls over unseen. After
@@ -13,24 +19,41 @@ disconnects cancels the upstream request and frees its connection.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import random
 from time import perf_counter, time
-from typing import Any
+from typing import Any, Awaitable, Callable
+
+import msgspec
 
 from .asgi import Receive, Scope, Send, send_error, send_json
+from .config import CascadeConfig
 from .context import Context, Outcome, context_of, request_of
-from .errors import MuxError, NoRouteAvailable, UpstreamTimeout, render_error
-from .pricing import PRICES, Price, cost_of, price_of
-from .providers import ADAPTERS, Adapter, Call
-from .routing import Plan, Resolver, Target, plan_for
+from .decision import decision_trace
+from .errors import MuxError, NoRouteAvailable, UpstreamError, UpstreamTimeout, render_error
+from .live import LiveRouting
+from .pricing import cost_of, price_of
+from .providers import ADAPTERS, Adapter, Call, Completion
+from .routing import Plan, Target
 from .sse import DONE, SSEParser, frame
 from .transport import Transport
-from .wire import ChatRequest, Usage, usage_chunk, with_usage
+from .wire import ChatRequest, Usage, trace_chunk, usage_chunk, with_fields
 
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+
+Once = Callable[[Context, Target, Call, float], Awaitable[Any]]
+
+
+class StreamEnd(msgspec.Struct):
+    """How a streamed attempt that reached the client ended: its last payloads, or the error that cut it."""
+
+    payloads: list[bytes]
+    error: MuxError | None = None
+    ttfb_ms: float | None = None
 
 
 class Dispatch:
@@ -40,31 +63,25 @@ class Dispatch:
     reads_after: frozenset[str] = frozenset()
     writes = frozenset({"outcome"})
 
-    def __init__(
-        self,
-        *,
-        resolver: Resolver,
-        transport: Transport,
-        adapters: dict[str, Adapter] = ADAPTERS,
-        prices: dict[str, Price] = PRICES,
-        max_body_bytes: int = 10 * 1024 * 1024,
-    ) -> None:
-        self.resolver = resolver
+    def __init__(self, *, routing: LiveRouting, transport: Transport, adapters: dict[str, Adapter] = ADAPTERS,
+                 max_body_bytes: int = 10 * 1024 * 1024, rng: random.Random | None = None) -> None:
+        self.routing = routing
         self.transport = transport
         self.adapters = adapters
-        self.prices = prices
         self.max_body_bytes = max_body_bytes
+        self.rng = rng or random.Random()
+        self._validators: dict[str, Callable[..., bool]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = context_of(scope)
         try:
             request, receive = await request_of(scope, receive, self.max_body_bytes)
-            plan = ctx.plan if ctx.plan is not None else plan_for(request, self.resolver)
+            plan = ctx.plan
+            if plan is None:
+                mlx = ctx.mlx
+                plan = ctx.plan = self.routing.router.plan(
+                    request, end_user=mlx.end_user if mlx else None, session=mlx.session_id if mlx else None)
         except MuxError as error:
-            _failed(ctx.outcome, error)
-            return await send_error(send, error)
-        if not plan.targets:
-            error = NoRouteAvailable("No target is left to serve this request.")
             _failed(ctx.outcome, error)
             return await send_error(send, error)
         if request.stream:
@@ -72,39 +89,127 @@ class Dispatch:
         else:
             await self._complete(ctx, request, plan, send)
 
+    # --- the attempt policy ----------------------------------------------------------------------------
+
+    async def _attempts(self, ctx: Context, request: ChatRequest, plan: Plan, once: Once) -> tuple[Target, Any]:
+        """Run ``once`` over the plan's targets under the retry policy; answer the first success.
+
+        Raises the last ``MuxError`` when no attempt succeeds."""
+        loop = asyncio.get_running_loop()
+        health = self.routing.health
+        deadline = loop.time() + plan.total_timeout_s if plan.total_timeout_s else None
+        health.budget.deposit()
+        error: MuxError | None = None
+        failed_provider: str | None = None
+        failures = 0
+        escalated: tuple[Target, Any] | None = None
+        for index, target in enumerate(plan.targets):
+            for repeat in range(target.retries + 1):
+                if error is not None:
+                    if not retryable(error, plan.retry_on):
+                        raise error
+                    if not health.budget.withdraw():
+                        _note(ctx, "retry budget exhausted: no further attempt")
+                        raise error
+                    delay = 0.0
+                    if target.provider.name == failed_provider:
+                        delay = health.backoff_s(failures, self.rng, _retry_after_s(error))
+                    if deadline is not None and loop.time() + delay >= deadline:
+                        _note(ctx, "the route's total time is spent: no further attempt")
+                        raise error
+                    if delay:
+                        await asyncio.sleep(delay)
+                if not health.admit(target.label):
+                    _event(ctx, target, "skipped", reason="circuit open")
+                    break
+                timeout = target.timeout_s or target.provider.timeout_s
+                if deadline is not None:
+                    timeout = min(timeout, deadline - loop.time())
+                call = self._call(ctx, request, target)
+                started = perf_counter()
+                try:
+                    result = await once(ctx, target, call, timeout)
+                except MuxError as exc:
+                    if isinstance(exc, UpstreamError) and exc.retryable:  # the provider's fault, not the request's
+                        health.record(target.label, False)
+                    _event(ctx, target, "error", started, error=exc, retry=repeat)
+                    error, failed_provider, failures = exc, target.provider.name, failures + 1
+                    continue
+                latency_ms = (perf_counter() - started) * 1000
+                if isinstance(result, StreamEnd) and result.error is not None:
+                    health.record(target.label, False)
+                    _event(ctx, target, "partial", started, error=result.error, retry=repeat,
+                           ttfb_ms=result.ttfb_ms, usage=ctx.outcome.usage, cost=ctx.outcome.cost_usd)
+                    return target, result
+                health.record(target.label, True, latency_ms)
+                reason = None
+                if plan.cascade is not None and isinstance(result, Completion) and index < len(plan.targets) - 1:
+                    reason = self._cascade_failure(plan.cascade, request, result)
+                _event(ctx, target, "escalated" if reason else "ok", started, retry=repeat, reason=reason,
+                       ttfb_ms=getattr(result, "ttfb_ms", None), usage=ctx.outcome.usage, cost=ctx.outcome.cost_usd)
+                if reason is None:
+                    return target, result
+                escalated, error = (target, result), None
+                break
+        if escalated is not None:  # every cheaper answer failed its check and nothing better came: keep it
+            return escalated
+        raise error or NoRouteAvailable("No target was available: every candidate's circuit is open.")
+
+    def _cascade_failure(self, cascade: CascadeConfig, request: ChatRequest, completion: Completion) -> str | None:
+        """Answer why a cheaper target's answer should be escalated, or ``None`` if it passes every check."""
+        try:
+            answer = msgspec.json.decode(completion.body)
+            choice = answer["choices"][0]
+            message = choice.get("message") or {}
+        except (msgspec.DecodeError, KeyError, IndexError, TypeError):
+            return "error"
+        checks = cascade.checks
+        if "refusal" in checks and (message.get("refusal") or choice.get("finish_reason") == "content_filter"):
+            return "refusal"
+        if "length" in checks and choice.get("finish_reason") == "length":
+            return "length"
+        wants_json = request.response_format is not None and type(request.response_format).__name__ != "TextFormat"
+        if "invalid_json" in checks and wants_json and not message.get("tool_calls"):
+            try:
+                msgspec.json.decode((message.get("content") or "").encode())
+            except msgspec.DecodeError:
+                return "invalid_json"
+        if cascade.validator:
+            if not self._validator(cascade.validator)(request, answer):
+                return "validator"
+        return None
+
+    def _validator(self, path: str) -> Callable[..., bool]:
+        validator = self._validators.get(path)
+        if validator is None:
+            module, _, name = path.partition(":")
+            validator = self._validators[path] = getattr(importlib.import_module(module), name)
+        return validator
+
     # --- non-streaming ---------------------------------------------------------------------------------
 
     async def _complete(self, ctx: Context, request: ChatRequest, plan: Plan, send: Send) -> None:
         outcome = ctx.outcome
-        error: MuxError | None = None
-        for target in plan.targets:
-            call = self._call(ctx, request, target)
-            started = perf_counter()
-            try:
-                completion = await self._complete_once(ctx, target, call)
-            except MuxError as exc:
-                error = exc
-                self._record(ctx, target, started, exc)
-                if not exc.retryable:
-                    break
-                continue
-            self._record(ctx, target, started, None)
-            body = completion.body
-            self._settle(outcome, target, completion.model, completion.usage)
-            if outcome.cost_usd is not None and completion.usage is not None:
-                body = with_usage(body, completion.usage)
-            outcome.status = 200
-            return await send_json(send, 200, body)
-        assert error is not None
-        _failed(outcome, error)
-        await send_error(send, error)
+        try:
+            target, completion = await self._attempts(ctx, request, plan, self._complete_once)
+        except MuxError as error:
+            _failed(outcome, error)
+            return await send_error(send, error)
+        outcome.status = 200
+        replace: dict[str, Any] = {}
+        if outcome.cost_usd is not None and completion.usage is not None:
+            replace["usage"] = completion.usage
+        if ctx.mlx is not None and ctx.mlx.trace:
+            replace["mlx:trace"] = decision_trace(plan, ctx.trace)
+        body = with_fields(completion.body, replace) if replace else completion.body
+        await send_json(send, 200, body)
 
-    async def _complete_once(self, ctx: Context, target: Target, call: Call):
+    async def _complete_once(self, ctx: Context, target: Target, call: Call, timeout_s: float) -> Completion:
         provider = target.provider
         adapter = self.adapters[provider.type]
         upstream = self._build(ctx, adapter, target, call)
         try:
-            async with asyncio.timeout(provider.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 if provider.first_byte_timeout_s is None:
                     response = await self.transport.send(upstream, provider)
                 else:
@@ -115,7 +220,9 @@ class Dispatch:
             raise UpstreamTimeout(f"Provider '{provider.name}' did not answer in time.") from None
         if response.status >= 400:
             raise adapter.parse_error(provider, response.status, body, response.headers)
-        return adapter.parse_response(provider, call, body)
+        completion = adapter.parse_response(provider, call, body)
+        self._settle(ctx.outcome, target, completion.model, completion.usage)
+        return completion
 
     # --- streaming -------------------------------------------------------------------------------------
 
@@ -140,27 +247,40 @@ class Dispatch:
         work.result()
 
     async def _stream_attempts(self, ctx: Context, request: ChatRequest, plan: Plan, send: Send) -> None:
-        error: MuxError | None = None
-        for target in plan.targets:
-            call = self._call(ctx, request, target)
-            started = perf_counter()
-            try:
-                await self._stream_once(ctx, target, call, send)
-            except MuxError as exc:  # raised only before the first byte reached the client
-                error = exc
-                self._record(ctx, target, started, exc)
-                if not exc.retryable:
-                    break
-                continue
-            self._record(ctx, target, started, None, partial=ctx.outcome.error_type is not None)
-            return
-        assert error is not None
-        _failed(ctx.outcome, error)
-        await send_error(send, error)
+        outcome = ctx.outcome
+        try:
+            target, end = await self._attempts(ctx, request, plan, self._streamer(send))
+        except MuxError as error:
+            _failed(outcome, error)
+            return await send_error(send, error)
+        payloads = end.payloads
+        if end.error is None:
+            outcome.status = 200
+            usage = outcome.usage
+            if request.stream_options and request.stream_options.include_usage and usage is not None:
+                payloads.append(usage_chunk(end_id(ctx), int(time()), outcome.model or target.model, usage))
+        if ctx.mlx is not None and ctx.mlx.trace:
+            payloads.append(trace_chunk(end_id(ctx), int(time()), outcome.model or target.model,
+                                        decision_trace(plan, ctx.trace)))
+        tail = b"".join(map(frame, payloads))
+        if end.error is None:
+            tail += DONE
+        else:
+            _failed(outcome, end.error)
+            tail += frame(render_error(end.error.message, end.error.type, end.error.param, end.error.code))
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def _stream_once(self, ctx: Context, target: Target, call: Call, send: Send) -> None:
-        """Run one streamed attempt. Raises ``MuxError`` if it fails before its first chunk was sent;
-        after that, failures end the stream with one error event."""
+    def _streamer(self, send: Send) -> Once:
+        async def once(ctx: Context, target: Target, call: Call, timeout_s: float) -> StreamEnd:
+            return await self._stream_once(ctx, target, call, timeout_s, send)
+
+        return once
+
+    async def _stream_once(self, ctx: Context, target: Target, call: Call, timeout_s: float, send: Send) -> StreamEnd:
+        """Run one streamed attempt up to its last payloads (the caller sends them and ends the stream).
+
+        Raises ``MuxError`` if it fails before its first chunk was sent to the client; after that, answers
+        the error in ``StreamEnd.error``."""
         provider = target.provider
         adapter = self.adapters[provider.type]
         upstream = self._build(ctx, adapter, target, call)
@@ -168,64 +288,56 @@ class Dispatch:
         parser = SSEParser()
         loop = asyncio.get_running_loop()
         now = loop.time()
-        deadline = now + provider.timeout_s
-        first_byte_s = provider.first_byte_timeout_s or provider.timeout_s
+        deadline = now + timeout_s
+        first_byte_s = provider.first_byte_timeout_s or timeout_s
         idle_s = provider.idle_timeout_s
         outcome = ctx.outcome
-        started = False
+        begun = perf_counter()
+        ttfb_ms: float | None = None
         phase = "first byte"
         response = None
         error: MuxError | None = None
+        payloads: list[bytes] = []
         try:
-            async with asyncio.timeout(min(deadline, now + first_byte_s)) as timer:
+            async with asyncio.timeout_at(min(deadline, now + first_byte_s)) as timer:
                 response = await self.transport.send(upstream, provider)
                 if response.status >= 400:
                     body = await response.read()
                     raise adapter.parse_error(provider, response.status, body, response.headers)
                 async for chunk in response.chunks():
-                    payloads: list[bytes] = []
                     for event in parser.feed(chunk):
                         payloads.extend(translator.feed(event))
                     if payloads:
-                        if not started:
-                            started = True
+                        if ttfb_ms is None:
+                            ttfb_ms = round((perf_counter() - begun) * 1000, 3)
                             self._settle(outcome, target, translator.model, None)
+                            outcome.stream_id = translator.id
                             await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
                         await send({"type": "http.response.body", "body": b"".join(map(frame, payloads)),
                                     "more_body": True})
-                    if started:
+                        payloads = []
+                    if ttfb_ms is not None:
                         phase = "next chunk"
                         timer.reschedule(min(deadline, loop.time() + idle_s))
-                payloads = []
                 for event in parser.close():
                     payloads.extend(translator.feed(event))
                 payloads.extend(translator.close())
         except TimeoutError:
             total = loop.time() >= deadline - 0.001
-            error = UpstreamTimeout(
-                f"Provider '{provider.name}' exceeded its {'total time' if total else phase} limit."
-            )
+            error = UpstreamTimeout(f"Provider '{provider.name}' exceeded its {'total time' if total else phase} limit.")
         except MuxError as exc:
             error = exc
         finally:
             if response is not None:
                 await response.close()
-        if error is not None and not started:
+        if error is not None and ttfb_ms is None:
             raise error
         self._settle(outcome, target, translator.model, translator.usage)
-        if not started:
+        if ttfb_ms is None:  # a stream that ended well without a single content chunk
+            ttfb_ms = round((perf_counter() - begun) * 1000, 3)
+            outcome.stream_id = translator.id
             await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
-        if error is not None:
-            _failed(outcome, error)
-            tail = frame(render_error(error.message, error.type, error.param, error.code))
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
-            return
-        outcome.status = 200
-        if call.include_usage and translator.usage is not None:
-            payloads.append(usage_chunk(translator.id or "", translator.created or int(time()),
-                                        translator.model or target.model, translator.usage))
-        tail = b"".join(map(frame, payloads)) + DONE
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        return StreamEnd(payloads=payloads, error=error, ttfb_ms=ttfb_ms)
 
     # --- shared ----------------------------------------------------------------------------------------
 
@@ -246,27 +358,70 @@ class Dispatch:
         """Record the provider and model that answered and, once usage is known, its cost."""
         outcome.provider = target.provider.name
         outcome.model = model or target.model
+        outcome.usage = usage
+        outcome.cost_usd = None
         if usage is None:
             return
-        outcome.usage = usage
-        price = price_of(target.provider.type, outcome.model, self.prices) or price_of(
-            target.provider.type, target.model, self.prices
-        )
+        prices = self.routing.prices
+        price = price_of(target.provider.type, outcome.model, prices) or price_of(
+            target.provider.type, target.model, prices)
         if price is not None:
             outcome.cost_usd = usage.cost = cost_of(usage, price)
 
-    @staticmethod
-    def _record(ctx: Context, target: Target, started: float, error: MuxError | None, partial: bool = False) -> None:
-        event: dict[str, Any] = {
-            "type": "attempt",
-            "target": target.label,
-            "latency_ms": round((perf_counter() - started) * 1000, 3),
-            "status": "partial" if partial else ("ok" if error is None else "error"),
-        }
-        if error is not None:
-            event["error"] = error.code
-            event["http_status"] = error.status
-        ctx.trace.append(event)
+
+def retryable(error: MuxError, retry_on: frozenset[int | str]) -> bool:
+    """Whether ``error`` may be retried or failed over under a plan's ``retry_on`` classes."""
+    if not isinstance(error, UpstreamError) or not error.retryable:
+        return False
+    status = getattr(error, "upstream_status", None)
+    if isinstance(error, UpstreamTimeout):
+        return "timeout" in retry_on
+    if error.code in ("upstream_unreachable", "upstream_connection_lost"):
+        return "connect" in retry_on
+    if status is not None:
+        return status in retry_on or (status >= 500 and "5xx" in retry_on)
+    return "5xx" in retry_on  # a malformed, empty or cut answer is the provider's fault, like a 5xx
+
+
+def _retry_after_s(error: MuxError) -> float | None:
+    for name, value in error.headers:
+        if name == "retry-after":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def end_id(ctx: Context) -> str:
+    return ctx.outcome.stream_id or f"chatcmpl-{ctx.request_id or 'mux'}"
+
+
+def _event(ctx: Context, target: Target, status: str, started: float | None = None, *, error: MuxError | None = None,
+           retry: int = 0, reason: str | None = None, ttfb_ms: float | None = None, usage: Usage | None = None,
+           cost: float | None = None) -> None:
+    event: dict[str, Any] = {"type": "attempt", "target": target.label, "status": status}
+    if started is not None:
+        event["latency_ms"] = round((perf_counter() - started) * 1000, 3)
+    if ttfb_ms is not None:
+        event["ttfb_ms"] = ttfb_ms
+    if retry:
+        event["retry"] = retry
+    if error is not None:
+        event["error"] = error.code
+        event["http_status"] = getattr(error, "upstream_status", None) or error.status
+    if reason is not None:
+        event["reason"] = reason
+    if usage is not None:
+        event["prompt_tokens"] = usage.prompt_tokens
+        event["completion_tokens"] = usage.completion_tokens
+    if cost is not None:
+        event["cost_usd"] = cost
+    ctx.trace.append(event)
+
+
+def _note(ctx: Context, text: str) -> None:
+    ctx.trace.append({"type": "policy", "note": text})
 
 
 def _failed(outcome: Outcome, error: MuxError) -> None:
@@ -280,3 +435,5 @@ async def _disconnected(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+

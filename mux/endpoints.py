@@ -3,11 +3,16 @@ path goes to the wrapped app (``mux.wrap``) or answers 404 in OpenAI's error sha
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
+from .admin import PREFIX as ADMIN_PREFIX
+from .admin import Admin
 from .asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, send_error, send_json
 from .config import Config
 from .errors import MethodNotAllowed, NotFound
+from .live import LiveRouting
 
 MODELS_PATHS = frozenset({"/v1/models", "/api/v1/models"})
 HEALTH_PATH = "/healthz"
@@ -16,22 +21,34 @@ _HEALTH_BODY = b'{"status":"ok"}'
 
 
 def models_body(config: Config) -> bytes:
-    """Answer OpenAI's model list for the configured providers' declared models (ids ``provider/model``)."""
+    """Answer OpenAI's model list: the configured providers' declared models (ids ``provider/model``) and the
+    routing configs (ids ``@name``)."""
     data = [
         {"id": f"{p.name}/{m}", "object": "model", "created": 0, "owned_by": p.name}
         for p in config.providers
         for m in p.models
     ]
+    data += [{"id": f"@{name}", "object": "model", "created": 0, "owned_by": "mux"} for name in config.routes]
     return msgspec.json.encode({"object": "list", "data": data})
 
 
 class Endpoints:
     """Routes by exact path; reads nothing of the context."""
 
-    def __init__(self, *, dispatch: ASGIApp, config: Config, fallback: ASGIApp | None = None) -> None:
+    def __init__(self, *, dispatch: ASGIApp, routing: LiveRouting, fallback: ASGIApp | None = None,
+                 admin_token: str | None = None, logger: Any = None) -> None:
         self.dispatch = dispatch
+        self.routing = routing
         self.fallback = fallback
-        self._models = models_body(config)
+        self.admin = Admin(routing=routing, token=admin_token, logger=logger)
+        self._models: tuple[Config, bytes] | None = None
+
+    def models(self) -> bytes:
+        """The model list of the config in force (recomputed after a reload)."""
+        config = self.routing.config
+        if self._models is None or self._models[0] is not config:
+            self._models = (config, models_body(config))
+        return self._models[1]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,7 +64,9 @@ class Endpoints:
                 return await self.dispatch(scope, receive, send)
             return await send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
         if path in MODELS_PATHS and method in ("GET", "HEAD"):
-            return await send_json(send, 200, self._models)
+            return await send_json(send, 200, self.models())
+        if path.startswith(ADMIN_PREFIX):
+            return await self.admin(scope, receive, send)
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
             return await send_json(send, 200, _HEALTH_BODY)
         if self.fallback is not None:

@@ -21,8 +21,9 @@ from .config import Config
 from .dispatch import Dispatch
 from .endpoints import Endpoints
 from .layers import ErrorLayer, RouterLayer, TagsLayer, TraceLayer
-from .routing import Resolver
+from .live import LiveRouting
 from .transport import AiohttpTransport, Transport
+from .versions import MemoryVersions, SQLiteVersions, Versions
 
 Layer = tuple[type, dict[str, Any]]
 
@@ -31,16 +32,16 @@ class StackError(Exception):
     """The layer order leaves some layer reading a context field that nothing outside it writes."""
 
 
-def stack(config: Config, *, resolver: Resolver | None = None, logger: Any = None,
+def stack(config: Config, *, routing: LiveRouting | None = None, logger: Any = None,
           prefixes: tuple[str, ...] | None = None) -> list[Layer]:
     """Answer the default layers, outermost first, each as ``(LayerClass, options)``."""
-    resolver = resolver or Resolver(config)
+    routing = routing or LiveRouting(config)
     limit = config.server.max_body_bytes
     return [
         (ErrorLayer, {"logger": logger}),
         (TraceLayer, {"logger": logger, "prefixes": prefixes}),
         (TagsLayer, {"max_body_bytes": limit}),
-        (RouterLayer, {"resolver": resolver, "max_body_bytes": limit}),
+        (RouterLayer, {"routing": routing, "max_body_bytes": limit}),
     ]
 
 
@@ -73,12 +74,17 @@ def compose(layers: list[Layer], inner: ASGIApp) -> ASGIApp:
 
 
 class Gateway:
-    """The composed app plus the resources it owns; closes the upstream transport at lifespan shutdown."""
+    """The composed app plus the resources it owns; closes the upstream transport at lifespan shutdown.
+    ``routing`` is the live routing state (``routing.reload()``, ``routing.rollback()``)."""
 
-    def __init__(self, app: ASGIApp, *, config: Config, transport: Transport) -> None:
+    def __init__(self, app: ASGIApp, *, routing: LiveRouting, transport: Transport) -> None:
         self.app = app
-        self.config = config
+        self.routing = routing
         self.transport = transport
+
+    @property
+    def config(self) -> Config:
+        return self.routing.config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -96,24 +102,33 @@ class Gateway:
 
 
 def _build(config: Config, fallback: ASGIApp | None, transport: Transport | None, logger: Any,
-           layers: Callable[..., list[Layer]], prefixes: tuple[str, ...] | None) -> Gateway:
+           layers: Callable[..., list[Layer]], prefixes: tuple[str, ...] | None, routing: LiveRouting | None,
+           source: Callable[[], Config] | None) -> Gateway:
     transport = transport or AiohttpTransport()
-    resolver = Resolver(config)
-    chosen = layers(config, resolver=resolver, logger=logger, prefixes=prefixes)
+    routing = routing or LiveRouting(config, versions=open_versions(config), source=source)
+    chosen = layers(config, routing=routing, logger=logger, prefixes=prefixes)
     check_stack(chosen)
-    dispatch = Dispatch(resolver=resolver, transport=transport, max_body_bytes=config.server.max_body_bytes)
-    app = compose(chosen, Endpoints(dispatch=dispatch, config=config, fallback=fallback))
-    return Gateway(app, config=config, transport=transport)
+    dispatch = Dispatch(routing=routing, transport=transport, max_body_bytes=config.server.max_body_bytes)
+    endpoints = Endpoints(dispatch=dispatch, routing=routing, fallback=fallback,
+                          admin_token=config.server.admin_token, logger=logger)
+    return Gateway(compose(chosen, endpoints), routing=routing, transport=transport)
+
+
+def open_versions(config: Config) -> Versions:
+    """The route-version store the config names: a SQLite file, or this process's memory."""
+    return SQLiteVersions(config.server.state_path) if config.server.state_path else MemoryVersions()
 
 
 def build_app(config: Config, *, transport: Transport | None = None, logger: Any = None,
-              layers: Callable[..., list[Layer]] = stack) -> Gateway:
-    """Answer the standalone gateway app for ``config``."""
-    return _build(config, None, transport, logger, layers, None)
+              layers: Callable[..., list[Layer]] = stack, routing: LiveRouting | None = None,
+              source: Callable[[], Config] | None = None) -> Gateway:
+    """Answer the standalone gateway app for ``config``; ``source`` re-reads the config on reload."""
+    return _build(config, None, transport, logger, layers, None, routing, source)
 
 
 def wrap(app: ASGIApp, config: Config, *, transport: Transport | None = None, logger: Any = None,
-         layers: Callable[..., list[Layer]] = stack) -> Gateway:
+         layers: Callable[..., list[Layer]] = stack, routing: LiveRouting | None = None,
+         source: Callable[[], Config] | None = None) -> Gateway:
     """Answer ``app`` with the mux stack around it: mux serves its API paths, ``app`` everything else
     (its lifespan included)."""
-    return _build(config, app, transport, logger, layers, API_PREFIXES)
+    return _build(config, app, transport, logger, layers, API_PREFIXES, routing, source)

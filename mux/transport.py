@@ -125,7 +125,7 @@ class AiohttpTransport:
         self._limit_per_host = limit_per_host
         self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
@@ -141,11 +141,11 @@ class AiohttpTransport:
         return self._session
 
     def _timeout(self, provider: ProviderConfig) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(provider.name)
+        timeout = self._timeouts.get(provider.connect_timeout_s)
         if timeout is None:
             import aiohttp
 
-            timeout = self._timeouts[provider.name] = aiohttp.ClientTimeout(
+            timeout = self._timeouts[provider.connect_timeout_s] = aiohttp.ClientTimeout(
                 total=None, connect=None, sock_connect=provider.connect_timeout_s, sock_read=None
             )
         return timeout

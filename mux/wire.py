@@ -345,13 +345,13 @@ def forwardable_fields(fields: dict[str, msgspec.Raw]) -> dict[str, msgspec.Raw]
 
 
 class PromptTokensDetails(Struct, omit_defaults=True):
-    cached_tokens: int = 0
+    cached_tokens: int | None = None  # None, not 0, by default: an upstream's explicit 0 must survive re-encoding
     audio_tokens: int | None = None
     cache_write_tokens: int | None = None
 
 
 class CompletionTokensDetails(Struct, omit_defaults=True):
-    reasoning_tokens: int = 0
+    reasoning_tokens: int | None = None  # as cached_tokens
     audio_tokens: int | None = None
     accepted_prediction_tokens: int | None = None
     rejected_prediction_tokens: int | None = None
@@ -368,7 +368,7 @@ class Usage(Struct, omit_defaults=True):
     @property
     def cached_tokens(self) -> int:
         details = self.prompt_tokens_details
-        return details.cached_tokens if details else 0
+        return (details.cached_tokens or 0) if details else 0
 
     @property
     def cache_write_tokens(self) -> int:
@@ -378,7 +378,7 @@ class Usage(Struct, omit_defaults=True):
     @property
     def reasoning_tokens(self) -> int:
         details = self.completion_tokens_details
-        return details.reasoning_tokens if details else 0
+        return (details.reasoning_tokens or 0) if details else 0
 
 
 class ResponseToolCall(Struct, omit_defaults=True):
@@ -387,7 +387,7 @@ class ResponseToolCall(Struct, omit_defaults=True):
     type: str = "function"
 
 
-class ResponseMessage(Struct, omit_defaults=True):
+class ResponseMessage(Struct):  # no omit_defaults: "role": "assistant" must be on the wire (it is the default)
     role: str = "assistant"
     content: str | None = None
     tool_calls: list[ResponseToolCall] | None = None
@@ -468,9 +468,17 @@ def usage_chunk(id: str, created: int, model: str, usage: Usage) -> bytes:
     return encoder.encode(ChatCompletionChunk(id=id, created=created, model=model, choices=[], usage=usage))
 
 
-def with_usage(body: bytes, usage: Usage) -> bytes:
-    """Answer a completion body with its ``usage`` replaced (e.g. to add ``cost``); other fields untouched."""
+def trace_chunk(id: str, created: int, model: str, trace: dict[str, Any]) -> bytes:
+    """Answer the stream chunk that carries the decision trace (``mlx:trace``), with no choices."""
+    return encoder.encode({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                           "choices": [], "mlx:trace": trace})
+
+
+def with_fields(body: bytes, replace: dict[str, Any]) -> bytes:
+    """Answer a completion body with some top-level fields replaced or added (e.g. ``usage`` with its
+    ``cost``); every other field is kept byte for byte."""
     fields = _top_level_decoder.decode(body)
-    fields["usage"] = msgspec.Raw(encoder.encode(usage))
+    for key, value in replace.items():
+        fields[key] = msgspec.Raw(encoder.encode(value))
     return encoder.encode(fields)
 encoder = msgspec.json.Encoder()

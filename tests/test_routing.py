@@ -8,6 +8,7 @@ import pytest
 from mux.config import parse_config
 from mux.errors import ModelNotFound, ProviderNotConfigured
 from mux.layers import RouterLayer
+from mux.live import LiveRouting
 from mux.routing import Resolver, plan_for
 from mux.wire import decode_request
 
@@ -58,10 +59,10 @@ def test_plan_tries_model_then_models_then_fallbacks_without_repeats():
 
 def test_router_layer_writes_the_plan_and_answers_unknown_models_itself():
     inner = ScriptedApp()
-    layer = RouterLayer(inner, resolver=Resolver(CONFIG))
+    layer = RouterLayer(inner, routing=LiveRouting(CONFIG))
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}
     call(layer, msgspec.json.encode(body))
     assert [t.label for t in inner.seen[0]["ctx"].plan.targets] == ["openai/gpt-4o"]
-    result = call(RouterLayer(ScriptedApp(), resolver=Resolver(CONFIG)),
+    result = call(RouterLayer(ScriptedApp(), routing=LiveRouting(CONFIG)),
                   msgspec.json.encode({**body, "model": "unknown"}))
     assert result.status == 404 and result.json()["error"]["code"] == "model_not_found"

@@ -1,25 +1,29 @@
-"""RouterLayer: decides the plan (ordered targets) for a chat request; Dispatch executes it.
+"""RouterLayer: decides the plan (ordered targets, retry policy) for a chat request; Dispatch executes it.
 
-Reads ``ctx.request``. Writes ``ctx.plan``. Answers 404 ``model_not_found`` and 400
-``provider_not_configured`` itself. The decision is ``mux.routing.plan_for``, a pure function.
+Reads ``ctx.request`` and ``ctx.mlx`` (end user and session, for sticky strategies). Writes ``ctx.plan``.
+Answers 404 ``model_not_found``, 400 ``provider_not_configured`` and 503 ``no_route_available`` itself, and
+``x-mux-dry-run: true`` with the plan's decision trace, calling no provider. The decision is
+``mux.routing.Router.plan``, a pure function of the request, the config and the shared health.
 """
 
 from __future__ import annotations
 
-from ..asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, send_error
+from ..asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, header, send_error, send_json
 from ..context import context_of, request_of
+from ..decision import decision_trace
 from ..errors import MuxError
-from ..routing import Resolver, plan_for
+from ..live import LiveRouting
+from ..wire import encoder
 
 
 class RouterLayer:
-    reads = frozenset({"request"})
+    reads = frozenset({"mlx"})
     writes = frozenset({"plan"})
 
-    def __init__(self, app: ASGIApp, *, resolver: Resolver, max_body_bytes: int = 10 * 1024 * 1024,
+    def __init__(self, app: ASGIApp, *, routing: LiveRouting, max_body_bytes: int = 10 * 1024 * 1024,
                  paths: frozenset[str] = CHAT_PATHS) -> None:
         self.app = app
-        self.resolver = resolver
+        self.routing = routing
         self.max_body_bytes = max_body_bytes
         self.paths = paths
 
@@ -29,7 +33,12 @@ class RouterLayer:
         ctx = context_of(scope)
         try:
             request, receive = await request_of(scope, receive, self.max_body_bytes)
-            ctx.plan = plan_for(request, self.resolver)
+            mlx = ctx.mlx
+            ctx.plan = self.routing.router.plan(
+                request, end_user=mlx.end_user if mlx else None, session=mlx.session_id if mlx else None)
         except MuxError as error:
             return await send_error(send, error)
+        if header(scope, b"x-mux-dry-run") in (b"true", b"1"):
+            body = {"object": "mux.dry_run", "mlx:trace": decision_trace(ctx.plan, ctx.trace, dry_run=True)}
+            return await send_json(send, 200, encoder.encode(body))
         await self.app(scope, receive, send)

@@ -1,0 +1,59 @@
+"""The decision trace: what the router planned and what happened to each attempt, as one JSON document.
+
+Built from ``ctx.plan`` (RouterLayer) and ``ctx.trace`` (events Dispatch appends); returned under
+``mlx:trace`` when a request asks for it, answered alone for ``x-mux-dry-run: true``, and kept in every
+request's log record. The schema is documented in the README ("Decision trace").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TRACE_SCHEMA_VERSION = 1
+
+
+def decision_trace(plan: Any, events: list[dict[str, Any]], *, dry_run: bool = False) -> dict[str, Any]:
+    """Answer the decision trace for a plan (may be ``None`` when planning failed) and the attempt events."""
+    attempts = [e for e in events if e.get("type") == "attempt"]
+    notes = [e for e in events if e.get("type") != "attempt"]
+    trace: dict[str, Any] = {"schema": TRACE_SCHEMA_VERSION}
+    if plan is not None:
+        trace.update({
+            "requested": plan.requested,
+            "config": plan.route,
+            "config_version": plan.route_version,
+            "config_hash": plan.route_hash,
+            "strategy": plan.strategy,
+            "variant": plan.variant,
+            "candidates": [
+                {"target": t.label, "route": t.route, "timeout_ms": round(t.timeout_s * 1000) if t.timeout_s else None,
+                 "retries": t.retries}
+                for t in plan.targets
+            ],
+            "skipped": [{"target": s.target, "reason": s.reason} for s in plan.skipped],
+        })
+    trace["attempts"] = [{k: v for k, v in a.items() if k != "type"} for a in attempts]
+    if notes:
+        trace["events"] = notes
+    trace["decision"] = _decision(plan, attempts, dry_run)
+    return trace
+
+
+def _decision(plan: Any, attempts: list[dict[str, Any]], dry_run: bool) -> dict[str, Any]:
+    if dry_run:
+        first = plan.targets[0].label if plan is not None and plan.targets else None
+        return {"target": first, "reason": "dry run: no provider was called; this target would be tried first"}
+    for attempt in reversed(attempts):
+        if attempt["status"] in ("ok", "partial"):
+            failed = sum(1 for a in attempts if a["status"] in ("error", "escalated"))
+            if attempt["status"] == "partial":
+                reason = "the stream failed after its first byte; nothing can be retried once sent"
+            elif failed:
+                reason = f"answered after {failed} failed or escalated attempt{'s' if failed > 1 else ''}"
+            else:
+                reason = (plan.reason if plan is not None and plan.reason else "first candidate answered")
+            return {"target": attempt["target"], "reason": reason}
+    if attempts:
+        last = attempts[-1]
+        return {"target": None, "reason": f"every attempt failed; the last with {last.get('error')}"}
+    return {"target": None, "reason": "no attempt was made"}
