@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 import mux
@@ -19,11 +20,30 @@ def load(path: str | None) -> mux.Config:
 
 
 def create_app() -> mux.Gateway:
-    """The ASGI app for ``uvicorn app:app`` (and for each worker of ``python app.py --workers N``)."""
-    config = load(os.environ.get("MUX_CONFIG") or None)
+    """The ASGI app for ``uvicorn app:app`` (and for each worker of ``python app.py --workers N``).
+
+    SIGHUP re-reads the config file and serves it from the next request on; a bad file is logged and the
+    running config keeps serving."""
+    path = os.environ.get("MUX_CONFIG") or None
+    config = load(path)
     mux.configure_logging(level=os.environ.get("MUX_LOG_LEVEL", "info"),
                           secrets=[p.api_key for p in config.providers])
-    return mux.build_app(config)
+    gateway = mux.build_app(config, source=lambda: load(path))
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: _reload(gateway))
+    return gateway
+
+
+def _reload(gateway: mux.Gateway) -> None:
+    import structlog
+
+    logger = structlog.get_logger("mux.admin")
+    try:
+        versions = gateway.routing.reload()
+    except mux.ConfigError as exc:
+        logger.error("config_reload_failed", error=str(exc))
+    else:
+        logger.info("config_reloaded", routes=versions)
 
 
 def main(argv: list[str] | None = None) -> int:
