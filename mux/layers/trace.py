@@ -5,10 +5,10 @@ Writes ``ctx.request_id``. Reads ``ctx.outcome``, ``ctx.request``, ``ctx.mlx``, 
 
 Headers, added to every response it sees: ``x-mux-request-id``; and where known when the response starts
 ``x-mux-provider``, ``x-mux-model-used``, ``x-mux-cost-usd``, ``x-mux-latency-ms``, ``x-mux-config``,
-``x-mux-config-version`` (a stream knows its provider and model when it starts; its cost arrives in the final
-usage chunk). The record is one structured log event ``request`` with id, method, path, status, model asked
-and used, provider, latency, time to first byte, tokens, cost, end user, tags, session, error code and the
-attempts; it is written even when an inner app raises.
+``x-mux-config-version``, ``x-mux-ab-variant`` (a stream knows its provider and model when it starts; its
+cost arrives in the final usage chunk). The record is one structured log event ``request`` with id, method,
+path, status, model asked and used, provider, latency, time to first byte, tokens, cost, end user, tags,
+session, error code and the decision trace; it is written even when an inner app raises.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import structlog
 
 from ..asgi import ASGIApp, Message, Receive, Scope, Send
 from ..context import Context, context_of
+from ..decision import decision_trace
 
 
 class _ErrorPeek(msgspec.Struct):
@@ -109,10 +110,12 @@ def response_headers(ctx: Context, now: float) -> list[tuple[bytes, bytes]]:
     if outcome.cache is not None:
         headers.append((b"x-mux-cache", outcome.cache.encode()))
     plan = ctx.plan
-    if plan is not None and getattr(plan, "route", None):
+    if plan is not None and plan.route:
         headers.append((b"x-mux-config", f"@{plan.route}".encode()))
         if plan.route_version is not None:
             headers.append((b"x-mux-config-version", str(plan.route_version).encode()))
+        if plan.variant is not None:
+            headers.append((b"x-mux-ab-variant", plan.variant.encode()))
     return headers
 
 
@@ -171,8 +174,6 @@ def record(ctx: Context, scope: Scope, status: int, first_byte: float | None, er
         fields["error"] = error
     if outcome.attempts:
         fields["attempts"] = outcome.attempts
-    if ctx.trace:
-        fields["trace"] = ctx.trace
-    if ctx.plan is not None and getattr(ctx.plan, "route", None):
-        fields["config"] = ctx.plan.route
+    if ctx.plan is not None or ctx.trace:
+        fields["trace"] = decision_trace(ctx.plan, ctx.trace)
     return fields
