@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Mapping
 import msgspec
 from msgspec import Meta, Struct
 
+from .catalog import ModelInfo
 from .providers import ADAPTERS
 
 PositiveSeconds = Annotated[float, Meta(gt=0)]
@@ -113,6 +114,7 @@ class HealthConfig(Struct, kw_only=True, forbid_unknown_fields=True):
 
 class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     providers: list[ProviderConfig] = []
+    catalog: dict[str, ModelInfo] = {}  # "<provider name or type>/<model>": limits, abilities, prices
     routes: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$")], RouteConfig] = {}
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)

@@ -32,7 +32,7 @@ from .context import Context, Outcome, context_of, request_of
 from .decision import decision_trace
 from .errors import MuxError, NoRouteAvailable, UpstreamError, UpstreamTimeout, render_error
 from .live import LiveRouting
-from .pricing import cost_of, price_of
+from .pricing import cost_of
 from .providers import ADAPTERS, Adapter, Call, Completion
 from .routing import Plan, Target
 from .sse import DONE, SSEParser, frame
@@ -362,9 +362,8 @@ class Dispatch:
         outcome.cost_usd = None
         if usage is None:
             return
-        prices = self.routing.prices
-        price = price_of(target.provider.type, outcome.model, prices) or price_of(
-            target.provider.type, target.model, prices)
+        catalog = self.routing.catalog
+        price = catalog.price(target.provider, outcome.model) or catalog.price(target.provider, target.model)
         if price is not None:
             outcome.cost_usd = usage.cost = cost_of(usage, price)
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+import msgspec
+
+from .catalog import CAPABILITIES, Catalog, ModelInfo
 from .config import Config, ConfigError, validated
 from .health import Health
 from .pricing import PRICES, Price
@@ -17,17 +20,23 @@ from .versions import MemoryVersions, Versions
 
 class LiveRouting:
     def __init__(self, config: Config, *, versions: Versions | None = None, health: Health | None = None,
-                 prices: dict[str, Price] = PRICES, source: Callable[[], Config] | None = None) -> None:
+                 prices: dict[str, Price] = PRICES, capabilities: dict[str, ModelInfo] = CAPABILITIES,
+                 source: Callable[[], Config] | None = None) -> None:
         """``source`` re-reads the configuration for ``reload()`` (e.g. the YAML file the gateway started from)."""
         self.versions = versions or MemoryVersions()
         self.health = health or Health(config.health)
         self.prices = prices
+        self.capabilities = capabilities
         self.source = source
         self.router = self._router(config)
 
     @property
     def config(self) -> Config:
         return self.router.config
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.router.catalog
 
     @property
     def resolver(self) -> Resolver:
@@ -40,7 +49,8 @@ class LiveRouting:
     def _router(self, config: Config) -> Router:
         # assigning is idempotent by content: unchanged routes keep their version numbers
         served = route_versions(config, self.versions.assign)
-        return Router(config, Resolver(config), served, self.health, prices=self.prices)
+        catalog = Catalog(config.catalog, capabilities=self.capabilities, prices=self.prices)
+        return Router(config, Resolver(config), served, self.health, catalog=catalog)
 
     def reload(self, config: Config | None = None) -> dict[str, int]:
         """Serve ``config`` (or a fresh read of the source) from the next request on; answer the route versions.
@@ -60,8 +70,6 @@ class LiveRouting:
         record = self.versions.get(name, version)
         if record is None:
             raise ConfigError(f"route '{name}' has no version {version}")
-        config = self.config
-        routes = {**config.routes, name: record.config}
-        self.router = self._router(validated(Config(providers=config.providers, routes=routes,
-                                                    health=config.health, server=config.server)))
+        routes = {**self.config.routes, name: record.config}
+        self.router = self._router(validated(msgspec.structs.replace(self.config, routes=routes)))
         return self.routes[name]

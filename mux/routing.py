@@ -31,12 +31,13 @@ from typing import Callable
 
 from msgspec import Struct
 
+from .catalog import Catalog, ModelInfo
 from .config import CascadeConfig, Config, ProviderConfig, RouteConfig
-from .errors import ModelNotFound, NoRouteAvailable, ProviderNotConfigured
+from .errors import InvalidRequest, ModelNotFound, NoRouteAvailable, ProviderNotConfigured
 from .health import Health
-from .pricing import PRICES, Price, price_of
+from .pricing import Price
 from .providers import ADAPTERS
-from .wire import ChatRequest
+from .wire import ChatRequest, ImagePart, JsonSchemaFormat, TextPart, UserMessage
 
 DEFAULT_RETRY_ON: frozenset[int | str] = frozenset({429, "5xx", "timeout", "connect"})
 
@@ -147,13 +148,13 @@ class RouteVersion(Struct, frozen=True):
 
 
 class Selection(Struct):
-    """What a strategy may look at besides the targets: who asks, shared health, prices, randomness."""
+    """What a strategy may look at besides the targets: who asks, shared health, the catalog, randomness."""
 
     end_user: str | None
     session: str | None
     health: Health
     rng: random.Random
-    prices: dict[str, Price]
+    catalog: Catalog
 
 
 def stable_fraction(key: str) -> float:
@@ -190,17 +191,17 @@ class Router:
     """Makes plans from the config, the served route versions and the shared health."""
 
     def __init__(self, config: Config, resolver: Resolver, routes: dict[str, RouteVersion], health: Health, *,
-                 prices: dict[str, Price] = PRICES, rng: random.Random | None = None) -> None:
+                 catalog: Catalog | None = None, rng: random.Random | None = None) -> None:
         self.config = config
         self.resolver = resolver
         self.routes = routes
         self.health = health
-        self.prices = prices
+        self.catalog = catalog or Catalog(config.catalog)
         self.rng = rng or random.Random()
 
     def plan(self, request: ChatRequest, *, end_user: str | None = None, session: str | None = None) -> Plan:
         """Answer the plan for ``request`` (see the module docstring for precedence)."""
-        selection = Selection(end_user, session, self.health, self.rng, self.prices)
+        selection = Selection(end_user, session, self.health, self.rng, self.catalog)
         names = [n for n in [request.model, *(request.models or ()), *(request.fallbacks or ())] if n]
         plan = Plan(targets=[], requested=names[0])
         seen: set[str] = set()
@@ -272,23 +273,29 @@ class Router:
                 if entry.model.startswith("@"):
                     return float("inf")
                 target = self.resolver.resolve(entry.model)
-                return blended_price(price_of(target.provider.type, target.model, selection.prices))
+                return blended_price(selection.catalog.price(target.provider, target.model))
 
             return sorted(entries, key=cost)
         raise AssertionError(strategy)
 
     def _filter(self, plan: Plan, request: ChatRequest) -> None:
         prefs = request.provider
+        needs = Needs.of(request)
         kept: list[Target] = []
+        unable = 0
         for target in plan.targets:
             reason = None
             name = target.provider.name
+            info = self.catalog.info(target.provider, target.model)
             if prefs is not None and prefs.only is not None and name not in prefs.only:
                 reason = "not in provider.only"
             elif prefs is not None and prefs.ignore and name in prefs.ignore:
                 reason = "in provider.ignore"
             elif prefs is not None and prefs.max_price:
-                reason = _over_price(target, prefs.max_price, self.prices)
+                reason = _over_price(info, prefs.max_price)
+            if reason is None and info is not None:
+                reason = needs.unmet(info)
+                unable += reason is not None
             if reason is None and self.health.state(target.label) == "open":
                 reason = "circuit open"
             if reason is None:
@@ -296,6 +303,10 @@ class Router:
             else:
                 plan.skipped.append(Skip(target.label, reason))
         plan.targets = kept
+        if not kept and unable:
+            reasons = "; ".join(f"{s.target} {s.reason}" for s in plan.skipped)
+            raise InvalidRequest(f"No target can serve this request: {reasons}.", param="model",
+                                 code="no_capable_target")
 
     def _order(self, plan: Plan, request: ChatRequest) -> None:
         prefs = request.provider
@@ -303,7 +314,7 @@ class Router:
         if sort is None and request.route == "sort":
             sort = "price"
         if sort == "price":
-            plan.targets.sort(key=lambda t: blended_price(price_of(t.provider.type, t.model, self.prices)))
+            plan.targets.sort(key=lambda t: blended_price(self.catalog.price(t.provider, t.model)))
             plan.reason = "sorted by price"
         elif sort in ("latency", "throughput"):
             plan.targets.sort(key=lambda t: self.health.latency(t.label) or 0.0)
@@ -339,14 +350,58 @@ def _sticky_key(sticky: str | None, selection: Selection) -> str | None:
     return None
 
 
-def _over_price(target: Target, max_price: dict[str, float], prices: dict[str, Price]) -> str | None:
-    price = price_of(target.provider.type, target.model, prices)
+def _over_price(info: ModelInfo | None, max_price: dict[str, float]) -> str | None:
+    price = info.price if info is not None else None
     if price is None:
         return "price unknown (provider.max_price set)"
     for key, value in max_price.items():
         if key == "prompt" and price.input > value or key == "completion" and price.output > value:
             return f"{key} price above provider.max_price"
     return None
+
+
+class Needs(Struct):
+    """What a request needs of a model, read once from the request view."""
+
+    tools: bool
+    vision: bool
+    json_schema: bool
+    reasoning: bool
+    prompt_tokens: int  # an estimate from the text: four characters a token
+    max_output: int | None
+
+    @classmethod
+    def of(cls, request: ChatRequest) -> Needs:
+        chars = 0
+        vision = False
+        for message in request.messages:
+            content = message.content
+            if isinstance(content, str):
+                chars += len(content)
+            elif content:
+                for part in content:
+                    if isinstance(part, TextPart):
+                        chars += len(part.text)
+                    elif isinstance(part, ImagePart) and isinstance(message, UserMessage):
+                        vision = True
+        reasoning = (request.reasoning is not None and request.reasoning.effort != "none"
+                     and request.reasoning.enabled is not False) or request.reasoning_effort not in (None, "none")
+        return cls(tools=bool(request.tools), vision=vision,
+                   json_schema=isinstance(request.response_format, JsonSchemaFormat), reasoning=reasoning,
+                   prompt_tokens=chars // 4, max_output=request.max_completion_tokens or request.max_tokens)
+
+    def unmet(self, info: ModelInfo) -> str | None:
+        """Answer why a model of this description cannot serve the request, or ``None``."""
+        for need, able, what in ((self.tools, info.tools, "tools"), (self.vision, info.vision, "images"),
+                                 (self.json_schema, info.json_schema, "json_schema"),
+                                 (self.reasoning, info.reasoning, "reasoning")):
+            if need and able is False:
+                return f"does not support {what}"
+        if info.context_window is not None and self.prompt_tokens > info.context_window:
+            return f"prompt (about {self.prompt_tokens} tokens) exceeds its context window of {info.context_window}"
+        if self.max_output is not None and info.max_output is not None and self.max_output > info.max_output:
+            return f"max tokens {self.max_output} exceeds its maximum output of {info.max_output}"
+        return None
 
 
 def route_versions(config: Config, store: Callable[[str, RouteConfig], tuple[int, str]] | None = None
