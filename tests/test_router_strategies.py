@@ -227,3 +227,38 @@ def test_sqlite_versions_persist_across_restarts_and_only_grow(tmp_path):
     restarted = LiveRouting(parse_config(first), versions=SQLiteVersions(path))
     assert restarted.routes["p"].version == 1  # the same content keeps its number
     assert [r.version for r in restarted.versions.history("p")] == [1, 2]
+
+
+def test_capability_prefilter_skips_targets_that_cannot_serve_the_request_with_the_reason():
+    live = routing({"r": {"targets": [{"model": "a/o3-mini"}, {"model": "b/gpt-4o-mini"}]}})
+    image = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                          {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]}]
+    plan = live.router.plan(request(model="@r", messages=image))
+    assert labels(plan) == ["b/gpt-4o-mini"]
+    assert [(s.target, s.reason) for s in plan.skipped] == [("a/o3-mini", "does not support images")]
+    plan = live.router.plan(request(model="@r", max_tokens=50_000))
+    assert labels(plan) == ["a/o3-mini"] and "maximum output of 16384" in plan.skipped[0].reason
+
+
+def test_when_no_target_is_capable_a_400_says_why():
+    live = routing({})
+    long_prompt = [{"role": "user", "content": "word " * 200_000}]
+    with pytest.raises(Exception) as info:
+        live.router.plan(request(model="a/gpt-4o-mini", messages=long_prompt))
+    assert info.value.status == 400 and "context window of 128000" in info.value.message
+    assert info.value.code == "no_capable_target"
+
+
+def test_unknown_models_are_never_filtered_and_config_catalog_entries_extend_and_override():
+    config = parse_config({"providers": PROVIDERS, "catalog": {
+        "a/local-llama": {"context_window": 8192, "tools": False, "input": 0.0, "output": 0.0},
+        "openai/gpt-4o-mini": {"input": 0.10},
+    }})
+    live = LiveRouting(config)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    plan = live.router.plan(request(model="a/local-llama", fallbacks=["b/mystery"], tools=tools))
+    assert labels(plan) == ["b/mystery"] and plan.skipped[0].reason == "does not support tools"
+    mini = live.catalog.info(config.providers[1], "gpt-4o-mini-2024-07-18")
+    assert (mini.input, mini.output, mini.context_window) == (0.10, 0.60, 128_000)
+    with pytest.raises(ConfigError, match="catalog"):
+        parse_config({"catalog": {"a/m": {"context": 5}}})
