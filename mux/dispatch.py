@@ -22,18 +22,19 @@ import asyncio
 import importlib
 import random
 from time import perf_counter, time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import msgspec
 
 from .asgi import Receive, Scope, Send, send_error, send_json
-from .config import CascadeConfig
+from .catalog import Catalog
+from .config import CascadeConfig, ProviderConfig
 from .context import Context, Outcome, context_of, request_of
 from .decision import decision_trace
 from .errors import MuxError, NoRouteAvailable, UpstreamError, UpstreamTimeout, render_error
 from .live import LiveRouting
 from .pricing import cost_of
-from .providers import ADAPTERS, Adapter, Call, Completion
+from .providers import ADAPTERS, Adapter, Call, Completion, UpstreamRequest
 from .routing import Plan, Target
 from .sse import DONE, SSEParser, frame
 from .transport import Transport
@@ -208,18 +209,9 @@ class Dispatch:
         provider = target.provider
         adapter = self.adapters[provider.type]
         upstream = self._build(ctx, adapter, target, call)
-        try:
-            async with asyncio.timeout(timeout_s):
-                if provider.first_byte_timeout_s is None:
-                    response = await self.transport.send(upstream, provider)
-                else:
-                    async with asyncio.timeout(provider.first_byte_timeout_s):
-                        response = await self.transport.send(upstream, provider)
-                body = await response.read()
-        except TimeoutError:
-            raise UpstreamTimeout(f"Provider '{provider.name}' did not answer in time.") from None
-        if response.status >= 400:
-            raise adapter.parse_error(provider, response.status, body, response.headers)
+        status, headers, body = await exchange(self.transport, upstream, provider, timeout_s)
+        if status >= 400:
+            raise adapter.parse_error(provider, status, body, headers)
         completion = adapter.parse_response(provider, call, body)
         self._settle(ctx.outcome, target, completion.model, completion.usage)
         return completion
@@ -355,17 +347,38 @@ class Dispatch:
         return upstream
 
     def _settle(self, outcome: Outcome, target: Target, model: str | None, usage: Usage | None) -> None:
-        """Record the provider and model that answered and, once usage is known, its cost."""
-        outcome.provider = target.provider.name
-        outcome.model = model or target.model
-        outcome.usage = usage
-        outcome.cost_usd = None
-        if usage is None:
-            return
-        catalog = self.routing.catalog
-        price = catalog.price(target.provider, outcome.model) or catalog.price(target.provider, target.model)
-        if price is not None:
-            outcome.cost_usd = usage.cost = cost_of(usage, price)
+        settle(outcome, self.routing.catalog, target, model, usage)
+
+
+async def exchange(transport: Transport, upstream: UpstreamRequest, provider: ProviderConfig,
+                   timeout_s: float) -> tuple[int, Mapping[str, str], bytes]:
+    """Send a non-streamed upstream request and read its whole answer within ``timeout_s`` (and the provider's
+    first-byte limit); answer status, headers and body. Raises ``UpstreamTimeout`` or ``UpstreamError``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            if provider.first_byte_timeout_s is None:
+                response = await transport.send(upstream, provider)
+            else:
+                async with asyncio.timeout(provider.first_byte_timeout_s):
+                    response = await transport.send(upstream, provider)
+            body = await response.read()
+    except TimeoutError:
+        raise UpstreamTimeout(f"Provider '{provider.name}' did not answer in time.") from None
+    return response.status, response.headers, body
+
+
+def settle(outcome: Outcome, catalog: Catalog, target: Target, model: str | None, usage: Usage | None) -> None:
+    """Record in ``outcome`` the provider and model that answered and, once usage is known, its cost (also
+    written into ``usage.cost``)."""
+    outcome.provider = target.provider.name
+    outcome.model = model or target.model
+    outcome.usage = usage
+    outcome.cost_usd = None
+    if usage is None:
+        return
+    price = catalog.price(target.provider, outcome.model) or catalog.price(target.provider, target.model)
+    if price is not None:
+        outcome.cost_usd = usage.cost = cost_of(usage, price)
 
 
 def retryable(error: MuxError, retry_on: frozenset[int | str]) -> bool:

@@ -1,5 +1,5 @@
-"""The terminal router of the gateway: chat completions to Dispatch, ``/v1/models``, ``/healthz``; any other
-path goes to the wrapped app (``mux.wrap``) or answers 404 in OpenAI's error shape."""
+"""The terminal router of the gateway: chat completions to Dispatch, embeddings, ``/v1/models``, ``/healthz``,
+``/admin/*``; any other path goes to the wrapped app (``mux.wrap``) or answers 404 in OpenAI's error shape."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .admin import PREFIX as ADMIN_PREFIX
 from .admin import Admin
 from .asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, send_error, send_json
 from .config import Config
+from .embeddings import EMBEDDINGS_PATHS
 from .errors import MethodNotAllowed, NotFound
 from .live import LiveRouting
 
@@ -35,9 +36,10 @@ def models_body(config: Config) -> bytes:
 class Endpoints:
     """Routes by exact path; reads nothing of the context."""
 
-    def __init__(self, *, dispatch: ASGIApp, routing: LiveRouting, fallback: ASGIApp | None = None,
-                 admin_token: str | None = None, logger: Any = None) -> None:
+    def __init__(self, *, dispatch: ASGIApp, embeddings: ASGIApp, routing: LiveRouting,
+                 fallback: ASGIApp | None = None, admin_token: str | None = None, logger: Any = None) -> None:
         self.dispatch = dispatch
+        self.embeddings = embeddings
         self.routing = routing
         self.fallback = fallback
         self.admin = Admin(routing=routing, token=admin_token, logger=logger)
@@ -62,6 +64,10 @@ class Endpoints:
         if path in CHAT_PATHS:
             if method == "POST":
                 return await self.dispatch(scope, receive, send)
+            return await send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
+        if path in EMBEDDINGS_PATHS:
+            if method == "POST":
+                return await self.embeddings(scope, receive, send)
             return await send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
         if path in MODELS_PATHS and method in ("GET", "HEAD"):
             return await send_json(send, 200, self.models())

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from .asgi import API_PREFIXES, ASGIApp, Receive, Scope, Send
 from .config import Config
 from .dispatch import Dispatch
+from .embeddings import Embeddings
 from .endpoints import Endpoints
 from .layers import ErrorLayer, RouterLayer, TagsLayer, TraceLayer
 from .live import LiveRouting
@@ -109,7 +110,8 @@ def _build(config: Config, fallback: ASGIApp | None, transport: Transport | None
     chosen = layers(config, routing=routing, logger=logger, prefixes=prefixes)
     check_stack(chosen)
     dispatch = Dispatch(routing=routing, transport=transport, max_body_bytes=config.server.max_body_bytes)
-    endpoints = Endpoints(dispatch=dispatch, routing=routing, fallback=fallback,
+    embeddings = Embeddings(routing=routing, transport=transport, max_body_bytes=config.server.max_body_bytes)
+    endpoints = Endpoints(dispatch=dispatch, embeddings=embeddings, routing=routing, fallback=fallback,
                           admin_token=config.server.admin_token, logger=logger)
     return Gateway(compose(chosen, endpoints), routing=routing, transport=transport)
 

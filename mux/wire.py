@@ -341,6 +341,46 @@ def forwardable_fields(fields: dict[str, msgspec.Raw]) -> dict[str, msgspec.Raw]
     return {k: v for k, v in fields.items() if k not in GATEWAY_KEYS}
 
 
+# --- embeddings --------------------------------------------------------------------------------------------
+
+
+class EmbeddingsRequest(Struct, kw_only=True):
+    """The validated view of a ``POST /v1/embeddings`` body."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
+    # a string, or a list of strings, of token ids, or of token-id lists (homogeneity checked on decode)
+    input: Annotated[str, Meta(min_length=1)] | Annotated[list[str | int | list[int]], Meta(min_length=1, max_length=2048)]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: PositiveInt | None = None
+    user: str | None = None
+
+
+_embeddings_decoder = msgspec.json.Decoder(EmbeddingsRequest)
+
+
+def decode_embeddings(body: bytes) -> tuple[EmbeddingsRequest, dict[str, msgspec.Raw]]:
+    """Validate an embeddings body; answer its view and raw top-level fields. Raises ``InvalidRequest``."""
+    try:
+        fields = _fields_decoder.decode(body)
+        view = _embeddings_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise from_validation(exc) from None
+    except msgspec.DecodeError as exc:
+        raise from_validation(exc) from None
+    except RecursionError:
+        raise _too_deep() from None
+    except UnicodeDecodeError:
+        raise _not_utf8() from None
+    for key in fields:
+        if key in FORBIDDEN_KEYS:
+            raise InvalidRequest(f"Unsupported parameter: '{key}' is not accepted in a request body.", param=key,
+                                 code="unsupported_parameter")
+    if isinstance(view.input, list) and len({type(item) for item in view.input}) > 1:
+        raise InvalidRequest("'input' must be a string or a list of strings, of token ids, or of token-id lists, "
+                             "not a mixture.", param="input", code="invalid_value")
+    return view, fields
+
+
 # --- responses ---------------------------------------------------------------------------------------------
 
 
@@ -381,7 +421,7 @@ class Usage(Struct, omit_defaults=True):
         return (details.reasoning_tokens or 0) if details else 0
 
 
-class ResponseToolCall(Struct, omit_defaults=True):
+class ResponseToolCall(Struct):  # no omit_defaults: "type": "function" must be on the wire (it is the default)
     id: str
     function: FunctionCall
     type: str = "function"
@@ -402,13 +442,13 @@ class Choice(Struct):
     logprobs: Any = None
 
 
-class ChatCompletion(Struct, omit_defaults=True):
+class ChatCompletion(Struct, omit_defaults=True, tag="chat.completion", tag_field="object"):
+    # "object": "chat.completion" is the tag, so it is always on the wire (omit_defaults would drop a default)
     id: str
     created: int
     model: str
     choices: list[Choice]
     usage: Usage | None = None
-    object: str = "chat.completion"
     system_fingerprint: str | None = None
 
 
@@ -459,7 +499,16 @@ class CompletionPeek(Struct):
     error: dict[str, Any] | None = None
 
 
+class EmbeddingsPeek(Struct):
+    """What mux reads of an OpenAI embedding list it relays unchanged."""
+
+    data: list[msgspec.Raw]
+    model: str | None = None
+    usage: Usage | None = None
+
+
 peek_decoder = msgspec.json.Decoder(CompletionPeek)
+embeddings_peek_decoder = msgspec.json.Decoder(EmbeddingsPeek)
 _top_level_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 

@@ -12,7 +12,7 @@ import msgspec
 
 from ..errors import MuxError, UpstreamError, redact
 from ..sse import SSEEvent
-from ..wire import ChatRequest, Usage
+from ..wire import ChatRequest, EmbeddingsRequest, Usage
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -45,6 +45,14 @@ class Call(msgspec.Struct):
         """Whether the client asked for the final usage chunk of a stream."""
         options = self.request.stream_options
         return bool(options and options.include_usage)
+
+
+class EmbeddingCall(msgspec.Struct):
+    """What an adapter reads of one embeddings request."""
+
+    request: EmbeddingsRequest
+    fields: dict[str, msgspec.Raw]
+    model: str
 
 
 class Completion(msgspec.Struct):
@@ -88,6 +96,14 @@ class Adapter(Protocol):
     def parse_error(self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]) -> MuxError: ...
 
     def stream_translator(self, provider: ProviderConfig, call: Call) -> StreamTranslator: ...
+
+
+class EmbeddingsAdapter(Protocol):
+    """What an adapter that serves ``/v1/embeddings`` adds; ``parse_embeddings`` answers OpenAI's list shape."""
+
+    def build_embeddings(self, provider: ProviderConfig, call: EmbeddingCall) -> UpstreamRequest: ...
+
+    def parse_embeddings(self, provider: ProviderConfig, call: EmbeddingCall, body: bytes) -> Completion: ...
 
 
 class _ErrorDetail(msgspec.Struct):

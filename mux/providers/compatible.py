@@ -125,11 +125,11 @@ class CompatibleAdapter(OpenAIAdapter):
             notes.append(f"dropped 'messages[].name': not accepted by {preset.type_name}")
         return fields
 
-    def url(self, provider: ProviderConfig, call: Call) -> str:
+    def url(self, provider: ProviderConfig, model: str, path: str) -> str:
         if self.preset.azure_paths:
             version = provider.api_version or AZURE_API_VERSION
-            return provider.url_for(f"/openai/deployments/{call.model}/chat/completions?api-version={version}")
-        return super().url(provider, call)
+            return provider.url_for(f"/openai/deployments/{model}{path}?api-version={version}")
+        return super().url(provider, model, path)
 
     def headers(self, provider: ProviderConfig) -> dict[str, str]:
         headers = {"content-type": "application/json", **provider.headers}

@@ -15,8 +15,8 @@ import msgspec
 
 from ..errors import MuxError, UpstreamError, redact
 from ..sse import SSEEvent
-from ..wire import Usage, encoder, forwardable_fields, peek_decoder
-from .base import Call, Completion, UpstreamRequest, upstream_error
+from ..wire import Usage, embeddings_peek_decoder, encoder, forwardable_fields, peek_decoder
+from .base import Call, Completion, EmbeddingCall, UpstreamRequest, upstream_error
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -38,7 +38,8 @@ class OpenAIAdapter:
         """Answer the upstream request: the client's body minus gateway keys, ``model`` replaced."""
         notes: list[str] = []
         fields = self.upstream_fields(call, notes)
-        return UpstreamRequest("POST", self.url(provider, call), self.headers(provider), encoder.encode(fields), notes)
+        return UpstreamRequest("POST", self.url(provider, call.model, "/chat/completions"), self.headers(provider),
+                               encoder.encode(fields), notes)
 
     def upstream_fields(self, call: Call, notes: list[str]) -> dict[str, msgspec.Raw]:
         """Answer the body fields to send; ``notes`` collects decisions for the trace."""
@@ -54,8 +55,9 @@ class OpenAIAdapter:
         fields["model"] = msgspec.Raw(encoder.encode(call.model))
         return fields
 
-    def url(self, provider: ProviderConfig, call: Call) -> str:
-        return provider.url_for("/chat/completions")
+    def url(self, provider: ProviderConfig, model: str, path: str) -> str:
+        """Answer the URL of an operation (``/chat/completions``, ``/embeddings``) for ``model``."""
+        return provider.url_for(path)
 
     def headers(self, provider: ProviderConfig) -> dict[str, str]:
         headers = {"content-type": "application/json", **provider.headers}
@@ -75,6 +77,22 @@ class OpenAIAdapter:
         if peek.choices is None:
             raise UpstreamError(f"Provider '{provider.name}' answered without 'choices'.",
                                 code="upstream_malformed_response")
+        return Completion(body=body, usage=peek.usage, model=peek.model)
+
+    def build_embeddings(self, provider: ProviderConfig, call: EmbeddingCall) -> UpstreamRequest:
+        """Answer ``POST {base_url}/embeddings`` with the client's fields and the target's model."""
+        fields = dict(call.fields)
+        fields["model"] = msgspec.Raw(encoder.encode(call.model))
+        return UpstreamRequest("POST", self.url(provider, call.model, "/embeddings"), self.headers(provider),
+                               encoder.encode(fields))
+
+    def parse_embeddings(self, provider: ProviderConfig, call: EmbeddingCall, body: bytes) -> Completion:
+        """Answer OpenAI's embedding list unchanged, with its usage read for accounting."""
+        try:
+            peek = embeddings_peek_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise UpstreamError(f"Provider '{provider.name}' answered with a body that is not an embedding list.",
+                                code="upstream_malformed_response") from None
         return Completion(body=body, usage=peek.usage, model=peek.model)
 
     def parse_error(self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]) -> MuxError:
