@@ -67,6 +67,7 @@ PRICES: dict[str, Price] = {
     "gemini/gemini-2.0-flash-001": Price(0.10, 0.40, 0.025),
     "gemini/gemini-2.0-flash-lite": Price(0.075, 0.30),
     "gemini/gemini-2.0-flash-lite-001": Price(0.075, 0.30),
+    "gemini/gemini-embedding-001": Price(0.15, 0.0),
 }
 
 

@@ -397,7 +397,7 @@ class CompletionTokensDetails(Struct, omit_defaults=True):
     rejected_prediction_tokens: int | None = None
 
 
-class Usage(Struct, omit_defaults=True):
+class Usage(Struct):  # no omit_defaults: a count of 0 must stay on the wire (absent details and cost are null)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0

@@ -101,6 +101,12 @@ def test_consecutive_turns_of_one_role_are_merged_and_roles_alternate():
     ]
 
 
+def test_empty_and_whitespace_only_text_is_left_out():
+    body = build({"messages": [{"role": "user", "content": [{"type": "text", "text": "  "}, {"type": "text", "text": "Hi"}]},
+                               {"role": "assistant", "content": "\n"}, {"role": "user", "content": "again"}]})
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "again"}]}]
+
+
 def test_a_conversation_starting_with_the_assistant_or_without_turns_is_refused():
     assert refused({"messages": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "x"}]}).param == "messages"
     assert refused({"messages": [{"role": "system", "content": "only rules"}]}).param == "messages"
@@ -346,7 +352,8 @@ def test_text_answer_becomes_a_chat_completion():
     assert answer["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "Hi! My name is Claude."},
                                   "finish_reason": "stop", "logprobs": None}]
     assert answer["usage"] == {"prompt_tokens": 10, "completion_tokens": 25, "total_tokens": 35,
-                               "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}}
+                               "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                               "completion_tokens_details": None, "cost": None}
 
 
 def test_tool_use_and_thinking_blocks_become_tool_calls_and_reasoning():

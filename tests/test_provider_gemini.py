@@ -400,7 +400,7 @@ def test_response_text_thoughts_and_usage_become_a_chat_completion():
         "refusal": None, "reasoning": "**Weighing options**\nThe user wants a haiku."}}]
     assert body["usage"] == {"prompt_tokens": 1000, "completion_tokens": 80, "total_tokens": 1080,
                              "prompt_tokens_details": {"cached_tokens": 200},
-                             "completion_tokens_details": {"reasoning_tokens": 30}}
+                             "completion_tokens_details": {"reasoning_tokens": 30}, "cost": None}
     assert completion.usage.cached_tokens == 200 and completion.usage.reasoning_tokens == 30
 
 

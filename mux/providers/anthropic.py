@@ -294,10 +294,7 @@ class AnthropicAdapter:
     def parse_error(self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]) -> MuxError:
         """Map an Anthropic error answer; ``{"type": "error", "error": {"type", "message"}}`` is read by
         ``upstream_error``. 529 (overloaded) becomes a retryable 503."""
-        error = upstream_error(provider, status, body, headers)
-        if status == 402:  # billing_error: the gateway's account, never the client's request (as for 401/403)
-            error.status, error.type, error.code = 502, "upstream_error", "upstream_billing"
-        return error
+        return upstream_error(provider, status, body, headers)
 
     def stream_translator(self, provider: ProviderConfig, call: Call) -> AnthropicStream:
         return AnthropicStream(provider, call)
@@ -593,13 +590,13 @@ def _text_of(content: str | list[TextPart]) -> str:
 
 
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
+    if isinstance(content, str):  # Anthropic refuses empty and whitespace-only text blocks: they are left out
+        return [{"type": "text", "text": content}] if content.strip() else []
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         at = f"{where}.content[{j}]"
         if isinstance(part, TextPart):
-            if part.text:
+            if part.text.strip():
                 blocks.append({"type": "text", "text": part.text})
         elif isinstance(part, ImagePart):
             blocks.append(_image_block(part.image_url.url, f"{at}.image_url.url"))
@@ -614,12 +611,12 @@ def _assistant_blocks(message: AssistantMessage, where: str) -> list[dict[str, A
     blocks: list[dict[str, Any]] = []
     content = message.content
     if isinstance(content, str):
-        if content:
+        if content.strip():
             blocks.append({"type": "text", "text": content})
     elif content:
         for part in content:
             text = part.refusal if isinstance(part, RefusalPart) else part.text
-            if text:
+            if text.strip():
                 blocks.append({"type": "text", "text": text})
     for j, tool_call in enumerate(message.tool_calls or ()):
         arguments = tool_call.function.arguments
@@ -744,6 +741,15 @@ def _event_error(provider: ProviderConfig, detail: _ErrorDetail | None, body: by
 # --- streams -----------------------------------------------------------------------------------------------
 
 
+class _BlockState(Struct):
+    """What a stream remembers of one open content block."""
+
+    kind: str  # "text" | "thinking" | "tool" (a client tool call) | "json" (the JSON-mode tool)
+    tool_index: int | None = None  # the OpenAI tool_calls index of a "tool" block
+    emitted: bool = False  # whether any input fragment went out
+    buffered: list[str] = []  # input fragments held back (a wrapped JSON-mode schema)
+
+
 class AnthropicStream:
     """Anthropic stream events in, OpenAI chunk payloads out; knows whether ``message_stop`` arrived."""
 
@@ -760,8 +766,7 @@ class AnthropicStream:
         self.created: int | None = int(time())
         self.done = False
         self._role_sent = False
-        # content block index -> [kind, tool index, arguments emitted, buffered fragments]
-        self._blocks: dict[int, list[Any]] = {}
+        self._blocks: dict[int, _BlockState] = {}  # by Anthropic content block index
         self._tool_count = 0
         self._has_tool_calls = False
         self._finished = False
@@ -815,20 +820,20 @@ class AnthropicStream:
             return []
         if block.type == "tool_use" and block.id is not None and block.name is not None:
             if self.json_tool is not None and block.name == self.json_tool.name:
-                self._blocks[data.index] = ["json", None, False, []]
+                self._blocks[data.index] = _BlockState("json")
                 return []
             index = self._tool_count
             self._tool_count += 1
             self._has_tool_calls = True
-            self._blocks[data.index] = ["tool", index, False, []]
+            self._blocks[data.index] = _BlockState("tool", index)
             call = DeltaToolCall(index=index, id=block.id, type="function",
                                  function=DeltaToolCallFunction(name=block.name, arguments=""))
             return [self._chunk(Delta(tool_calls=[call]))]
         if block.type == "text":
-            self._blocks[data.index] = ["text", None, False, []]
+            self._blocks[data.index] = _BlockState("text")
             return [self._chunk(Delta(content=block.text))] if block.text else []
         if block.type == "thinking":
-            self._blocks[data.index] = ["thinking", None, False, []]
+            self._blocks[data.index] = _BlockState("thinking")
             if block.thinking and not self.exclude_reasoning:
                 return [self._chunk(Delta(reasoning=block.thinking))]
         return []
@@ -847,16 +852,17 @@ class AnthropicStream:
             state = self._blocks.get(data.index) if data.index is not None else None
             if state is None:
                 return []
-            if state[0] == "tool":
-                state[2] = True
-                call = DeltaToolCall(index=state[1], function=DeltaToolCallFunction(arguments=delta.partial_json))
+            if state.kind == "tool":
+                state.emitted = True
+                fragment = DeltaToolCallFunction(arguments=delta.partial_json)
+                call = DeltaToolCall(index=state.tool_index, function=fragment)
                 return [self._chunk(Delta(tool_calls=[call]))]
-            if state[0] == "json":
+            if state.kind == "json":
                 assert self.json_tool is not None
                 if self.json_tool.wrapped:
-                    state[3].append(delta.partial_json)
+                    state.buffered.append(delta.partial_json)
                     return []
-                state[2] = True
+                state.emitted = True
                 return [self._chunk(Delta(content=delta.partial_json))]
         return []  # signature_delta, citations_delta, empty fragments
 
@@ -864,14 +870,14 @@ class AnthropicStream:
         state = self._blocks.get(data.index) if data.index is not None else None
         if state is None:
             return []
-        if state[0] == "tool" and not state[2]:  # a call without arguments: its input is {}
-            call = DeltaToolCall(index=state[1], function=DeltaToolCallFunction(arguments="{}"))
+        if state.kind == "tool" and not state.emitted:  # a call without arguments: its input is {}
+            call = DeltaToolCall(index=state.tool_index, function=DeltaToolCallFunction(arguments="{}"))
             return [self._chunk(Delta(tool_calls=[call]))]
-        if state[0] == "json":
+        if state.kind == "json":
             assert self.json_tool is not None
             if self.json_tool.wrapped:
-                return [self._chunk(Delta(content=self.json_tool.unwrap("".join(state[3]) or "{}")))]
-            if not state[2]:
+                return [self._chunk(Delta(content=self.json_tool.unwrap("".join(state.buffered) or "{}")))]
+            if not state.emitted:
                 return [self._chunk(Delta(content="{}"))]
         return []
 

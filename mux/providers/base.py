@@ -125,6 +125,7 @@ _error_body_decoder = msgspec.json.Decoder(_ErrorBody)
 _STATUS_MAP: dict[int, tuple[int, str]] = {
     400: (400, "upstream_bad_request"),
     401: (502, "upstream_auth_failed"),
+    402: (502, "upstream_billing"),  # the gateway's account with the provider, never the client's request
     403: (502, "upstream_forbidden"),
     404: (404, "upstream_not_found"),
     408: (504, "upstream_timeout"),
@@ -155,6 +156,8 @@ def upstream_error(
         message = _message_of(body)
     if status in (401, 403):
         text = f"Provider '{provider.name}' rejected the gateway's credentials (HTTP {status}); check its api_key."
+    elif status == 402:
+        text = f"Provider '{provider.name}' refused the gateway's account (HTTP 402; check its billing): {message or 'no detail'}"
     elif message:
         text = f"Provider '{provider.name}' answered HTTP {status}: {message}"
     else:

@@ -84,7 +84,7 @@ from ..wire import (
     UserMessage,
     encoder,
 )
-from .base import Call, Completion, UpstreamRequest, upstream_error
+from .base import Call, Completion, EmbeddingCall, UpstreamRequest, upstream_error
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -801,6 +801,22 @@ def _completion_id(response_id: str | None) -> str:
     return f"chatcmpl-{response_id}" if response_id else f"chatcmpl-{uuid.uuid4().hex}"
 
 
+class _ContentEmbedding(Struct):
+    values: list[float]
+
+
+class _EmbeddingUsage(Struct, rename="camel"):
+    prompt_token_count: int | None = None
+
+
+class _BatchEmbeddings(Struct, rename="camel"):
+    embeddings: list[_ContentEmbedding]
+    usage_metadata: _EmbeddingUsage | None = None
+
+
+_embeddings_decoder = msgspec.json.Decoder(_BatchEmbeddings)
+
+
 def _malformed(provider: ProviderConfig, what: str) -> UpstreamError:
     return UpstreamError(f"Provider '{provider.name}' answered with {what}.", code="upstream_malformed_response")
 
@@ -888,6 +904,47 @@ class GeminiAdapter:
         headers = {"content-type": "application/json", **provider.headers, **self.auth_headers(provider)}
         notes = [f"dropped schema keyword {keyword}: not accepted by Gemini" for keyword in dropped]
         return UpstreamRequest("POST", self.url_for_call(provider, call), headers, encoder.encode(body), notes)
+
+    def build_embeddings(self, provider: ProviderConfig, call: EmbeddingCall) -> UpstreamRequest:
+        """``:batchEmbedContents`` with one request per input string (``dimensions`` as
+        ``outputDimensionality``); token-id inputs are refused: Gemini embeds text."""
+        inputs = [call.request.input] if isinstance(call.request.input, str) else call.request.input
+        if not all(isinstance(item, str) for item in inputs):
+            raise InvalidRequest("Gemini embeds text: 'input' must be a string or a list of strings.", param="input")
+        model = call.model.removeprefix("models/")
+        requests = []
+        for text in inputs:
+            item: dict[str, Any] = {"model": f"models/{model}", "content": {"parts": [{"text": text}]}}
+            if call.request.dimensions is not None:
+                item["outputDimensionality"] = call.request.dimensions
+            requests.append(item)
+        url = provider.url_for(f"/v1beta/models/{quote(model, safe='-._~')}:batchEmbedContents")
+        headers = {"content-type": "application/json", **provider.headers, **self.auth_headers(provider)}
+        return UpstreamRequest("POST", url, headers, encoder.encode({"requests": requests}))
+
+    def parse_embeddings(self, provider: ProviderConfig, call: EmbeddingCall, body: bytes) -> Completion:
+        """Answer OpenAI's embedding list. Usage is Gemini's ``usageMetadata.promptTokenCount`` when it sends
+        one, else an estimate of four characters a token (its batch answer may carry no counts)."""
+        try:
+            answer = _embeddings_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            raise _malformed(provider, "a body that is not a BatchEmbedContentsResponse") from None
+        base64_wanted = call.request.encoding_format == "base64"
+        data = []
+        for index, embedding in enumerate(answer.embeddings):
+            values: Any = embedding.values
+            if base64_wanted:  # OpenAI's base64 form: little-endian float32
+                import array
+
+                packed = array.array("f", values)
+                values = base64.b64encode(packed.tobytes()).decode()
+            data.append({"object": "embedding", "index": index, "embedding": values})
+        inputs = [call.request.input] if isinstance(call.request.input, str) else call.request.input
+        counted = answer.usage_metadata.prompt_token_count if answer.usage_metadata else None
+        tokens = counted if counted is not None else sum(math.ceil(len(t) / 4) for t in inputs)
+        usage = Usage(prompt_tokens=tokens, total_tokens=tokens)
+        reply = {"object": "list", "data": data, "model": call.model, "usage": usage}
+        return Completion(body=encoder.encode(reply), usage=usage, model=call.model)
 
     def parse_response(self, provider: ProviderConfig, call: Call, body: bytes) -> Completion:
         try:
