@@ -10,6 +10,7 @@ fake with its records and script reset. Providers of the gateway:
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import openai
@@ -18,6 +19,9 @@ import pytest
 import mux
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.servers import serve
+
+# The gateways under test log one JSON line per request; keep them out of the test output.
+mux.configure_logging(stream=open(os.devnull, "wb"))
 
 FAKE_OPENAI_KEY = "sk-fake-upstream-0123456789abcdef"
 CLIENT_KEY = "sk-client-key-never-forwarded"
