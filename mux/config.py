@@ -38,6 +38,8 @@ class ProviderConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     models: list[str] = []
     headers: dict[str, str] = {}  # extra upstream headers, e.g. OpenAI-Organization
     api_version: str | None = None  # Azure OpenAI's api-version query parameter
+    project: str | None = None  # Vertex AI's project id
+    location: str | None = None  # Vertex AI's region (default us-central1)
 
     def __repr__(self) -> str:
         key = "***" if self.api_key else None

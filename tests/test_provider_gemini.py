@@ -939,3 +939,25 @@ def test_fake_refuses_what_gemini_refuses(fake):
         sse = http.post(url.replace(":generateContent", ":streamGenerateContent?alt=sse"), json=ok, headers=key)
         assert sse.headers["content-type"] == "text/event-stream" and sse.content.endswith(b"}\r\n\r\n")
         assert b"[DONE]" not in sse.content
+
+
+def test_vertex_variant_uses_the_project_path_and_a_bearer_token():
+    import msgspec as _msgspec
+
+    from mux.config import ConfigError, parse_config
+    from mux.providers import ADAPTERS, Call
+    from mux.wire import decode_request
+
+    config = parse_config({"providers": [{"name": "vx", "type": "vertex", "api_key": "ya29.token",
+                                          "base_url": "https://europe-west4-aiplatform.googleapis.com",
+                                          "project": "my-proj", "location": "europe-west4"}]})
+    view, fields = decode_request(_msgspec.json.encode({"model": "gemini-2.5-flash", "stream": True,
+                                                        "messages": [{"role": "user", "content": "hi"}]}))
+    upstream = ADAPTERS["vertex"].build_request(config.providers[0], Call(request=view, fields=fields,
+                                                                          model="gemini-2.5-flash"))
+    assert upstream.url == ("https://europe-west4-aiplatform.googleapis.com/v1/projects/my-proj/locations/"
+                            "europe-west4/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+    assert upstream.headers["authorization"] == "Bearer ya29.token" and "x-goog-api-key" not in upstream.headers
+    assert _msgspec.json.decode(upstream.body)["contents"] == [{"role": "user", "parts": [{"text": "hi"}]}]
+    with pytest.raises(ConfigError, match="base_url: required"):
+        parse_config({"providers": [{"name": "vx", "type": "vertex", "project": "p"}]})

@@ -6,11 +6,13 @@ from .anthropic import ADAPTER as _anthropic
 from .base import Adapter, Call, Completion, StreamTranslator, UpstreamRequest
 from .compatible import ADAPTERS as _compatible
 from .gemini import ADAPTER as _gemini
+from .gemini import VERTEX as _vertex
 from .openai import ADAPTER as _openai
 
 ADAPTERS: dict[str, Adapter] = {
     _openai.type_name: _openai,
     _gemini.type_name: _gemini,
+    _vertex.type_name: _vertex,
     _anthropic.type_name: _anthropic,
     **{adapter.type_name: adapter for adapter in _compatible},
 }

@@ -2,13 +2,13 @@
 
 ``POST {base_url}/v1beta/models/{model}:generateContent``, and ``:streamGenerateContent?alt=sse`` for streams,
 with the key in the ``x-goog-api-key`` header (never in the URL, where it would reach access logs). Vertex AI
-serves the same bodies at another path with OAuth: a variant only needs to override ``url_for_call`` and
-``auth_headers``.
+(``type: vertex``, ``VertexAdapter``) serves the same bodies at another path with an OAuth bearer token: it
+overrides only ``url_for_call`` and ``auth_headers``.
 
 Request: OpenAI messages become ``contents`` of ``user``/``model`` turns (consecutive turns of one role merged),
 system and developer messages the ``systemInstruction``; tools become ``functionDeclarations`` whose JSON Schema
-is converted to the OpenAPI subset Gemini's ``Schema`` accepts (``convert_schema``; what it had to drop is
-listed by ``GeminiAdapter.dropped_keywords`` for the decision trace); parameters go to ``generationConfig``.
+is converted to the OpenAPI subset Gemini's ``Schema`` accepts (``convert_schema``; what it had to drop goes to
+the decision trace as the upstream request's notes); parameters go to ``generationConfig``.
 Response and stream: ``candidates`` become ``choices``; ``thought`` parts become ``reasoning``; function calls
 become ``tool_calls`` with deterministic ids (``call_<index>_<hash>``; a ``thoughtSignature`` rides along in
 the id after ``__thought__`` so that the next turn can hand it back, as Gemini 2.5+/3 require); the usage of
@@ -1104,4 +1104,34 @@ class GeminiStream:
         return out
 
 
+class VertexAdapter(GeminiAdapter):
+    """Gemini on Vertex AI: ``{base_url}/v1/projects/{project}/locations/{location}/publishers/google/models/
+    {model}:generateContent`` (and ``:streamGenerateContent?alt=sse``), with ``api_key`` sent as an OAuth
+    bearer token (mux does not mint tokens: give it one, e.g. from ``gcloud auth print-access-token``, and
+    reload before it expires). ``base_url`` is the regional endpoint, e.g.
+    ``https://us-central1-aiplatform.googleapis.com``. Embeddings are not served for this type."""
+
+    type_name: ClassVar[str] = "vertex"
+    default_base_url: ClassVar[str] = ""
+    env_keys: ClassVar[tuple[str, ...]] = ()
+    model_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    def url_for_call(self, provider: ProviderConfig, call: Call) -> str:
+        if not provider.project:
+            raise InvalidRequest(f"Provider '{provider.name}' (vertex) has no 'project' configured.", param="model",
+                                 code="provider_not_configured")
+        model = quote(call.model.removeprefix("models/"), safe="-._~")
+        location = quote(provider.location or "us-central1", safe="-")
+        path = f"/v1/projects/{quote(provider.project, safe='-')}/locations/{location}/publishers/google/models/{model}"
+        return provider.url_for(path + (":streamGenerateContent?alt=sse" if call.stream else ":generateContent"))
+
+    def auth_headers(self, provider: ProviderConfig) -> dict[str, str]:
+        return {"authorization": "Bearer " + provider.api_key} if provider.api_key else {}
+
+    def build_embeddings(self, provider: ProviderConfig, call: EmbeddingCall) -> UpstreamRequest:
+        raise InvalidRequest(f"Provider '{provider.name}' (type vertex) does not serve embeddings through mux.",
+                             param="model", code="unsupported_operation")
+
+
 ADAPTER = GeminiAdapter()
+VERTEX = VertexAdapter()
