@@ -8,6 +8,8 @@ the price is known.
 
 from __future__ import annotations
 
+import msgspec
+
 from .asgi import Receive, Scope, Send, send_error, send_json
 from .context import body_of, context_of
 from .dispatch import exchange, settle
@@ -16,7 +18,7 @@ from .live import LiveRouting
 from .providers import ADAPTERS, Adapter
 from .providers.base import EmbeddingCall
 from .transport import Transport
-from .wire import decode_embeddings, with_fields
+from .wire import Usage, decode_embeddings, with_fields
 
 EMBEDDINGS_PATHS = frozenset({"/v1/embeddings", "/api/v1/embeddings"})
 
@@ -38,6 +40,9 @@ class Embeddings:
         try:
             body, receive = await body_of(scope, receive, self.max_body_bytes)
             request, fields = decode_embeddings(body)
+            if request.model.startswith("@"):
+                raise InvalidRequest("Routing configs serve chat completions; ask embeddings of a 'provider/model'.",
+                                     param="model", code="unsupported_operation")
             target = self.routing.resolver.resolve(request.model)
             provider = target.provider
             adapter = self.adapters[provider.type]
@@ -58,5 +63,16 @@ class Embeddings:
         outcome.status = 200
         reply = result.body
         if outcome.cost_usd is not None and result.usage is not None:
-            reply = with_fields(reply, {"usage": result.usage})
+            reply = _with_cost(reply, result.usage)
         await send_json(send, 200, reply)
+
+
+def _with_cost(body: bytes, usage: Usage) -> bytes:
+    """Answer the embedding list with ``usage.cost`` added to its usage object, which otherwise stays as the
+    provider sent it (OpenAI's embedding usage is ``prompt_tokens`` and ``total_tokens`` only, not chat's)."""
+    fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+    current = msgspec.json.decode(fields["usage"]) if "usage" in fields else None
+    if not isinstance(current, dict):
+        current = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
+    current["cost"] = usage.cost
+    return with_fields(body, {"usage": current})

@@ -375,6 +375,9 @@ def decode_embeddings(body: bytes) -> tuple[EmbeddingsRequest, dict[str, msgspec
         if key in FORBIDDEN_KEYS:
             raise InvalidRequest(f"Unsupported parameter: '{key}' is not accepted in a request body.", param=key,
                                  code="unsupported_parameter")
+    if isinstance(view.input, list) and any(item == "" or item == [] for item in view.input):
+        raise InvalidRequest("'input' must not contain empty strings or empty token lists.", param="input",
+                             code="invalid_value")
     if isinstance(view.input, list) and len({type(item) for item in view.input}) > 1:
         raise InvalidRequest("'input' must be a string or a list of strings, of token ids, or of token-id lists, "
                              "not a mixture.", param="input", code="invalid_value")

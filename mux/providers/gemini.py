@@ -43,6 +43,7 @@ import base64
 import hashlib
 import math
 import mimetypes
+import struct
 import uuid
 from time import time
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
@@ -933,17 +934,15 @@ class GeminiAdapter:
         data = []
         for index, embedding in enumerate(answer.embeddings):
             values: Any = embedding.values
-            if base64_wanted:  # OpenAI's base64 form: little-endian float32
-                import array
-
-                packed = array.array("f", values)
-                values = base64.b64encode(packed.tobytes()).decode()
+            if base64_wanted:  # OpenAI's base64 form: little-endian float32, whatever this machine's byte order
+                values = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
             data.append({"object": "embedding", "index": index, "embedding": values})
         inputs = [call.request.input] if isinstance(call.request.input, str) else call.request.input
         counted = answer.usage_metadata.prompt_token_count if answer.usage_metadata else None
         tokens = counted if counted is not None else sum(math.ceil(len(t) / 4) for t in inputs)
         usage = Usage(prompt_tokens=tokens, total_tokens=tokens)
-        reply = {"object": "list", "data": data, "model": call.model, "usage": usage}
+        reply = {"object": "list", "data": data, "model": call.model,
+                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # OpenAI's embedding usage shape
         return Completion(body=encoder.encode(reply), usage=usage, model=call.model)
 
     def parse_response(self, provider: ProviderConfig, call: Call, body: bytes) -> Completion:

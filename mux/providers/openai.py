@@ -80,8 +80,9 @@ class OpenAIAdapter:
         return Completion(body=body, usage=peek.usage, model=peek.model)
 
     def build_embeddings(self, provider: ProviderConfig, call: EmbeddingCall) -> UpstreamRequest:
-        """Answer ``POST {base_url}/embeddings`` with the client's fields and the target's model."""
-        fields = dict(call.fields)
+        """Answer ``POST {base_url}/embeddings`` with the client's fields minus gateway keys, and the target's
+        model."""
+        fields = forwardable_fields(call.fields)
         fields["model"] = msgspec.Raw(encoder.encode(call.model))
         return UpstreamRequest("POST", self.url(provider, call.model, "/embeddings"), self.headers(provider),
                                encoder.encode(fields))

@@ -1,4 +1,5 @@
-"""A strict fake of Google's Gemini Developer API (``generateContent`` / ``streamGenerateContent``), a pure ASGI app.
+"""A strict fake of Google's Gemini Developer API (``generateContent`` / ``streamGenerateContent`` /
+``batchEmbedContents``), a pure ASGI app.
 
 Serve it with ``tests.servers.serve(FakeGemini(...))`` and point a ``type: gemini`` provider at the URL.
 
@@ -30,6 +31,20 @@ As strict as the real API where mux could get things wrong:
 - Unknown models are a 404 ``NOT_FOUND`` "models/x is not found for API version v1beta, or is not supported for
   generateContent. Call ListModels ...".
 
+- ``:batchEmbedContents`` (Google's reference page "Embeddings", ai.google.dev/api/embeddings, as copied in
+  public repositories and found with the search tool; the ``google.ai.generativelanguage_v1beta`` protos
+  BatchEmbedContentsRequest/EmbedContentRequest): the body is ``{"requests": [EmbedContentRequest]}``, each with
+  ``model`` ("must match the model specified BatchEmbedContentsRequest.model", i.e. ``models/{model}`` of the
+  URL), ``content`` ("Only the parts.text fields will be counted"), optional ``taskType``, ``title`` and
+  ``outputDimensionality`` ("excessive values in the output embedding are truncated from the end"); unknown
+  names are the usual "Unknown name" 400. The documented response is ``{"embeddings": [{"values": [number]}]}``
+  and nothing else: the Developer API's BatchEmbedContentsResponse carries no ``usageMetadata`` (the reference
+  page's JSON representation; the v1beta protos, google-cloud Dart ``BatchEmbedContentsResponse({embeddings})``;
+  js-genai marks the embed response's ``metadata`` "Vertex API only"). So the fake sends none, unless a
+  ``Reply(usage=...)`` asks for one (some newer surfaces are said to add ``usageMetadata.promptTokenCount``).
+  Chat models are a 404 there ("... is not supported for batchEmbedContents"), embedding models a 404 on
+  ``generateContent``.
+
 It records every request and is scripted per request (``FakeGemini.script(Reply(...))``): text in pieces,
 thoughts, (parallel) function calls with an optional thought signature, any finishReason (SAFETY ...), a
 promptFeedback block, HTTP errors with Google's bodies (400, 403, 404, 429 with RetryInfo, 500, 503), a stream
@@ -40,8 +55,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
+import struct
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -49,6 +66,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 API_KEY = "test-gemini-key"
+# Embedding model -> the length of its vectors (gemini-embedding-001: 3072; text-embedding-004: 768).
+EMBEDDING_MODELS = {"gemini-embedding-001": 3072, "text-embedding-004": 768}
 MODELS = frozenset({
     "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.0-flash", "gemini-2.0-flash-lite",
     "gemini-3-pro-preview", "gemini-3-flash-preview",
@@ -99,6 +118,9 @@ MESSAGES: dict[str, dict[str, tuple[str, bool]]] = {
         "thinkingConfig": ("ThinkingConfig", False), "imageConfig": ("struct", False),
         "mediaResolution": ("enum:MediaResolution", False),
     },
+    "BatchEmbedContentsRequest": {"model": _STRING, "requests": ("EmbedContentRequest", True)},
+    "EmbedContentRequest": {"model": _STRING, "content": ("Content", False), "taskType": ("enum:TaskType", False),
+                            "title": _STRING, "outputDimensionality": _INT},
     "ThinkingConfig": {"includeThoughts": _BOOL, "thinkingBudget": _INT, "thinkingLevel": ("enum:ThinkingLevel", False)},
     "Schema": {
         "type": ("enum:Type", False), "format": _STRING, "title": _STRING, "description": _STRING,
@@ -111,6 +133,8 @@ MESSAGES: dict[str, dict[str, tuple[str, bool]]] = {
 }
 SCHEMA_KEYWORDS = frozenset(MESSAGES["Schema"])
 ENUMS = {
+    "TaskType": {"TASK_TYPE_UNSPECIFIED", "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY",
+                 "CLASSIFICATION", "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY"},
     "Type": {"TYPE_UNSPECIFIED", "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"},
     "Mode": {"MODE_UNSPECIFIED", "AUTO", "ANY", "NONE", "VALIDATED"},
     "ThinkingLevel": {"THINKING_LEVEL_UNSPECIFIED", "MINIMAL", "LOW", "MEDIUM", "HIGH"},
@@ -320,6 +344,54 @@ def semantic_errors(body: dict[str, Any]) -> list[str]:
     return errors
 
 
+def embedding_errors(body: dict[str, Any], model: str, dimensions: int | None) -> list[str]:
+    """Answer the violations Gemini reports for a well-formed ``BatchEmbedContentsRequest`` to ``model`` (whose
+    vectors have ``dimensions`` values, if it is an embedding model)."""
+    errors: list[str] = []
+    body = _norm(body)
+    name = f"models/{model}"
+    if body.get("model") not in (None, name):
+        errors.append(f"* BatchEmbedContentsRequest.model: does not match the model of the URL, {name}")
+    requests = body.get("requests") or []
+    if not requests:
+        errors.append("* BatchEmbedContentsRequest.requests: requests is not specified")
+    for i, request in enumerate(requests):
+        request = _norm(request)
+        where = f"* BatchEmbedContentsRequest.requests[{i}]"
+        if request.get("model") != name:
+            errors.append(f"{where}.model: The model in each of these requests must match the model specified "
+                          f"BatchEmbedContentsRequest.model ({name}), got {request.get('model')!r}")
+        content = _norm(request.get("content") or {})
+        if "content" not in request:
+            errors.append(f"{where}.content: content is not specified")
+        parts = content.get("parts") or []
+        if "content" in request and not parts:
+            errors.append(f"{where}.content.parts: contents.parts must not be empty.")
+        for j, part in enumerate(parts):
+            part = _norm(part)
+            if not isinstance(part.get("text"), str) or not part["text"]:
+                errors.append(f"{where}.content.parts[{j}].text: only non-empty text parts can be embedded")
+        size = request.get("outputDimensionality")
+        if size is not None and dimensions is not None and not 1 <= int(size) <= dimensions:
+            errors.append(f"{where}.output_dimensionality: must be between 1 and {dimensions}, got {size}")
+    return errors
+
+
+def embedding_values(text: str, dimensions: int) -> list[float]:
+    """The deterministic vector of ``text``: values in [-1, 1) from SHA-256 of the text, each exactly a float32 (so
+    a base64 float32 re-encoding decodes to the same numbers). A shorter ``dimensions`` is a prefix, as Google
+    truncates ``outputDimensionality`` vectors from the end."""
+    values: list[float] = []
+    block = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(text.encode() + b"|gemini|" + block.to_bytes(4, "little")).digest()
+        for offset in range(0, len(digest), 2):
+            raw = int.from_bytes(digest[offset:offset + 2], "little")
+            values.append(struct.unpack("<f", struct.pack("<f", raw / 32768.0 - 1.0))[0])
+        block += 1
+    return values[:dimensions]
+
+
 def _parts_errors(parts: list[Any], where: str) -> list[str]:
     errors = []
     if not parts:
@@ -414,9 +486,11 @@ class _Abort(Exception):
 class FakeGemini:
     """The fake API. ``requests`` holds what it received; ``script`` queues replies (FIFO, then the default)."""
 
-    def __init__(self, *, api_key: str = API_KEY, models: frozenset[str] = MODELS) -> None:
+    def __init__(self, *, api_key: str = API_KEY, models: frozenset[str] = MODELS,
+                 embedding_models: dict[str, int] | None = None) -> None:
         self.api_key = api_key
         self.models = models
+        self.embedding_models = dict(EMBEDDING_MODELS if embedding_models is None else embedding_models)
         self.requests: list[Recorded] = []
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -471,7 +545,8 @@ class FakeGemini:
 
     async def _handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
                       body: bytes, send: Any) -> None:
-        match = re.fullmatch(r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent)", path)
+        match = re.fullmatch(r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents)",
+                             path)
         stream = bool(match) and match.group(2) == "streamGenerateContent"
         sse = stream and query.get("alt") == ["sse"]
         wrap = stream and not sse  # the JSON-array stream endpoint wraps errors in a list too
@@ -498,6 +573,8 @@ class FakeGemini:
             request = json.loads(body)
         except ValueError:
             return await fail(400, error_body(400, "Invalid JSON payload received. Unexpected token."))
+        if match.group(2) == "batchEmbedContents":
+            return await self._embed(match.group(1), request, send)
         errors = shape_errors(request)
         if not errors:
             errors = semantic_errors(request)
@@ -524,6 +601,34 @@ class FakeGemini:
             await send({"type": "http.response.body", "more_body": True,
                         "body": b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n"})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+    async def _embed(self, model: str, request: Any, send: Any) -> None:
+        """``:batchEmbedContents``: validate like Google, answer one vector per request."""
+        dimensions = self.embedding_models.get(model)
+        errors = shape_errors(request, "BatchEmbedContentsRequest")
+        if not errors:
+            errors = embedding_errors(request, model, dimensions)
+        if errors:
+            violations = [{"description": e} for e in errors]
+            return await _json(send, 400, error_body(400, "\n".join(errors), details=[
+                {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}]))
+        if dimensions is None:
+            message = _ERRORS[404][1].format(model=model).replace("generateContent", "batchEmbedContents")
+            return await _json(send, 404, error_body(404, message))
+        reply = self._next()
+        if reply.status >= 400:
+            return await _json(send, reply.status, reply.error or error_body(reply.status))
+        embeddings = []
+        for item in _norm(request)["requests"]:
+            item = _norm(item)
+            text = "".join(_norm(part)["text"] for part in _norm(item["content"])["parts"])
+            size = int(item.get("outputDimensionality") or dimensions)
+            embeddings.append({"values": embedding_values(text, size)})
+        answer: dict[str, Any] = {"embeddings": embeddings}
+        if reply.usage is not None:
+            answer["usageMetadata"] = reply.usage
+        await _json(send, 200, answer)
 
 
 async def _json(send: Any, status: int, value: Any) -> None:

@@ -1,4 +1,4 @@
-"""A strict fake of OpenAI's Chat Completions API, as a pure ASGI app, for end-to-end tests.
+"""A strict fake of OpenAI's Chat Completions and Embeddings APIs, as a pure ASGI app, for end-to-end tests.
 
 Serve it with ``tests.servers.serve(FakeOpenAI(...))``; point a provider at ``<url>/v1``.
 
@@ -32,14 +32,29 @@ installed ``openai`` SDK's ``types/chat`` models):
 - Parameters accepted: the documented request body of "Create chat completion" (the list below, which
   includes recent ones such as ``prompt_cache_retention`` — openai/openai-python commit f9d2d13 — and
   ``web_search_options``, which mux's request view does not model).
+- Embeddings (``POST /v1/embeddings``), from the OpenAI API reference "Create embeddings" and "The embedding
+  object" (search tool, docs corpus: developers.openai.com/api/reference/go/resources/embeddings; the OpenAPI
+  ``CreateEmbeddingRequest`` as copied by openai-struct, ``additionalProperties: false``; the installed SDK's
+  ``EmbeddingCreateParams``): the body takes only ``input``, ``model``, ``dimensions``, ``encoding_format`` and
+  ``user``; ``input`` is a string or an array of strings, of token ids or of token-id arrays, "cannot be an empty
+  string, and any array must be 2048 dimensions or less"; ``dimensions`` is "Only supported in text-embedding-3
+  and later models"; ``encoding_format`` is ``float`` or ``base64``. The answer is ``{"object": "list", "data":
+  [{"object": "embedding", "index", "embedding"}], "model", "usage": {"prompt_tokens", "total_tokens"}}``. An
+  invalid input is refused with "'$.input' is invalid. Please check the API reference: ..." and param/code null
+  (verbatim in aryn-ai/sycamore#943, openai/openai-python#576); ``dimensions`` on ada-002 with "This model does
+  not support specifying dimensions." (SciPhi-AI/R2R#768, sbintuitions/JMTEB#14). base64 vectors are the
+  little-endian float32 bytes the SDK decodes (``openai/lib/_parsing/_embeddings.py``: ``array("f", ...)``).
 Messages of validation errors follow OpenAI's wording where known; elsewhere they are close paraphrases.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import re
+import struct
 import threading
 import time
 from collections import deque
@@ -55,6 +70,13 @@ ACCEPTED_PARAMS = frozenset({
     "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
 })
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+# The documented request body of POST /v1/embeddings ("Create embeddings"); anything else is refused with a 400.
+EMBEDDING_PARAMS = frozenset({"input", "model", "dimensions", "encoding_format", "user"})
+# Embedding model -> the length of its vectors (OpenAI's embeddings guide: 1536 for text-embedding-3-small and
+# ada-002, 3072 for text-embedding-3-large). Only text-embedding-3 models take ``dimensions``.
+EMBEDDING_MODELS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+MAX_EMBEDDING_INPUTS = 2048
+_INVALID_INPUT = "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
 
 # Requested model -> the dated snapshot OpenAI answers with (real responses name the snapshot).
 DEFAULT_MODELS = {
@@ -158,9 +180,11 @@ def default_error(status: int, model: str = "gpt-4o-mini") -> tuple[dict[str, An
 class FakeOpenAI:
     """The fake upstream. Thread-safe enough for tests: it runs on the server thread, tests read from theirs."""
 
-    def __init__(self, *, api_key: str = "sk-fake-upstream-key-abcd", models: dict[str, str] | None = None) -> None:
+    def __init__(self, *, api_key: str = "sk-fake-upstream-key-abcd", models: dict[str, str] | None = None,
+                 embedding_models: dict[str, int] | None = None) -> None:
         self.api_key = api_key
         self.models = dict(DEFAULT_MODELS if models is None else models)
+        self.embedding_models = dict(EMBEDDING_MODELS if embedding_models is None else embedding_models)
         self.url = ""  # set by whoever serves it
         self.requests: list[Recorded] = []
         self._script: deque[Reply] = deque()
@@ -178,12 +202,17 @@ class FakeOpenAI:
         self._script.clear()
 
     def script(self, *replies: Reply) -> None:
-        """Queue replies; each valid chat request takes the next one, then the fake answers normally."""
+        """Queue replies; each valid chat or embeddings request takes the next one, then the fake answers
+        normally."""
         self._script.extend(replies)
 
     @property
     def chat_requests(self) -> list[Recorded]:
         return [r for r in self.requests if r.path == "/v1/chat/completions"]
+
+    @property
+    def embedding_requests(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path == "/v1/embeddings"]
 
     @property
     def last(self) -> Recorded:
@@ -244,7 +273,7 @@ class FakeOpenAI:
                 return
             data = [{"id": m, "object": "model", "created": 1715367049, "owned_by": "system"} for m in self.models]
             return await out.json(200, {"object": "list", "data": data})
-        if record.path != "/v1/chat/completions" or record.method != "POST":
+        if record.path not in ("/v1/chat/completions", "/v1/embeddings") or record.method != "POST":
             return await out.error(404, error_object(f"Invalid URL ({record.method} {record.path})"))
         if not await self._authorized(record, out):
             return
@@ -260,11 +289,14 @@ class FakeOpenAI:
                 "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid "
                 "JSON.)"))
         record.body = body
-        problem = validate(body, self.models)
+        embeddings = record.path == "/v1/embeddings"
+        problem = validate_embeddings(body, self.embedding_models) if embeddings else validate(body, self.models)
         if problem is not None:
             status, error = problem
             return await out.error(status, error)
         reply = self._script.popleft() if self._script else Reply()
+        if embeddings:
+            return await self._embed(body, reply, out)
         await self._answer(body, reply, out)
 
     async def _authorized(self, record: Recorded, out: "_Sender") -> bool:
@@ -284,6 +316,28 @@ class FakeOpenAI:
         return True
 
     # --- answers ---------------------------------------------------------------------------------------------
+
+    async def _embed(self, body: dict, reply: Reply, out: "_Sender") -> None:
+        """Answer an embedding list: one deterministic vector per input (``embedding_vector``)."""
+        if reply.stall_s:
+            await out.pause(reply.stall_s)
+        if reply.body is not None:
+            return await out.raw(reply.status, reply.body, reply.content_type, reply.headers)
+        requested = body["model"]
+        if reply.status >= 400:
+            error, headers = default_error(reply.status, requested)
+            return await out.error(reply.status, reply.error or error, {**headers, **reply.headers})
+        dimensions = body.get("dimensions") or self.embedding_models[requested]
+        base64_wanted = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(embedding_inputs(body["input"])):
+            vector = embedding_vector(item, dimensions)
+            data.append({"object": "embedding", "index": index,
+                         "embedding": pack_float32(vector) if base64_wanted else vector})
+        tokens = sum(embedding_tokens(item) for item in embedding_inputs(body["input"]))
+        usage = reply.usage or {"prompt_tokens": tokens, "total_tokens": tokens}
+        await out.json(200, {"object": "list", "data": data, "model": reply.model or requested, "usage": usage},
+                       reply.headers)
 
     async def _answer(self, body: dict, reply: Reply, out: "_Sender") -> None:
         if reply.stall_s:
@@ -489,6 +543,97 @@ def validate(body: Any, models: dict[str, str]) -> tuple[int, dict] | None:
         return 404, error_object(f"The model `{model}` does not exist or you do not have access to it.",
                                  code="model_not_found")
     return None
+
+
+def validate_embeddings(body: Any, models: dict[str, int]) -> tuple[int, dict] | None:
+    """Answer ``(status, error object)`` for an embeddings request OpenAI would refuse, else ``None``."""
+    if not isinstance(body, dict):
+        return 400, error_object("Invalid type for request body: expected an object.", code="invalid_type")
+    for key in body:
+        if key not in EMBEDDING_PARAMS:
+            return 400, error_object(f"Unrecognized request argument supplied: {key}", param=key)
+    model = body.get("model")
+    if model is None:
+        return 400, error_object("you must provide a model parameter")
+    if not isinstance(model, str):
+        return 400, error_object("Invalid type for 'model': expected a string.", param="model", code="invalid_type")
+    if "input" not in body:
+        return 400, error_object("Missing required parameter: 'input'.", param="input",
+                                 code="missing_required_parameter")
+    if not _valid_embedding_input(body["input"]):
+        return 400, error_object(_INVALID_INPUT)
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        return 400, error_object(f"Invalid value: '{fmt}'. Supported values are: 'float' and 'base64'.",
+                                 param="encoding_format", code="invalid_value")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        return 400, error_object("Invalid type for 'user': expected a string.", param="user", code="invalid_type")
+    if model not in models:
+        return 404, error_object(f"The model `{model}` does not exist or you do not have access to it.",
+                                 code="model_not_found")
+    dimensions = body.get("dimensions")
+    if dimensions is not None:
+        if not model.startswith("text-embedding-3"):
+            return 400, error_object("This model does not support specifying dimensions.")
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+            return 400, error_object(f"Invalid 'dimensions': expected an integer >= 1, but got {dimensions!r} instead.",
+                                     param="dimensions", code="invalid_value")
+        if dimensions > models[model]:
+            return 400, error_object(f"Invalid 'dimensions': integer above maximum value. Expected a value <= "
+                                     f"{models[model]}, but got {dimensions} instead.", param="dimensions",
+                                     code="integer_above_max_value")
+    return None
+
+
+def _token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _valid_embedding_input(value: Any) -> bool:
+    """A non-empty string, or a non-empty array (at most 2048 items) of non-empty strings, of token ids or of
+    non-empty token-id arrays, all items of one kind."""
+    if isinstance(value, str):
+        return value != ""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_EMBEDDING_INPUTS:
+        return False
+    if all(isinstance(item, str) for item in value):
+        return all(item != "" for item in value)
+    if all(_token_id(item) for item in value):
+        return True
+    return all(isinstance(item, list) and item and all(_token_id(t) for t in item) for item in value)
+
+
+def embedding_inputs(value: Any) -> list[Any]:
+    """The inputs one vector each is answered for: a string or one token-id array is one input."""
+    if isinstance(value, str) or (isinstance(value, list) and value and _token_id(value[0])):
+        return [value]
+    return list(value)
+
+
+def embedding_tokens(item: Any) -> int:
+    """The fake's token count of one input: token ids count themselves, text counts like chat content."""
+    return len(item) if isinstance(item, list) else _count(item)
+
+
+def embedding_vector(item: Any, dimensions: int) -> list[float]:
+    """The deterministic vector of one input: values in [-1, 1) derived from SHA-256 of the input, each exactly
+    representable as a float32 (so the float and base64 forms decode to the same numbers)."""
+    seed = json.dumps(item, separators=(",", ":")).encode()
+    values: list[float] = []
+    block = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(seed + block.to_bytes(4, "little")).digest()
+        for offset in range(0, len(digest), 2):
+            raw = int.from_bytes(digest[offset:offset + 2], "little")
+            values.append(struct.unpack("<f", struct.pack("<f", raw / 32768.0 - 1.0))[0])
+        block += 1
+    return values[:dimensions]
+
+
+def pack_float32(vector: list[float]) -> str:
+    """OpenAI's base64 form of a vector: its little-endian float32 bytes, base64-encoded."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def _validate_messages(messages: list) -> dict | None:
