@@ -30,6 +30,7 @@ from .asgi import Receive, Scope, Send, send_error, send_json
 from .catalog import Catalog
 from .config import CascadeConfig, ProviderConfig
 from .context import Context, Outcome, context_of, request_of
+from .deadline import Deadline
 from .decision import decision_trace
 from .errors import MuxError, NoRouteAvailable, UpstreamError, UpstreamTimeout, render_error
 from .live import LiveRouting
@@ -219,24 +220,27 @@ class Dispatch:
     # --- streaming -------------------------------------------------------------------------------------
 
     async def _stream(self, ctx: Context, request: ChatRequest, plan: Plan, receive: Receive, send: Send) -> None:
+        """Stream the plan's answer; a client that goes away cancels this task, and so the upstream request."""
         ctx.outcome.streamed = True
-        work = asyncio.ensure_future(self._stream_attempts(ctx, request, plan, send))
+        task = asyncio.current_task()
+        finished = False
+
+        def client_gone(watch: asyncio.Future) -> None:
+            if not finished and not watch.cancelled():
+                task.cancel()  # type: ignore[union-attr]
+
         watch = asyncio.ensure_future(_disconnected(receive))
+        watch.add_done_callback(client_gone)
         try:
-            await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not work.done():
-                work.cancel()
-            watch.cancel()
-        if work.cancelled() or not work.done():
-            try:
-                await work
-            except asyncio.CancelledError:
-                pass
+            await self._stream_attempts(ctx, request, plan, send)
+        except asyncio.CancelledError:
+            if not (watch.done() and not watch.cancelled()) or task.uncancel() > 0:  # type: ignore[union-attr]
+                raise
             ctx.outcome.status = 499
             ctx.outcome.error_type = "client_disconnected"
-            return
-        work.result()
+        finally:
+            finished = True
+            watch.cancel()
 
     async def _stream_attempts(self, ctx: Context, request: ChatRequest, plan: Plan, send: Send) -> None:
         outcome = ctx.outcome
@@ -291,7 +295,7 @@ class Dispatch:
         error: MuxError | None = None
         payloads: list[bytes] = []
         try:
-            async with asyncio.timeout_at(min(deadline, now + first_byte_s)) as timer:
+            async with Deadline(min(deadline, now + first_byte_s)) as timer:
                 response = await self.transport.send(upstream, provider)
                 if response.status >= 400:
                     body = await response.read()
@@ -310,7 +314,7 @@ class Dispatch:
                         payloads = []
                     if ttfb_ms is not None:
                         phase = "next chunk"
-                        timer.reschedule(min(deadline, loop.time() + idle_s))
+                        timer.move(min(deadline, loop.time() + idle_s))
                 for event in parser.close():
                     payloads.extend(translator.feed(event))
                 payloads.extend(translator.close())
@@ -353,18 +357,17 @@ class Dispatch:
 async def exchange(transport: Transport, upstream: UpstreamRequest, provider: ProviderConfig,
                    timeout_s: float) -> tuple[int, Mapping[str, str], bytes]:
     """Send a non-streamed upstream request and read its whole answer within ``timeout_s`` (and the provider's
-    first-byte limit); answer status, headers and body. Raises ``UpstreamTimeout`` or ``UpstreamError``."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            if provider.first_byte_timeout_s is None:
-                response = await transport.send(upstream, provider)
-            else:
-                async with asyncio.timeout(provider.first_byte_timeout_s):
-                    response = await transport.send(upstream, provider)
-            body = await response.read()
-    except TimeoutError:
-        raise UpstreamTimeout(f"Provider '{provider.name}' did not answer in time.") from None
-    return response.status, response.headers, body
+    first-byte limit, if set); answer status, headers and body. Raises ``UpstreamTimeout`` or
+    ``UpstreamError``."""
+    if provider.first_byte_timeout_s is None:
+        response = await transport.send(upstream, provider, total_s=timeout_s)
+    else:
+        try:
+            async with asyncio.timeout(provider.first_byte_timeout_s):
+                response = await transport.send(upstream, provider, total_s=timeout_s)
+        except TimeoutError:
+            raise UpstreamTimeout(f"Provider '{provider.name}' did not start answering in time.") from None
+    return response.status, response.headers, await response.read()
 
 
 def settle(outcome: Outcome, catalog: Catalog, target: Target, model: str | None, usage: Usage | None) -> None:

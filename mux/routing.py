@@ -201,18 +201,23 @@ class Router:
 
     def plan(self, request: ChatRequest, *, end_user: str | None = None, session: str | None = None) -> Plan:
         """Answer the plan for ``request`` (see the module docstring for precedence)."""
-        selection = Selection(end_user, session, self.health, self.rng, self.catalog)
-        names = [n for n in [request.model, *(request.models or ()), *(request.fallbacks or ())] if n]
-        plan = Plan(targets=[], requested=names[0])
-        seen: set[str] = set()
-        for index, name in enumerate(names):
-            for target in self._expand(name, selection, plan, depth=0, top=index == 0):
-                if target.label not in seen:
-                    seen.add(target.label)
-                    plan.targets.append(target)
-        self._filter(plan, request)
-        self._order(plan, request)
-        self._limit(plan, request)
+        model = request.model
+        if model and not request.models and not request.fallbacks and model[0] != "@":
+            plan = Plan(targets=[self.resolver.resolve(model)], requested=model)  # one target: nothing to order
+            self._filter(plan, request)
+        else:
+            selection = Selection(end_user, session, self.health, self.rng, self.catalog)
+            names = [n for n in [model, *(request.models or ()), *(request.fallbacks or ())] if n]
+            plan = Plan(targets=[], requested=names[0])
+            seen: set[str] = set()
+            for index, name in enumerate(names):
+                for target in self._expand(name, selection, plan, depth=0, top=index == 0):
+                    if target.label not in seen:
+                        seen.add(target.label)
+                        plan.targets.append(target)
+            self._filter(plan, request)
+            self._order(plan, request)
+            self._limit(plan, request)
         if not plan.targets:
             reasons = "; ".join(f"{s.target}: {s.reason}" for s in plan.skipped) or "no candidates"
             raise NoRouteAvailable(f"No target can serve this request ({reasons}).")
