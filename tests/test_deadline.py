@@ -1,0 +1,60 @@
+"""The movable deadline: fires at the latest time it was moved to, earlier moves take effect at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mux.deadline import Deadline
+
+
+def test_moving_the_deadline_later_keeps_the_task_alive_until_the_new_time():
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            async with Deadline(start + 0.05) as deadline:
+                for _ in range(4):
+                    await asyncio.sleep(0.03)
+                    deadline.move(loop.time() + 0.05)
+                await asyncio.sleep(1)
+        return loop.time() - start
+
+    elapsed = asyncio.run(scenario())
+    assert 0.15 < elapsed < 0.5
+
+
+def test_moving_the_deadline_earlier_fires_sooner():
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            async with Deadline(start + 5) as deadline:
+                deadline.move(start + 0.05)
+                await asyncio.sleep(1)
+        return loop.time() - start
+
+    assert asyncio.run(scenario()) < 0.5
+
+
+def test_a_deadline_that_did_not_fire_lets_the_block_finish_and_other_cancellations_through():
+    async def finishes() -> str:
+        async with Deadline(asyncio.get_running_loop().time() + 1):
+            await asyncio.sleep(0.01)
+        return "done"
+
+    assert asyncio.run(finishes()) == "done"
+
+    async def cancelled_from_outside() -> None:
+        async def inner() -> None:
+            async with Deadline(asyncio.get_running_loop().time() + 5):
+                await asyncio.sleep(5)
+
+        task = asyncio.ensure_future(inner())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled_from_outside())
