@@ -78,3 +78,17 @@ def test_azure_without_a_base_url_is_a_config_error():
 
     with pytest.raises(ConfigError, match=r"providers\[0\].base_url: required"):
         parse_config({"providers": [{"name": "az", "type": "azure", "api_key": "k"}]})
+
+
+def test_groq_strips_response_only_fields_an_sdk_message_echo_carries():
+    history = [{"role": "user", "content": "hi"},
+               {"role": "assistant", "content": "Hello.", "annotations": [], "refusal": None, "audio": None},
+               {"role": "user", "content": 'say "annotations"'}]
+    upstream, body = build("groq", {"messages": history})
+    assert body["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."},
+                                {"role": "user", "content": 'say "annotations"'}]
+    assert upstream.notes == ["dropped 'messages[].annotations': not accepted by groq",
+                              "dropped 'messages[].audio': not accepted by groq",
+                              "dropped 'messages[].refusal': not accepted by groq"]
+    _, body = build("openai_compatible", {"messages": history}, base_url="http://127.0.0.1:8000/v1")
+    assert body["messages"][1]["annotations"] == []  # other servers get the message as sent

@@ -10,7 +10,9 @@ does not accept. The rule for such a parameter, visible in the decision trace as
 - renamed where the provider spells it differently (Mistral's ``random_seed`` for ``seed``).
 
 Sources, each the provider's own OpenAI-compatibility page or API reference: Groq ("OpenAI Compatibility":
-logprobs, logit_bias, top_logprobs and messages[].name answer 400; n must be 1); Cerebras (OpenAI
+logprobs, logit_bias, top_logprobs and messages[].name answer 400; n must be 1; a message property outside
+its schema -- groq-python's ``chat_completion_*_message_param`` types -- answers 400 "property 'annotations' is
+unsupported", which is what an OpenAI SDK message echoed back with ``model_dump()`` carries); Cerebras (OpenAI
 compatibility: frequency_penalty, logit_bias, presence_penalty, parallel_tool_calls, service_tier answer
 400); Mistral ("Chat Completion" reference: random_seed; extra fields are refused; usage arrives in the last
 stream chunk without stream_options); Azure OpenAI (deployment in the path, api-version query, api-key header).
@@ -42,11 +44,15 @@ class Preset(Struct, frozen=True, kw_only=True):
     unsupported: frozenset[str] = frozenset()  # top-level params dropped (or refused if required)
     renamed: tuple[tuple[str, str], ...] = ()  # (openai name, provider name)
     single_choice: bool = False  # n > 1 is refused
-    drop_message_names: bool = False  # messages[].name is refused upstream: strip it
+    dropped_message_fields: frozenset[str] = frozenset()  # message properties refused upstream: strip them
     stream_usage_option: bool = True  # accepts stream_options.include_usage
     auth: str = "bearer"  # "bearer" | "api-key" | "none"
     azure_paths: bool = False  # /openai/deployments/{model}/chat/completions?api-version=...
 
+
+# Properties of OpenAI's response message that clients echo back in the history (the SDK's ``model_dump()`` keeps
+# them) and that only OpenAI accepts on an input message.
+_ECHOED_MESSAGE_FIELDS = frozenset({"annotations", "refusal", "audio"})
 
 _OPENAI_ONLY = frozenset({"store", "metadata", "service_tier", "prediction", "prompt_cache_key", "safety_identifier",
                           "verbosity", "modalities", "audio", "web_search_options"})
@@ -56,7 +62,7 @@ PRESETS: tuple[Preset, ...] = (
     Preset(type_name="azure", env_keys=("AZURE_OPENAI_API_KEY",), auth="api-key", azure_paths=True),
     Preset(type_name="groq", base_url="https://api.groq.com/openai/v1", env_keys=("GROQ_API_KEY",),
            unsupported=frozenset({"logprobs", "logit_bias", "top_logprobs"}) | _OPENAI_ONLY,
-           single_choice=True, drop_message_names=True),
+           single_choice=True, dropped_message_fields=frozenset({"name"}) | _ECHOED_MESSAGE_FIELDS),
     Preset(type_name="mistral", base_url="https://api.mistral.ai/v1", env_keys=("MISTRAL_API_KEY",),
            model_prefixes=("mistral-", "ministral-", "codestral-", "magistral-", "pixtral-", "devstral-",
                            "open-mistral-", "open-mixtral-"),
@@ -117,12 +123,19 @@ class CompatibleAdapter(OpenAIAdapter):
             if ours in fields:
                 fields[theirs] = fields.pop(ours)
                 notes.append(f"renamed '{ours}' to '{theirs}' for {preset.type_name}")
-        if preset.drop_message_names and any(getattr(m, "name", None) for m in request.messages):
-            messages = msgspec.json.decode(fields["messages"])
+        drop = preset.dropped_message_fields
+        raw = bytes(fields["messages"]) if drop else b""
+        if drop and any(b'"%s"' % name.encode() in raw for name in drop):  # a cheap pre-check before decoding
+            messages = msgspec.json.decode(raw)
+            dropped: set[str] = set()
             for message in messages:
-                message.pop("name", None)
-            fields["messages"] = msgspec.Raw(encoder.encode(messages))
-            notes.append(f"dropped 'messages[].name': not accepted by {preset.type_name}")
+                for name in drop & message.keys():
+                    del message[name]
+                    dropped.add(name)
+            if dropped:
+                fields["messages"] = msgspec.Raw(encoder.encode(messages))
+                notes.extend(f"dropped 'messages[].{name}': not accepted by {preset.type_name}"
+                             for name in sorted(dropped))
         return fields
 
     def url(self, provider: ProviderConfig, model: str, path: str) -> str:

@@ -47,7 +47,7 @@ As strict as the real API where mux could get things wrong:
 
 It records every request and is scripted per request (``FakeGemini.script(Reply(...))``): text in pieces,
 thoughts, (parallel) function calls with an optional thought signature, any finishReason (SAFETY ...), a
-promptFeedback block, HTTP errors with Google's bodies (400, 403, 404, 429 with RetryInfo, 500, 503), a stream
+promptFeedback block, HTTP errors with Google's bodies (400, 401, 403, 404, 429 with RetryInfo, 500, 503), a stream
 that ends without a finishReason or whose connection is cut.
 """
 
@@ -415,6 +415,11 @@ def _parts_errors(parts: list[Any], where: str) -> list[str]:
 
 _ERRORS: dict[int, tuple[str, str]] = {
     400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
+    # A credential that is not an API key (an OAuth token, say, sent as a bearer) is a 401, verbatim in public
+    # reports: Xposed-Modules-Repo/com.niki914.zafiro#9, musistudio/claude-code-router#1011, xalgorix/xalgorix#2.
+    401: ("UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
+                             "cookie or other valid authentication credential. See "
+                             "https://developers.google.com/identity/sign-in/web/devconsole-project."),
     403: ("PERMISSION_DENIED", "The caller does not have permission"),
     404: ("NOT_FOUND", "models/{model} is not found for API version v1beta, or is not supported for generateContent. "
                        "Call ListModels to see the list of available models and their supported methods."),

@@ -32,6 +32,15 @@ installed ``openai`` SDK's ``types/chat`` models):
 - Parameters accepted: the documented request body of "Create chat completion" (the list below, which
   includes recent ones such as ``prompt_cache_retention`` — openai/openai-python commit f9d2d13 — and
   ``web_search_options``, which mux's request view does not model).
+- ``finish_reason``: "stop if the model hit a natural stop point or a provided stop sequence, length if the maximum
+  number of tokens specified in the request was reached" (the ``finish_reason`` description of the OpenAPI spec, as
+  copied by openai-struct and the SDKs' typed models). The fake honours both for text answers: the answer is cut
+  before the first ``stop`` sequence it contains (the sequence itself is not returned), and to ``max_completion_tokens``
+  (else ``max_tokens``) of its pieces with finish_reason "length".
+- ``Reply(reasoning=...)`` stands in for OpenAI-compatible servers that return reasoning text, which OpenAI itself
+  never does in Chat Completions: Groq's reasoning models answer it in "a dedicated message.reasoning field"
+  (Groq docs "Reasoning", ``reasoning_format: parsed`` / ``include_reasoning: true``, the default), streamed as
+  ``delta.reasoning`` before the content.
 - Embeddings (``POST /v1/embeddings``), from the OpenAI API reference "Create embeddings" and "The embedding
   object" (search tool, docs corpus: developers.openai.com/api/reference/go/resources/embeddings; the OpenAPI
   ``CreateEmbeddingRequest`` as copied by openai-struct, ``additionalProperties: false``; the installed SDK's
@@ -78,6 +87,20 @@ EMBEDDING_MODELS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 30
 MAX_EMBEDDING_INPUTS = 2048
 _INVALID_INPUT = "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
 
+# Groq's accepted message properties per role (groq/groq-python ``types/chat/chat_completion_*_message_param.py``,
+# generated from Groq's OpenAPI spec). Groq refuses any other property with "'messages.N' : for 'role:assistant' the
+# following must be satisfied[('messages.N' : property 'annotations' is unsupported)]", verbatim in many public
+# reports of clients echoing an OpenAI SDK message back (``model_dump()`` keeps ``annotations``; e.g.
+# run-llama/llama_index#14701 for 'status', SimonSchubert/Kai#265 for 'reasoning_content'). Give it to
+# ``FakeOpenAI(message_fields=...)`` to make the fake stand in for Groq.
+GROQ_MESSAGE_FIELDS = {
+    "system": frozenset({"role", "content", "name", "tool_call_id"}),
+    "user": frozenset({"role", "content", "name", "tool_call_id"}),
+    "assistant": frozenset({"role", "content", "name", "function_call", "reasoning", "tool_calls"}),
+    "tool": frozenset({"role", "content", "tool_call_id"}),
+    "function": frozenset({"role", "content", "name"}),
+}
+
 # Requested model -> the dated snapshot OpenAI answers with (real responses name the snapshot).
 DEFAULT_MODELS = {
     "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
@@ -103,6 +126,7 @@ class Reply:
     - ``body``: sent verbatim with ``status`` and ``content_type`` (e.g. b"" or an HTML page), stream or not.
     - ``stall_s``: wait this long before the response starts (ends early if the client disconnects).
     - ``content`` / ``usage`` / ``model``: override the answer's text, usage object or answered model.
+    - ``reasoning``: the answer's reasoning text, as ``message.reasoning`` / ``delta.reasoning`` (Groq-style).
     - Streams: ``chunk_delay_s`` between chunks; ``cut_after=K`` stops after K data events without ``[DONE]``,
       either ending the response (``cut_mode="eof"``) or dropping the connection mid-body (``"reset"``);
       ``error_event`` is sent as ``data: {"error": ...}`` after ``error_after`` chunks, then the stream ends;
@@ -118,6 +142,7 @@ class Reply:
     content: str | None = None
     usage: dict[str, Any] | None = None
     model: str | None = None
+    reasoning: str | None = None
     chunk_delay_s: float = 0.0
     cut_after: int | None = None
     cut_mode: Literal["eof", "reset"] = "eof"
@@ -181,8 +206,10 @@ class FakeOpenAI:
     """The fake upstream. Thread-safe enough for tests: it runs on the server thread, tests read from theirs."""
 
     def __init__(self, *, api_key: str = "sk-fake-upstream-key-abcd", models: dict[str, str] | None = None,
-                 embedding_models: dict[str, int] | None = None) -> None:
+                 embedding_models: dict[str, int] | None = None,
+                 message_fields: dict[str, frozenset[str]] | None = None) -> None:
         self.api_key = api_key
+        self.message_fields = message_fields  # role -> accepted message properties (None: not checked)
         self.models = dict(DEFAULT_MODELS if models is None else models)
         self.embedding_models = dict(EMBEDDING_MODELS if embedding_models is None else embedding_models)
         self.url = ""  # set by whoever serves it
@@ -291,6 +318,8 @@ class FakeOpenAI:
         record.body = body
         embeddings = record.path == "/v1/embeddings"
         problem = validate_embeddings(body, self.embedding_models) if embeddings else validate(body, self.models)
+        if problem is None and not embeddings and self.message_fields is not None:
+            problem = _unsupported_message_property(body["messages"], self.message_fields)
         if problem is not None:
             status, error = problem
             return await out.error(status, error)
@@ -352,6 +381,8 @@ class FakeOpenAI:
         answer = plan_answer(body, self._ids)
         if reply.content is not None:
             answer.content, answer.tool_calls = reply.content, []
+        answer.reasoning = reply.reasoning
+        answer.limit(body)
         model = reply.model or self.models[requested]
         completion_id = f"chatcmpl-Fake{self._ids:020d}"
         created = int(time.time())
@@ -361,6 +392,8 @@ class FakeOpenAI:
             return await self._stream(body, reply, out, answer, model, completion_id, created, n, usage)
         message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None,
                                    "annotations": []}
+        if answer.reasoning is not None:
+            message["reasoning"] = answer.reasoning
         if answer.tool_calls:
             message["content"] = None
             message["tool_calls"] = [
@@ -416,6 +449,8 @@ class FakeOpenAI:
                         {"index": position, "function": {"arguments": arguments[start:start + 8]}}]})))
         else:
             events.append(chunk(each({"role": "assistant", "content": "", "refusal": None})))
+            for piece in _PIECES.findall(answer.reasoning or ""):
+                events.append(chunk(each({"reasoning": piece})))
             for piece in _PIECES.findall(answer.content):
                 events.append(chunk(each({"content": piece})))
         events.append(chunk(each({}, answer.finish_reason)))
@@ -689,6 +724,18 @@ def _validate_messages(messages: list) -> dict | None:
     return None
 
 
+def _unsupported_message_property(messages: list[dict], fields: dict[str, frozenset[str]]) -> tuple[int, dict] | None:
+    """Groq's refusal of a message property its schema does not have (``GROQ_MESSAGE_FIELDS``)."""
+    for index, message in enumerate(messages):
+        role = message["role"]
+        for key in message:
+            if key not in fields.get(role, frozenset()):
+                return 400, {"message": f"'messages.{index}' : for 'role:{role}' the following must be satisfied"
+                                        f"[('messages.{index}' : property '{key}' is unsupported)]",
+                             "type": "invalid_request_error"}
+    return None
+
+
 def _validate_tools(body: dict) -> dict | None:
     tools = body.get("tools")
     names: list[str] = []
@@ -779,10 +826,30 @@ def _strict_schema_problem(schema: Any, context: tuple[str, ...]) -> str | None:
 class Answer:
     content: str = ""
     tool_calls: list[dict[str, str]] = field(default_factory=list)  # {"id", "name", "arguments"}
+    reasoning: str | None = None
+    truncated: bool = False  # cut at the request's token limit
 
     @property
     def finish_reason(self) -> str:
-        return "tool_calls" if self.tool_calls else "stop"
+        if self.tool_calls:
+            return "tool_calls"
+        return "length" if self.truncated else "stop"
+
+    def limit(self, body: dict) -> None:
+        """Apply the request's ``stop`` sequences and token limit to a text answer, as the model would: the text
+        ends before the first stop sequence (not included), or after ``max_completion_tokens`` / ``max_tokens``
+        pieces with finish_reason "length"."""
+        if self.tool_calls:
+            return
+        stops = body.get("stop")
+        stops = [stops] if isinstance(stops, str) else [s for s in stops or () if isinstance(s, str) and s]
+        cuts = [self.content.find(s) for s in stops if s in self.content]
+        if cuts:
+            self.content = self.content[:min(cuts)]
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        pieces = _PIECES.findall(self.content)
+        if isinstance(limit, int) and len(pieces) > limit:
+            self.content, self.truncated = "".join(pieces[:limit]), True
 
     def usage(self, body: dict, n: int) -> dict[str, Any]:
         prompt = sum(4 + _count(m.get("content")) for m in body["messages"]) + 3
