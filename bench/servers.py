@@ -25,8 +25,8 @@ API_KEY = "sk-bench-0123456789"
 _UPSTREAM_HEADERS = {"content-type": "application/json", "authorization": "Bearer " + API_KEY}
 
 
-def mux_app(upstream: str, log_file: str, client: str):
-    sys.path.insert(0, ROOT)
+def mux_app(upstream: str, log_file: str, client: str, source: str = ROOT):
+    sys.path.insert(0, source)
     import mux
     from mux.transport import HttpxTransport
 
@@ -150,16 +150,27 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="the fake's base URL, http://127.0.0.1:PORT")
     parser.add_argument("--client", default="aiohttp", choices=("aiohttp", "httpx", "httpx-default"))
     parser.add_argument("--log-file", default=os.devnull, help="mux's JSON request log")
+    parser.add_argument("--mux-source", default=ROOT, help="the directory holding the mux package to serve")
+    parser.add_argument("--gc-tune", action="store_true",
+                        help="after start-up, freeze the objects alive then and raise the collection thresholds "
+                             "(an experiment: see bench/README.md)")
     args = parser.parse_args()
 
     if args.kind == "mux":
-        app = mux_app(args.upstream, args.log_file, args.client)
+        app = mux_app(args.upstream, args.log_file, args.client, args.mux_source)
     elif args.client == "aiohttp":
         app = AiohttpPassthrough(f"{args.upstream}/v1/chat/completions")
     else:
         app = HttpxPassthrough(f"{args.upstream}/v1/chat/completions", default_limits=args.client == "httpx-default")
 
     import uvicorn
+
+    if args.gc_tune:
+        import gc
+
+        gc.collect()
+        gc.freeze()  # start-up objects (modules, config) are never traced again
+        gc.set_threshold(10_000, 50, 100)  # young collections ~60x rarer: most request garbage dies by refcount
 
     uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
                 access_log=False, log_level="warning", timeout_graceful_shutdown=2)
