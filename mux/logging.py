@@ -5,6 +5,8 @@ A library user who mounts mux layers keeps their own structlog configuration; no
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
 import time
@@ -54,8 +56,46 @@ class RedactSecrets:
         return event
 
 
+class LineWriter:
+    """A structlog logger that writes each rendered line to a binary file, once per event-loop turn: the lines
+    of every request answered in one turn go out in one write (outside a running loop, at once)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self._lines: list[bytes] = []
+        self._scheduled = False
+        atexit.register(self.flush)
+
+    def msg(self, line: bytes) -> None:
+        self._lines.append(line)
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        lines.append(b"")
+        try:
+            self.file.write(b"\n".join(lines))
+            self.file.flush()
+        except (OSError, ValueError):  # a closed or broken stream must not fail requests
+            pass
+
+
 def configure_logging(*, level: str = "info", secrets: Iterable[str | None] = (), stream: Any = None) -> None:
     """Configure structlog to write JSON lines (with ISO UTC timestamps) to ``stream`` (stdout by default)."""
+    writer = LineWriter(stream or sys.stdout.buffer)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -65,6 +105,6 @@ def configure_logging(*, level: str = "info", secrets: Iterable[str | None] = ()
             structlog.processors.JSONRenderer(serializer=_serialize),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.BytesLoggerFactory(file=stream or sys.stdout.buffer),
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=True,
     )

@@ -7,7 +7,7 @@ A failure after the response started cannot change its status: it is logged and 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable
 
 import structlog
 
@@ -30,13 +30,13 @@ class ErrorLayer:
         response_started = False
         response_ended = False
 
-        async def tracking_send(message: Message) -> None:
+        def tracking_send(message: Message) -> Awaitable[None]:  # returns send's awaitable: no extra coroutine
             nonlocal response_started, response_ended
             if message["type"] == "http.response.start":
                 response_started = True
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_ended = True
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, tracking_send)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from time import perf_counter
-from typing import Any
+from typing import Any, Awaitable
 
 import msgspec
 import structlog
@@ -70,7 +70,7 @@ class TraceLayer:
         first_byte: float | None = None
         error_code: str | None = None
 
-        async def traced_send(message: Message) -> None:
+        def traced_send(message: Message) -> Awaitable[None]:  # returns send's awaitable: no extra coroutine
             nonlocal status, first_byte, error_code
             kind = message["type"]
             if kind == "http.response.start":
@@ -85,7 +85,7 @@ class TraceLayer:
                     first_byte = perf_counter()
                     if status >= 400:
                         error_code = error_code_of(body)
-            await send(message)
+            return send(message)
 
         failure: str | None = None
         try:
