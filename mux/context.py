@@ -13,7 +13,7 @@ key            AuthLayer       the virtual key that authenticated the request
 mlx            TagsLayer       tags, end user, cache controls, trace flag, session id
 plan           RouterLayer     the ordered targets to attempt
 outcome        Dispatch        provider, model used, usage, cost, status, attempts
-trace          anyone          decision-trace events, in order
+trace          anyone          decision-trace events, in order: attempts, and notes with a ``type``
 =============  ==============  ====================================================================
 """
 

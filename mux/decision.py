@@ -1,6 +1,7 @@
 """The decision trace: what the router planned and what happened to each attempt, as one JSON document.
 
-Built from ``ctx.plan`` (RouterLayer) and ``ctx.trace`` (events Dispatch appends); returned under
+Built from ``ctx.plan`` (RouterLayer) and ``ctx.trace`` (events Dispatch appends: attempts, and notes that
+carry a ``type``); returned under
 ``mlx:trace`` when a request asks for it, answered alone for ``x-mux-dry-run: true``, and kept in every
 request's log record. The schema is documented in the README ("Decision trace").
 """
@@ -14,8 +15,8 @@ TRACE_SCHEMA_VERSION = 1
 
 def decision_trace(plan: Any, events: list[dict[str, Any]], *, dry_run: bool = False) -> dict[str, Any]:
     """Answer the decision trace for a plan (may be ``None`` when planning failed) and the attempt events."""
-    attempts = [e for e in events if e.get("type") == "attempt"]
-    notes = [e for e in events if e.get("type") != "attempt"]
+    attempts = [e for e in events if "type" not in e]  # attempt events carry no type; notes do
+    notes = [e for e in events if "type" in e]
     trace: dict[str, Any] = {"schema": TRACE_SCHEMA_VERSION}
     if plan is not None:
         trace.update({
@@ -32,7 +33,7 @@ def decision_trace(plan: Any, events: list[dict[str, Any]], *, dry_run: bool = F
             ],
             "skipped": [{"target": s.target, "reason": s.reason} for s in plan.skipped],
         })
-    trace["attempts"] = [{k: v for k, v in a.items() if k != "type"} for a in attempts]
+    trace["attempts"] = attempts
     if notes:
         trace["events"] = notes
     trace["decision"] = _decision(plan, attempts, dry_run)

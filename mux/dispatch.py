@@ -415,7 +415,7 @@ def end_id(ctx: Context) -> str:
 def _event(ctx: Context, target: Target, status: str, started: float | None = None, *, error: MuxError | None = None,
            retry: int = 0, reason: str | None = None, ttfb_ms: float | None = None, usage: Usage | None = None,
            cost: float | None = None) -> None:
-    event: dict[str, Any] = {"type": "attempt", "target": target.label, "status": status}
+    event: dict[str, Any] = {"target": target.label, "status": status}
     if started is not None:
         event["latency_ms"] = round((perf_counter() - started) * 1000, 3)
     if ttfb_ms is not None:
