@@ -29,7 +29,7 @@ from .asgi import Receive, Scope, read_body, replaying
 from .wire import CacheControl, ChatRequest, Usage, decode_request
 
 
-class Mlx(Struct):
+class Mlx(Struct, gc=False):
     """The gateway's request annotations (``mlx:*`` fields and their headers)."""
 
     tags: dict[str, str] = {}
@@ -39,7 +39,7 @@ class Mlx(Struct):
     session_id: str | None = None
 
 
-class Outcome(Struct):
+class Outcome(Struct, gc=False):
     """What happened upstream, as Dispatch (or a cache) settled it."""
 
     provider: str | None = None
@@ -54,7 +54,7 @@ class Outcome(Struct):
     cache: str | None = None  # "hit" | "miss" | "skip"
 
 
-class Context(Struct):
+class Context(Struct, gc=False):  # gc=False here and above: no context is part of a reference cycle
     started: float
     request_id: str = ""
     body: bytes | None = None

@@ -42,7 +42,7 @@ from .wire import ChatRequest, ImagePart, JsonSchemaFormat, TextPart, UserMessag
 DEFAULT_RETRY_ON: frozenset[int | str] = frozenset({429, "5xx", "timeout", "connect"})
 
 
-class Target(Struct, frozen=True):
+class Target(Struct, gc=False, frozen=True):
     """One attempt's destination: a configured provider, the model it is sent, and the route's limits."""
 
     provider: ProviderConfig
@@ -56,12 +56,12 @@ class Target(Struct, frozen=True):
         return f"{self.provider.name}/{self.model}"
 
 
-class Skip(Struct):
+class Skip(Struct, gc=False):
     target: str
     reason: str
 
 
-class Plan(Struct):
+class Plan(Struct, gc=False):
     """The ordered attempts for one request; the first to succeed answers it."""
 
     targets: list[Target]
@@ -365,7 +365,7 @@ def _over_price(info: ModelInfo | None, max_price: dict[str, float]) -> str | No
     return None
 
 
-class Needs(Struct):
+class Needs(Struct, gc=False):
     """What a request needs of a model, read once from the request view."""
 
     tools: bool

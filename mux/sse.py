@@ -12,7 +12,7 @@ from __future__ import annotations
 from msgspec import Struct
 
 
-class SSEEvent(Struct):
+class SSEEvent(Struct, gc=False):
     """One dispatched event: its ``event`` name (``message`` by default) and its joined ``data``."""
 
     data: bytes

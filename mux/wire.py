@@ -2,7 +2,9 @@
 
 The request view validates what mux and the providers read; it is never what gets forwarded to an
 OpenAI-compatible upstream (see ``forwardable_fields``), so unknown new parameters survive untouched.
-Decoders and encoders are built once, at import.
+Decoders and encoders are built once, at import. Every Struct here is a tree of decoded JSON or of values
+mux builds, never part of a reference cycle, so all are ``gc=False``: the garbage collector need not track
+the many small objects of each request.
 """
 
 from __future__ import annotations
@@ -28,39 +30,39 @@ TagText = Annotated[str, Meta(max_length=256)]
 # --- content parts -------------------------------------------------------------------------------------
 
 
-class TextPart(Struct, tag="text", tag_field="type"):
+class TextPart(Struct, gc=False, tag="text", tag_field="type"):
     text: str
 
 
-class ImageUrl(Struct):
+class ImageUrl(Struct, gc=False):
     url: Annotated[str, Meta(min_length=1)]
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(Struct, tag="image_url", tag_field="type"):
+class ImagePart(Struct, gc=False, tag="image_url", tag_field="type"):
     image_url: ImageUrl
 
 
-class InputAudio(Struct):
+class InputAudio(Struct, gc=False):
     data: str
     format: str
 
 
-class AudioPart(Struct, tag="input_audio", tag_field="type"):
+class AudioPart(Struct, gc=False, tag="input_audio", tag_field="type"):
     input_audio: InputAudio
 
 
-class FileRef(Struct):
+class FileRef(Struct, gc=False):
     file_data: str | None = None
     file_id: str | None = None
     filename: str | None = None
 
 
-class FilePart(Struct, tag="file", tag_field="type"):
+class FilePart(Struct, gc=False, tag="file", tag_field="type"):
     file: FileRef
 
 
-class RefusalPart(Struct, tag="refusal", tag_field="type"):
+class RefusalPart(Struct, gc=False, tag="refusal", tag_field="type"):
     refusal: str
 
 
@@ -71,33 +73,33 @@ AssistantPart = Union[TextPart, RefusalPart]
 # --- messages --------------------------------------------------------------------------------------------
 
 
-class FunctionCall(Struct):
+class FunctionCall(Struct, gc=False):
     name: str
     arguments: str
 
 
-class ToolCall(Struct):
+class ToolCall(Struct, gc=False):
     id: str
     function: FunctionCall
     type: Literal["function"] = "function"
 
 
-class SystemMessage(Struct, tag="system", tag_field="role"):
+class SystemMessage(Struct, gc=False, tag="system", tag_field="role"):
     content: str | list[TextPart]
     name: str | None = None
 
 
-class DeveloperMessage(Struct, tag="developer", tag_field="role"):
+class DeveloperMessage(Struct, gc=False, tag="developer", tag_field="role"):
     content: str | list[TextPart]
     name: str | None = None
 
 
-class UserMessage(Struct, tag="user", tag_field="role"):
+class UserMessage(Struct, gc=False, tag="user", tag_field="role"):
     content: str | list[UserPart]
     name: str | None = None
 
 
-class AssistantMessage(Struct, tag="assistant", tag_field="role"):
+class AssistantMessage(Struct, gc=False, tag="assistant", tag_field="role"):
     content: str | list[AssistantPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
@@ -105,7 +107,7 @@ class AssistantMessage(Struct, tag="assistant", tag_field="role"):
     reasoning: str | None = None
 
 
-class ToolMessage(Struct, tag="tool", tag_field="role"):
+class ToolMessage(Struct, gc=False, tag="tool", tag_field="role"):
     content: str | list[TextPart]
     tool_call_id: str
 
@@ -116,78 +118,78 @@ Message = Union[SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, 
 # --- tools and formats -------------------------------------------------------------------------------------
 
 
-class FunctionDef(Struct):
+class FunctionDef(Struct, gc=False):
     name: Annotated[str, Meta(min_length=1, max_length=64)]
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class FunctionTool(Struct, tag="function", tag_field="type"):
+class FunctionTool(Struct, gc=False, tag="function", tag_field="type"):
     function: FunctionDef
 
 
-class CustomTool(Struct, tag="custom", tag_field="type"):
+class CustomTool(Struct, gc=False, tag="custom", tag_field="type"):
     custom: dict[str, Any]
 
 
 Tool = Union[FunctionTool, CustomTool]
 
 
-class NamedFunction(Struct):
+class NamedFunction(Struct, gc=False):
     name: str
 
 
-class NamedToolChoice(Struct, tag="function", tag_field="type"):
+class NamedToolChoice(Struct, gc=False, tag="function", tag_field="type"):
     function: NamedFunction
 
 
-class AllowedToolsChoice(Struct, tag="allowed_tools", tag_field="type"):
+class AllowedToolsChoice(Struct, gc=False, tag="allowed_tools", tag_field="type"):
     allowed_tools: dict[str, Any]
 
 
-class CustomToolChoice(Struct, tag="custom", tag_field="type"):
+class CustomToolChoice(Struct, gc=False, tag="custom", tag_field="type"):
     custom: dict[str, Any]
 
 
 ToolChoice = Union[Literal["none", "auto", "required"], NamedToolChoice, AllowedToolsChoice, CustomToolChoice]
 
 
-class TextFormat(Struct, tag="text", tag_field="type"):
+class TextFormat(Struct, gc=False, tag="text", tag_field="type"):
     pass
 
 
-class JsonObjectFormat(Struct, tag="json_object", tag_field="type"):
+class JsonObjectFormat(Struct, gc=False, tag="json_object", tag_field="type"):
     pass
 
 
-class JsonSchemaSpec(Struct):
+class JsonSchemaSpec(Struct, gc=False):
     name: Annotated[str, Meta(min_length=1, max_length=64)]
     schema: dict[str, Any] | None = None
     description: str | None = None
     strict: bool | None = None
 
 
-class JsonSchemaFormat(Struct, tag="json_schema", tag_field="type"):
+class JsonSchemaFormat(Struct, gc=False, tag="json_schema", tag_field="type"):
     json_schema: JsonSchemaSpec
 
 
 ResponseFormat = Union[TextFormat, JsonObjectFormat, JsonSchemaFormat]
 
 
-class StreamOptions(Struct):
+class StreamOptions(Struct, gc=False):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
 
 
-class Reasoning(Struct):
+class Reasoning(Struct, gc=False):
     effort: Literal["minimal", "low", "medium", "high", "none"] | None = None
     max_tokens: PositiveInt | None = None
     exclude: bool | None = None
     enabled: bool | None = None
 
 
-class Prediction(Struct):
+class Prediction(Struct, gc=False):
     type: Literal["content"]
     content: str | list[TextPart]
 
@@ -195,14 +197,14 @@ class Prediction(Struct):
 # --- gateway extensions ------------------------------------------------------------------------------------
 
 
-class CacheControl(Struct, forbid_unknown_fields=True):
+class CacheControl(Struct, gc=False, forbid_unknown_fields=True):
     """``mlx:cache``: per-request cache controls."""
 
     skip: bool = False
     ttl_s: Annotated[int, Meta(ge=0)] | None = None
 
 
-class ProviderPreferences(Struct):
+class ProviderPreferences(Struct, gc=False):
     """OpenRouter-style ``provider`` routing preferences (read by the router)."""
 
     order: list[str] | None = None
@@ -215,7 +217,7 @@ class ProviderPreferences(Struct):
     data_collection: str | None = None
 
 
-class RoutingDirective(Struct):
+class RoutingDirective(Struct, gc=False):
     """The per-request ``routing`` directive: ``{prefer, allow_fallbacks, max_provider_tries}``."""
 
     prefer: list[str] | None = None
@@ -226,7 +228,7 @@ class RoutingDirective(Struct):
 # --- the request view --------------------------------------------------------------------------------------
 
 
-class ChatRequest(Struct, kw_only=True):
+class ChatRequest(Struct, gc=False, kw_only=True):
     """The validated view of a ``POST /v1/chat/completions`` body."""
 
     model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
@@ -344,7 +346,7 @@ def forwardable_fields(fields: dict[str, msgspec.Raw]) -> dict[str, msgspec.Raw]
 # --- embeddings --------------------------------------------------------------------------------------------
 
 
-class EmbeddingsRequest(Struct, kw_only=True):
+class EmbeddingsRequest(Struct, gc=False, kw_only=True):
     """The validated view of a ``POST /v1/embeddings`` body."""
 
     model: Annotated[str, Meta(min_length=1, max_length=256)]
@@ -387,20 +389,20 @@ def decode_embeddings(body: bytes) -> tuple[EmbeddingsRequest, dict[str, msgspec
 # --- responses ---------------------------------------------------------------------------------------------
 
 
-class PromptTokensDetails(Struct, omit_defaults=True):
+class PromptTokensDetails(Struct, gc=False, omit_defaults=True):
     cached_tokens: int | None = None  # None, not 0, by default: an upstream's explicit 0 must survive re-encoding
     audio_tokens: int | None = None
     cache_write_tokens: int | None = None
 
 
-class CompletionTokensDetails(Struct, omit_defaults=True):
+class CompletionTokensDetails(Struct, gc=False, omit_defaults=True):
     reasoning_tokens: int | None = None  # as cached_tokens
     audio_tokens: int | None = None
     accepted_prediction_tokens: int | None = None
     rejected_prediction_tokens: int | None = None
 
 
-class Usage(Struct):  # no omit_defaults: a count of 0 must stay on the wire (absent details and cost are null)
+class Usage(Struct, gc=False):  # no omit_defaults: a count of 0 must stay on the wire (absent details and cost are null)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -424,13 +426,13 @@ class Usage(Struct):  # no omit_defaults: a count of 0 must stay on the wire (ab
         return (details.reasoning_tokens or 0) if details else 0
 
 
-class ResponseToolCall(Struct):  # no omit_defaults: "type": "function" must be on the wire (it is the default)
+class ResponseToolCall(Struct, gc=False):  # no omit_defaults: "type": "function" must be on the wire (it is the default)
     id: str
     function: FunctionCall
     type: str = "function"
 
 
-class ResponseMessage(Struct):  # no omit_defaults: "role": "assistant" must be on the wire (it is the default)
+class ResponseMessage(Struct, gc=False):  # no omit_defaults: "role": "assistant" must be on the wire (it is the default)
     role: str = "assistant"
     content: str | None = None
     tool_calls: list[ResponseToolCall] | None = None
@@ -438,14 +440,14 @@ class ResponseMessage(Struct):  # no omit_defaults: "role": "assistant" must be 
     reasoning: str | None = None
 
 
-class Choice(Struct):
+class Choice(Struct, gc=False):
     index: int
     message: ResponseMessage
     finish_reason: str | None
     logprobs: Any = None
 
 
-class ChatCompletion(Struct, omit_defaults=True, tag="chat.completion", tag_field="object"):
+class ChatCompletion(Struct, gc=False, omit_defaults=True, tag="chat.completion", tag_field="object"):
     # "object": "chat.completion" is the tag, so it is always on the wire (omit_defaults would drop a default)
     id: str
     created: int
@@ -455,19 +457,19 @@ class ChatCompletion(Struct, omit_defaults=True, tag="chat.completion", tag_fiel
     system_fingerprint: str | None = None
 
 
-class DeltaToolCallFunction(Struct, omit_defaults=True):
+class DeltaToolCallFunction(Struct, gc=False, omit_defaults=True):
     name: str | None = None
     arguments: str | None = None
 
 
-class DeltaToolCall(Struct, omit_defaults=True):
+class DeltaToolCall(Struct, gc=False, omit_defaults=True):
     index: int
     id: str | None = None
     type: str | None = None
     function: DeltaToolCallFunction | None = None
 
 
-class Delta(Struct, omit_defaults=True):
+class Delta(Struct, gc=False, omit_defaults=True):
     role: str | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
@@ -475,14 +477,14 @@ class Delta(Struct, omit_defaults=True):
     reasoning: str | None = None
 
 
-class ChunkChoice(Struct):
+class ChunkChoice(Struct, gc=False):
     index: int
     delta: Delta
     finish_reason: str | None = None
     logprobs: Any = None
 
 
-class ChatCompletionChunk(Struct):
+class ChatCompletionChunk(Struct, gc=False):
     id: str
     created: int
     model: str
@@ -491,7 +493,7 @@ class ChatCompletionChunk(Struct):
     usage: Usage | None = None
 
 
-class CompletionPeek(Struct):
+class CompletionPeek(Struct, gc=False):
     """What mux reads of an OpenAI-shaped completion or chunk it relays without re-encoding."""
 
     id: str | None = None
@@ -502,7 +504,7 @@ class CompletionPeek(Struct):
     error: dict[str, Any] | None = None
 
 
-class EmbeddingsPeek(Struct):
+class EmbeddingsPeek(Struct, gc=False):
     """What mux reads of an OpenAI embedding list it relays unchanged."""
 
     data: list[msgspec.Raw]

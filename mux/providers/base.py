@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..config import ProviderConfig
 
 
-class UpstreamRequest(msgspec.Struct):
+class UpstreamRequest(msgspec.Struct, gc=False):
     """One HTTP request to a provider."""
 
     method: str
@@ -28,7 +28,7 @@ class UpstreamRequest(msgspec.Struct):
     notes: list[str] = []  # translation decisions worth a line in the decision trace (dropped params, ...)
 
 
-class Call(msgspec.Struct):
+class Call(msgspec.Struct, gc=False):
     """What an adapter reads of one client request: the validated view and the body's raw top-level fields."""
 
     request: ChatRequest
@@ -47,7 +47,7 @@ class Call(msgspec.Struct):
         return bool(options and options.include_usage)
 
 
-class EmbeddingCall(msgspec.Struct):
+class EmbeddingCall(msgspec.Struct, gc=False):
     """What an adapter reads of one embeddings request."""
 
     request: EmbeddingsRequest
@@ -55,7 +55,7 @@ class EmbeddingCall(msgspec.Struct):
     model: str
 
 
-class Completion(msgspec.Struct):
+class Completion(msgspec.Struct, gc=False):
     """A translated 2xx answer: the OpenAI-shaped JSON body for the client, with what mux accounts from it."""
 
     body: bytes
