@@ -340,7 +340,8 @@ class Dispatch:
     def _call(self, ctx: Context, request: ChatRequest, target: Target) -> Call:
         ctx.outcome.attempts += 1
         end_user = ctx.mlx.end_user if ctx.mlx is not None else None
-        return Call(request=request, fields=ctx.fields or {}, model=target.model, end_user=end_user)
+        return Call(request=request, fields=ctx.fields or {}, model=target.model, end_user=end_user,
+                    body=ctx.body or b"")
 
     @staticmethod
     def _build(ctx: Context, adapter: Adapter, target: Target, call: Call):

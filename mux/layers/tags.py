@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from ..asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, header, send_error
+from ..asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, send_error
 from ..context import Mlx, context_of, request_of
 from ..errors import InvalidRequest, MuxError
+from ..wire import CacheControl
 
 MAX_TAGS = 32
 MAX_KEY = 64
@@ -40,6 +41,14 @@ class TagsLayer:
         ctx = context_of(scope)
         try:
             request, receive = await request_of(scope, receive, self.max_body_bytes)
+            tags = end_user = session = None
+            for name, value in scope["headers"]:  # one pass for the three headers this layer reads
+                if name == b"x-mux-tags":
+                    tags = value
+                elif name == b"x-mux-end-user":
+                    end_user = value
+                elif name == b"x-session-id":
+                    session = value
             ctx.mlx = annotations(
                 body_tags=request.mlx_tags,
                 metadata=request.metadata,
@@ -48,25 +57,27 @@ class TagsLayer:
                 cache=request.mlx_cache,
                 trace=request.mlx_trace,
                 body_session=request.session_id,
-                header_tags=header(scope, b"x-mux-tags"),
-                header_end_user=header(scope, b"x-mux-end-user"),
-                header_session=header(scope, b"x-session-id"),
+                header_tags=tags,
+                header_end_user=end_user,
+                header_session=session,
             )
         except MuxError as error:
             return await send_error(send, error)
         await self.app(scope, receive, send)
 
 
-def annotations(*, body_tags, metadata, body_end_user, user, cache, trace, body_session,
+def annotations(*, body_tags: dict[str, str] | None, metadata: dict[str, str] | None, body_end_user: str | None,
+                user: str | None, cache: CacheControl | None, trace: bool | None, body_session: str | None,
                 header_tags: bytes | None, header_end_user: bytes | None, header_session: bytes | None) -> Mlx:
     """Answer the merged annotations (pure); raise ``InvalidRequest`` naming the bad field."""
-    tags: dict[str, str] = {}
-    if metadata:
-        tags.update(metadata)
-    if header_tags:
-        tags.update(parse_tag_header(header_tags))
-    if body_tags:
-        tags.update(body_tags)
+    if metadata or header_tags:
+        tags: dict[str, str] = dict(metadata) if metadata else {}
+        if header_tags:
+            tags.update(parse_tag_header(header_tags))
+        if body_tags:
+            tags.update(body_tags)
+    else:
+        tags = body_tags or {}
     if len(tags) > MAX_TAGS:
         raise InvalidRequest(f"At most {MAX_TAGS} tags are allowed.", param="mlx:tags")
     end_user = body_end_user or _header_text(header_end_user, "x-mux-end-user", MAX_ID) or user

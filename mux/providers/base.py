@@ -35,6 +35,7 @@ class Call(msgspec.Struct, gc=False):
     fields: dict[str, msgspec.Raw]
     model: str  # the upstream model name chosen for this attempt
     end_user: str | None = None
+    body: bytes = b""  # the client's body as it arrived
 
     @property
     def stream(self) -> bool:

@@ -105,6 +105,9 @@ class CompatibleAdapter(OpenAIAdapter):
         self.env_keys = preset.env_keys  # type: ignore[misc]
         self.model_prefixes = preset.model_prefixes  # type: ignore[misc]
 
+    def unchanged_body(self, call: Call) -> bytes | None:
+        return None  # a preset's parameter rules always apply
+
     def upstream_fields(self, call: Call, notes: list[str]) -> dict[str, msgspec.Raw]:
         preset = self.preset
         request = call.request

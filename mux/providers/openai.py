@@ -15,7 +15,7 @@ import msgspec
 
 from ..errors import MuxError, UpstreamError, redact
 from ..sse import SSEEvent
-from ..wire import Usage, embeddings_peek_decoder, encoder, forwardable_fields, peek_decoder
+from ..wire import GATEWAY_KEYS, Usage, embeddings_peek_decoder, encoder, forwardable_fields, peek_decoder
 from .base import Call, Completion, EmbeddingCall, UpstreamRequest, upstream_error
 
 if TYPE_CHECKING:
@@ -37,9 +37,19 @@ class OpenAIAdapter:
     def build_request(self, provider: ProviderConfig, call: Call) -> UpstreamRequest:
         """Answer the upstream request: the client's body minus gateway keys, ``model`` replaced."""
         notes: list[str] = []
-        fields = self.upstream_fields(call, notes)
+        body = self.unchanged_body(call)
+        if body is None:
+            body = encoder.encode(self.upstream_fields(call, notes))
         return UpstreamRequest("POST", self.url(provider, call.model, "/chat/completions"), self.headers(provider),
-                               encoder.encode(fields), notes)
+                               body, notes)
+
+    def unchanged_body(self, call: Call) -> bytes | None:
+        """The client's body itself, when forwarding needs no change: no gateway keys, the same model name, and
+        no usage option to add (a stream whose client asked for usage, or no stream)."""
+        if (call.body and call.request.model == call.model and GATEWAY_KEYS.isdisjoint(call.fields)
+                and (not call.stream or call.include_usage)):
+            return call.body
+        return None
 
     def upstream_fields(self, call: Call, notes: list[str]) -> dict[str, msgspec.Raw]:
         """Answer the body fields to send; ``notes`` collects decisions for the trace."""
