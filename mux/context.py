@@ -20,12 +20,13 @@ trace          anyone          decision-trace events, in order: attempts, and no
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import msgspec
 from msgspec import Struct
 
-from .asgi import Receive, Scope, read_body, replaying
+from .asgi import Receive, Scope, Send, read_body, replaying, send_error
+from .errors import MuxError
 from .wire import CacheControl, ChatRequest, Usage, decode_request
 
 
@@ -83,6 +84,30 @@ async def body_of(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Re
         ctx.body = await read_body(scope, receive, limit)
         receive = replaying(ctx.body, receive)
     return ctx.body, receive
+
+
+Then = Callable[[Context, ChatRequest, Scope, Receive, Send], Awaitable[None]]
+
+
+def with_request(scope: Scope, receive: Receive, send: Send, limit: int, then: Then) -> Awaitable[None]:
+    """Answer the awaitable of ``then(ctx, request, scope, receive, send)`` with the validated request.
+
+    When a layer outside already decoded the request, ``then`` is called at once and its awaitable returned:
+    the caller adds no coroutine frame to the request (a resumed coroutine pays for every frame of its await
+    chain, so frames that only pass a request inward are worth avoiding). Otherwise the body is read and
+    decoded first; a bad body is answered with its 400."""
+    ctx = context_of(scope)
+    if ctx.request is not None:
+        return then(ctx, ctx.request, scope, receive, send)
+    return _decoded_then(ctx, scope, receive, send, limit, then)
+
+
+async def _decoded_then(ctx: Context, scope: Scope, receive: Receive, send: Send, limit: int, then: Then) -> None:
+    try:
+        request, receive = await request_of(scope, receive, limit)
+    except MuxError as error:
+        return await send_error(send, error)
+    await then(ctx, request, scope, receive, send)
 
 
 async def request_of(scope: Scope, receive: Receive, limit: int) -> tuple[ChatRequest, Receive]:

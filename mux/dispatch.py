@@ -29,7 +29,7 @@ import msgspec
 from .asgi import Receive, Scope, Send, send_error, send_json
 from .catalog import Catalog
 from .config import CascadeConfig, ProviderConfig
-from .context import Context, Outcome, context_of, request_of
+from .context import Context, Outcome, with_request
 from .deadline import Deadline
 from .decision import decision_trace
 from .errors import MuxError, NoRouteAvailable, UpstreamError, UpstreamTimeout, render_error
@@ -74,22 +74,23 @@ class Dispatch:
         self.rng = rng or random.Random()
         self._validators: dict[str, Callable[..., bool]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = context_of(scope)
-        try:
-            request, receive = await request_of(scope, receive, self.max_body_bytes)
-            plan = ctx.plan
-            if plan is None:
-                mlx = ctx.mlx
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        return with_request(scope, receive, send, self.max_body_bytes, self._dispatch)
+
+    def _dispatch(self, ctx: Context, request: ChatRequest, scope: Scope, receive: Receive,
+                  send: Send) -> Awaitable[None]:
+        plan = ctx.plan
+        if plan is None:
+            mlx = ctx.mlx
+            try:
                 plan = ctx.plan = self.routing.router.plan(
                     request, end_user=mlx.end_user if mlx else None, session=mlx.session_id if mlx else None)
-        except MuxError as error:
-            _failed(ctx.outcome, error)
-            return await send_error(send, error)
+            except MuxError as error:
+                _failed(ctx.outcome, error)
+                return send_error(send, error)
         if request.stream:
-            await self._stream(ctx, request, plan, receive, send)
-        else:
-            await self._complete(ctx, request, plan, send)
+            return self._stream(ctx, request, plan, receive, send)
+        return self._complete(ctx, request, plan, send)
 
     # --- the attempt policy ----------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable
 
 import msgspec
 
@@ -52,32 +52,37 @@ class Endpoints:
             self._models = (config, models_body(config))
         return self._models[1]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """Answer the awaitable of the endpoint's handler (no coroutine frame of its own)."""
         if scope["type"] != "http":
             if self.fallback is not None:
-                return await self.fallback(scope, receive, send)
+                return self.fallback(scope, receive, send)
             if scope["type"] == "lifespan":
-                return await _lifespan(receive, send)
-            return
+                return _lifespan(receive, send)
+            return _nothing()
         path = scope["path"]
         method = scope["method"]
         if path in CHAT_PATHS:
             if method == "POST":
-                return await self.dispatch(scope, receive, send)
-            return await send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
+                return self.dispatch(scope, receive, send)
+            return send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
         if path in EMBEDDINGS_PATHS:
             if method == "POST":
-                return await self.embeddings(scope, receive, send)
-            return await send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
+                return self.embeddings(scope, receive, send)
+            return send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
         if path in MODELS_PATHS and method in ("GET", "HEAD"):
-            return await send_json(send, 200, self.models())
+            return send_json(send, 200, self.models())
         if path.startswith(ADMIN_PREFIX):
-            return await self.admin(scope, receive, send)
+            return self.admin(scope, receive, send)
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
-            return await send_json(send, 200, _HEALTH_BODY)
+            return send_json(send, 200, _HEALTH_BODY)
         if self.fallback is not None:
-            return await self.fallback(scope, receive, send)
-        await send_error(send, NotFound(f"No endpoint {method} {path}."))
+            return self.fallback(scope, receive, send)
+        return send_error(send, NotFound(f"No endpoint {method} {path}."))
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

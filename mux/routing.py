@@ -198,11 +198,15 @@ class Router:
         self.health = health
         self.catalog = catalog or Catalog(config.catalog)
         self.rng = rng or random.Random()
+        self._singles: dict[str, tuple[Target, ModelInfo | None]] = {}  # plain model name -> target, its info
 
     def plan(self, request: ChatRequest, *, end_user: str | None = None, session: str | None = None) -> Plan:
         """Answer the plan for ``request`` (see the module docstring for precedence)."""
         model = request.model
         if model and not request.models and not request.fallbacks and model[0] != "@":
+            plan = self._single(model, request)
+            if plan is not None:
+                return plan
             plan = Plan(targets=[self.resolver.resolve(model)], requested=model)  # one target: nothing to order
             self._filter(plan, request)
         else:
@@ -222,6 +226,22 @@ class Router:
             reasons = "; ".join(f"{s.target}: {s.reason}" for s in plan.skipped) or "no candidates"
             raise NoRouteAvailable(f"No target can serve this request ({reasons}).")
         return plan
+
+    def _single(self, model: str, request: ChatRequest) -> Plan | None:
+        """The plan of a request for one plain model that passes every filter, or ``None`` (then the general
+        path decides, and explains any skip)."""
+        known = self._singles.get(model)
+        if known is None:
+            target = self.resolver.resolve(model)
+            known = (target, self.catalog.info(target.provider, target.model))
+            if len(self._singles) < 10_000:
+                self._singles[model] = known
+        target, info = known
+        if request.provider is not None or self.health.state(target.label) != "closed":
+            return None
+        if info is not None and Needs.of(request).unmet(info) is not None:
+            return None
+        return Plan(targets=[target], requested=model)
 
     def _expand(self, name: str, selection: Selection, plan: Plan, depth: int, top: bool) -> list[Target]:
         if not name.startswith("@"):

@@ -8,12 +8,14 @@ Answers 404 ``model_not_found``, 400 ``provider_not_configured`` and 503 ``no_ro
 
 from __future__ import annotations
 
+from typing import Awaitable
+
 from ..asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, header, send_error, send_json
-from ..context import context_of, request_of
+from ..context import Context, with_request
 from ..decision import decision_trace
 from ..errors import MuxError
 from ..live import LiveRouting
-from ..wire import encoder
+from ..wire import ChatRequest, encoder
 
 
 class RouterLayer:
@@ -27,18 +29,20 @@ class RouterLayer:
         self.max_body_bytes = max_body_bytes
         self.paths = paths
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http" or scope["path"] not in self.paths or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        ctx = context_of(scope)
+            return self.app(scope, receive, send)
+        return with_request(scope, receive, send, self.max_body_bytes, self._route)
+
+    def _route(self, ctx: Context, request: ChatRequest, scope: Scope, receive: Receive,
+               send: Send) -> Awaitable[None]:
+        mlx = ctx.mlx
         try:
-            request, receive = await request_of(scope, receive, self.max_body_bytes)
-            mlx = ctx.mlx
             ctx.plan = self.routing.router.plan(
                 request, end_user=mlx.end_user if mlx else None, session=mlx.session_id if mlx else None)
         except MuxError as error:
-            return await send_error(send, error)
+            return send_error(send, error)
         if header(scope, b"x-mux-dry-run") in (b"true", b"1"):
             body = {"object": "mux.dry_run", "mlx:trace": decision_trace(ctx.plan, ctx.trace, dry_run=True)}
-            return await send_json(send, 200, encoder.encode(body))
-        await self.app(scope, receive, send)
+            return send_json(send, 200, encoder.encode(body))
+        return self.app(scope, receive, send)

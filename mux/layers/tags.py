@@ -12,12 +12,13 @@ fields is forwarded upstream (Dispatch drops them when it builds the upstream bo
 
 from __future__ import annotations
 
+from typing import Awaitable
 from urllib.parse import unquote
 
 from ..asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, send_error
-from ..context import Mlx, context_of, request_of
+from ..context import Context, Mlx, with_request
 from ..errors import InvalidRequest, MuxError
-from ..wire import CacheControl
+from ..wire import CacheControl, ChatRequest
 
 MAX_TAGS = 32
 MAX_KEY = 64
@@ -35,20 +36,22 @@ class TagsLayer:
         self.max_body_bytes = max_body_bytes
         self.paths = paths
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http" or scope["path"] not in self.paths or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        ctx = context_of(scope)
+            return self.app(scope, receive, send)
+        return with_request(scope, receive, send, self.max_body_bytes, self._annotate)
+
+    def _annotate(self, ctx: Context, request: ChatRequest, scope: Scope, receive: Receive,
+                  send: Send) -> Awaitable[None]:
+        tags = end_user = session = None
+        for name, value in scope["headers"]:  # one pass for the three headers this layer reads
+            if name == b"x-mux-tags":
+                tags = value
+            elif name == b"x-mux-end-user":
+                end_user = value
+            elif name == b"x-session-id":
+                session = value
         try:
-            request, receive = await request_of(scope, receive, self.max_body_bytes)
-            tags = end_user = session = None
-            for name, value in scope["headers"]:  # one pass for the three headers this layer reads
-                if name == b"x-mux-tags":
-                    tags = value
-                elif name == b"x-mux-end-user":
-                    end_user = value
-                elif name == b"x-session-id":
-                    session = value
             ctx.mlx = annotations(
                 body_tags=request.mlx_tags,
                 metadata=request.metadata,
@@ -62,8 +65,8 @@ class TagsLayer:
                 header_session=session,
             )
         except MuxError as error:
-            return await send_error(send, error)
-        await self.app(scope, receive, send)
+            return send_error(send, error)
+        return self.app(scope, receive, send)
 
 
 def annotations(*, body_tags: dict[str, str] | None, metadata: dict[str, str] | None, body_end_user: str | None,
