@@ -1,7 +1,7 @@
 """The one seam between mux and the network: send an ``UpstreamRequest``, get status, headers and body.
 
-``AiohttpTransport`` is the default: on this project's benchmark it forwards several times the requests per
-second of httpx 0.28 at equal CPU (see bench/). ``HttpxTransport`` serves where httpx's API is wanted (a
+``AiohttpTransport`` is the default: on this project's benchmark a pass-through over aiohttp forwards 13 to
+31 times the requests per CPU-second of the same pass-through over httpx 0.28 (see bench/). ``HttpxTransport`` serves where httpx's API is wanted (a
 custom ``httpx.AsyncClient``, ``httpx.MockTransport`` in tests). Each maps its library's failures to
 ``UpstreamError``/``UpstreamTimeout`` here, at the boundary; nothing above this module sees aiohttp or httpx.
 
