@@ -6,9 +6,10 @@ YAML file stops the gateway before it serves.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 import msgspec
 from msgspec import Meta, Struct
@@ -232,10 +233,28 @@ def _check_routes(config: Config) -> None:
             raise ConfigError(f"routes.{name}.targets: at least one weight must be positive")
         if route.cascade and route.strategy != "cascade":
             raise ConfigError(f"routes.{name}.cascade: only for strategy 'cascade'")
+        if route.cascade and route.cascade.validator:
+            try:
+                load_validator(route.cascade.validator)
+            except (ImportError, AttributeError, ValueError) as exc:
+                raise ConfigError(f"routes.{name}.cascade.validator: cannot load "
+                                  f"'{route.cascade.validator}': {exc}") from None
     for name in config.routes:
         cycle = _cycle_from(name, config.routes, [])
         if cycle:
             raise ConfigError(f"routes.{name}: routes form a cycle: {' -> '.join('@' + n for n in cycle)}")
+
+
+def load_validator(path: str) -> Callable[..., bool]:
+    """Import a cascade validator named ``module:function``; raise ``ValueError``, ``ImportError`` or
+    ``AttributeError`` when it cannot be had."""
+    module, colon, name = path.partition(":")
+    if not colon or not module or not name:
+        raise ValueError("expected 'module:function'")
+    validator = getattr(importlib.import_module(module), name)
+    if not callable(validator):
+        raise ValueError(f"'{path}' is not callable")
+    return validator
 
 
 def _cycle_from(name: str, routes: dict[str, RouteConfig], path: list[str]) -> list[str] | None:

@@ -19,7 +19,6 @@ disconnects cancels the upstream request and frees its connection.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import random
 from time import perf_counter, time
 from typing import Any, Awaitable, Callable, Mapping
@@ -28,7 +27,7 @@ import msgspec
 
 from .asgi import Receive, Scope, Send, send_error, send_json
 from .catalog import Catalog
-from .config import CascadeConfig, ProviderConfig
+from .config import CascadeConfig, ProviderConfig, load_validator
 from .context import Context, Outcome, with_request
 from .deadline import Deadline
 from .decision import decision_trace
@@ -39,7 +38,7 @@ from .providers import ADAPTERS, Adapter, Call, Completion, UpstreamRequest
 from .routing import Plan, Target
 from .sse import DONE, SSEParser, frame
 from .transport import Transport
-from .wire import ChatRequest, Usage, trace_chunk, usage_chunk, with_fields
+from .wire import ChatRequest, JsonObjectFormat, JsonSchemaFormat, Usage, trace_chunk, usage_chunk, with_fields
 
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -109,16 +108,21 @@ class Dispatch:
         for index, target in enumerate(plan.targets):
             for repeat in range(target.retries + 1):
                 if error is not None:
+                    stop = None
                     if not retryable(error, plan.retry_on):
-                        raise error
-                    if not health.budget.withdraw():
-                        _note(ctx, "retry budget exhausted: no further attempt")
-                        raise error
+                        stop = ""
+                    elif not health.budget.withdraw():
+                        stop = "retry budget exhausted: no further attempt"
                     delay = 0.0
-                    if target.provider.name == failed_provider:
+                    if stop is None and target.provider.name == failed_provider:
                         delay = health.backoff_s(failures, self.rng, _retry_after_s(error))
-                    if deadline is not None and loop.time() + delay >= deadline:
-                        _note(ctx, "the route's total time is spent: no further attempt")
+                    if stop is None and deadline is not None and loop.time() + delay >= deadline:
+                        stop = "the route's total time is spent: no further attempt"
+                    if stop is not None:
+                        if stop:
+                            _note(ctx, stop)
+                        if escalated is not None:  # a cheaper answer that failed its check beats no answer
+                            return escalated
                         raise error
                     if delay:
                         await asyncio.sleep(delay)
@@ -171,7 +175,7 @@ class Dispatch:
             return "refusal"
         if "length" in checks and choice.get("finish_reason") == "length":
             return "length"
-        wants_json = request.response_format is not None and type(request.response_format).__name__ != "TextFormat"
+        wants_json = isinstance(request.response_format, (JsonObjectFormat, JsonSchemaFormat))
         if "invalid_json" in checks and wants_json and not message.get("tool_calls"):
             try:
                 msgspec.json.decode((message.get("content") or "").encode())
@@ -185,8 +189,7 @@ class Dispatch:
     def _validator(self, path: str) -> Callable[..., bool]:
         validator = self._validators.get(path)
         if validator is None:
-            module, _, name = path.partition(":")
-            validator = self._validators[path] = getattr(importlib.import_module(module), name)
+            validator = self._validators[path] = load_validator(path)
         return validator
 
     # --- non-streaming ---------------------------------------------------------------------------------

@@ -262,3 +262,16 @@ def test_unknown_models_are_never_filtered_and_config_catalog_entries_extend_and
     assert (mini.input, mini.output, mini.context_window) == (0.10, 0.60, 128_000)
     with pytest.raises(ConfigError, match="catalog"):
         parse_config({"catalog": {"a/m": {"context": 5}}})
+
+
+def accept_everything(request, answer) -> bool:
+    return True
+
+
+def test_cascade_validators_are_loaded_at_config_time():
+    live = routing({"c": {"strategy": "cascade", "targets": [{"model": "a/m"}, {"model": "b/m"}],
+                          "cascade": {"validator": "tests.test_router_strategies:accept_everything"}}})
+    assert live.routes["c"].config.cascade.validator.endswith("accept_everything")
+    for bad in ("no_colon", "tests.test_router_strategies:missing", "no.such.module:f"):
+        with pytest.raises(ConfigError, match="cascade.validator"):
+            routing({"c": {"strategy": "cascade", "targets": [{"model": "a/m"}], "cascade": {"validator": bad}}})
