@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from functools import partial
 from time import perf_counter, time
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -249,7 +250,7 @@ class Dispatch:
     async def _stream_attempts(self, ctx: Context, request: ChatRequest, plan: Plan, send: Send) -> None:
         outcome = ctx.outcome
         try:
-            target, end = await self._attempts(ctx, request, plan, self._streamer(send))
+            target, end = await self._attempts(ctx, request, plan, partial(self._stream_once, send=send))
         except MuxError as error:
             _failed(outcome, error)
             return await send_error(send, error)
@@ -270,13 +271,8 @@ class Dispatch:
             tail += frame(render_error(end.error.message, end.error.type, end.error.param, end.error.code))
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    def _streamer(self, send: Send) -> Once:
-        async def once(ctx: Context, target: Target, call: Call, timeout_s: float) -> StreamEnd:
-            return await self._stream_once(ctx, target, call, timeout_s, send)
-
-        return once
-
-    async def _stream_once(self, ctx: Context, target: Target, call: Call, timeout_s: float, send: Send) -> StreamEnd:
+    async def _stream_once(self, ctx: Context, target: Target, call: Call, timeout_s: float, *,
+                           send: Send) -> StreamEnd:
         """Run one streamed attempt up to its last payloads (the caller sends them and ends the stream).
 
         Raises ``MuxError`` if it fails before its first chunk was sent to the client; after that, answers
