@@ -291,10 +291,9 @@ _request_decoder = msgspec.json.Decoder(ChatRequest)
 _fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
-def decode_request(body: bytes) -> tuple[ChatRequest, dict[str, msgspec.Raw]]:
-    """Validate a chat request body; answer its view and its top-level fields as raw JSON.
-
-    Raises ``InvalidRequest`` naming the parameter for malformed JSON, wrong types or out-of-range values."""
+def _decode_body(body: bytes, decoder: msgspec.json.Decoder) -> tuple[Any, dict[str, msgspec.Raw]]:
+    """Decode a request body into ``decoder``'s view and its raw top-level fields; refuse non-objects,
+    malformed JSON, bad UTF-8, absurd nesting and keys that would redirect traffic or carry credentials."""
     try:
         fields = _fields_decoder.decode(body)
     except msgspec.ValidationError:
@@ -314,13 +313,21 @@ def decode_request(body: bytes) -> tuple[ChatRequest, dict[str, msgspec.Raw]]:
                 code="unsupported_parameter",
             )
     try:
-        view = _request_decoder.decode(body)
+        view = decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise from_validation(exc) from None
     except RecursionError:
         raise _too_deep() from None
     except UnicodeDecodeError:
         raise _not_utf8() from None
+    return view, fields
+
+
+def decode_request(body: bytes) -> tuple[ChatRequest, dict[str, msgspec.Raw]]:
+    """Validate a chat request body; answer its view and its top-level fields as raw JSON.
+
+    Raises ``InvalidRequest`` naming the parameter for malformed JSON, wrong types or out-of-range values."""
+    view, fields = _decode_body(body, _request_decoder)
     if view.model is None and not view.models:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
     if view.top_logprobs is not None and not view.logprobs:
@@ -362,21 +369,7 @@ _embeddings_decoder = msgspec.json.Decoder(EmbeddingsRequest)
 
 def decode_embeddings(body: bytes) -> tuple[EmbeddingsRequest, dict[str, msgspec.Raw]]:
     """Validate an embeddings body; answer its view and raw top-level fields. Raises ``InvalidRequest``."""
-    try:
-        fields = _fields_decoder.decode(body)
-        view = _embeddings_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise from_validation(exc) from None
-    except msgspec.DecodeError as exc:
-        raise from_validation(exc) from None
-    except RecursionError:
-        raise _too_deep() from None
-    except UnicodeDecodeError:
-        raise _not_utf8() from None
-    for key in fields:
-        if key in FORBIDDEN_KEYS:
-            raise InvalidRequest(f"Unsupported parameter: '{key}' is not accepted in a request body.", param=key,
-                                 code="unsupported_parameter")
+    view, fields = _decode_body(body, _embeddings_decoder)
     if isinstance(view.input, list) and any(item == "" or item == [] for item in view.input):
         raise InvalidRequest("'input' must not contain empty strings or empty token lists.", param="input",
                              code="invalid_value")
