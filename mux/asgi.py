@@ -86,6 +86,17 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """Answer a lifespan scope that has nothing to start or stop: startup and shutdown complete at once."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def send_json(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     """Send a complete JSON response."""
     await send({

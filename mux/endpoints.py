@@ -9,7 +9,7 @@ import msgspec
 
 from .admin import PREFIX as ADMIN_PREFIX
 from .admin import Admin
-from .asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, send_error, send_json
+from .asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, answer_lifespan, send_error, send_json
 from .config import Config
 from .embeddings import EMBEDDINGS_PATHS
 from .errors import MethodNotAllowed, NotFound
@@ -58,7 +58,7 @@ class Endpoints:
             if self.fallback is not None:
                 return self.fallback(scope, receive, send)
             if scope["type"] == "lifespan":
-                return _lifespan(receive, send)
+                return answer_lifespan(receive, send)
             return _nothing()
         path = scope["path"]
         method = scope["method"]
@@ -83,13 +83,3 @@ class Endpoints:
 
 async def _nothing() -> None:
     return None
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

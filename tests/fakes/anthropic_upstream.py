@@ -59,6 +59,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from mux.asgi import answer_lifespan
+
 # The version mux sends, and the one the installed ``anthropic`` SDK sends (it authenticates with
 # ``Authorization: Bearer <key>``, which the fake accepts as well as ``x-api-key``).
 API_VERSIONS = frozenset({"2023-06-01", "2026-10-21"})
@@ -208,13 +210,7 @@ class FakeAnthropic:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await answer_lifespan(receive, send)
         if scope["type"] != "http":
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

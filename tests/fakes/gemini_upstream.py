@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from mux.asgi import answer_lifespan
+
 API_KEY = "test-gemini-key"
 # Embedding model -> the length of its vectors (gemini-embedding-001: 3072; text-embedding-004: 768).
 EMBEDDING_MODELS = {"gemini-embedding-001": 3072, "text-embedding-004": 768}
@@ -521,13 +523,7 @@ class FakeGemini:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await answer_lifespan(receive, send)
         if scope["type"] != "http":
             return
         body = b""

@@ -70,6 +70,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mux.asgi import answer_lifespan
+
 # The documented top-level parameters of POST /v1/chat/completions. Anything else is refused with a 400.
 ACCEPTED_PARAMS = frozenset({
     "messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
@@ -253,13 +255,7 @@ class FakeOpenAI:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await answer_lifespan(receive, send)
         if scope["type"] != "http":
             return
         chunks = []
