@@ -257,3 +257,48 @@ def test_reload_never_drops_an_in_flight_stream_and_rollback_restores_the_old_ve
         raw = client.chat.completions.with_raw_response.create(model="@production", messages=HELLO)
         assert raw.headers["x-mux-config-version"] == "1" and raw.headers["x-mux-provider"] == "primary"
         client.close()
+
+
+STRATEGY_ROUTES = {
+    "single": {"strategy": "single", "targets": [{"model": "primary/gpt-4o-mini"}]},
+    "weighted": {"strategy": "weighted", "sticky": "end_user",
+                 "targets": [{"model": "primary/gpt-4o-mini", "weight": 3}, {"model": "backup/gpt-4o", "weight": 1}]},
+    "latency": {"strategy": "latency", "targets": [{"model": "primary/gpt-4o-mini"}, {"model": "backup/gpt-4o"}]},
+    "cost": {"strategy": "cost", "targets": [{"model": "backup/gpt-4o"}, {"model": "primary/gpt-4o-mini"}]},
+    "cascade": {"strategy": "cascade", "targets": [{"model": "primary/gpt-4o-mini"}, {"model": "backup/gpt-4o"}]},
+    "ab_test": {"strategy": "ab_test", "targets": [{"model": "@arm_a", "weight": 50}, {"model": "@arm_b", "weight": 50}]},
+    "arm_a": {"targets": [{"model": "primary/gpt-4o-mini"}]},
+    "arm_b": {"targets": [{"model": "backup/gpt-4o"}]},
+}
+
+
+@pytest.fixture(scope="module")
+def strategies_gateway(fake_openai_server: FakeOpenAI) -> Iterator[str]:
+    app = mux.build_app(mux.parse_config(config(fake_openai_server.base_url, **STRATEGY_ROUTES)))
+    with serve(app) as url:
+        yield url
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("route", ["single", "weighted", "latency", "cost", "cascade", "ab_test"])
+def test_every_strategy_answers_through_the_openai_sdk(strategies_gateway, fake_openai, route, stream):
+    client = openai.OpenAI(base_url=strategies_gateway + "/v1", api_key="k", max_retries=0, timeout=10)
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"@{route}", messages=HELLO, stream=stream, extra_body={"mlx:end_user": "user-7"})
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    else:
+        text = raw.parse().choices[0].message.content
+    assert text
+    assert raw.headers["x-mux-config"] == f"@{route}" and raw.headers["x-mux-config-version"] == "1"
+    called = models_called(fake_openai)
+    assert len(called) == 1  # a healthy first target answers: no extra attempt
+    if route == "cost":
+        assert called == ["gpt-4o-mini"]  # the cheaper of the two, though listed second
+    if route == "ab_test":
+        variant = raw.headers["x-mux-ab-variant"]
+        assert called == (["gpt-4o-mini"] if variant == "@arm_a" else ["gpt-4o"])
+        again = client.chat.completions.with_raw_response.create(
+            model="@ab_test", messages=HELLO, extra_body={"mlx:end_user": "user-7"})
+        assert again.headers["x-mux-ab-variant"] == variant  # sticky per end user
+    client.close()
