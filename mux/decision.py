@@ -15,24 +15,24 @@ TRACE_SCHEMA_VERSION = 1
 
 def decision_trace(plan: Any, events: list[dict[str, Any]], *, dry_run: bool = False) -> dict[str, Any]:
     """Answer the decision trace for a plan (may be ``None`` when planning failed) and the attempt events."""
-    attempts = [e for e in events if "type" not in e]  # attempt events carry no type; notes do
-    notes = [e for e in events if "type" in e]
-    trace: dict[str, Any] = {"schema": TRACE_SCHEMA_VERSION}
-    if plan is not None:
-        trace.update({
+    attempts: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []
+    for event in events:
+        (notes if "type" in event else attempts).append(event)  # attempt events carry no type; notes do
+    if plan is None:
+        trace: dict[str, Any] = {"schema": TRACE_SCHEMA_VERSION}
+    else:
+        trace = {
+            "schema": TRACE_SCHEMA_VERSION,
             "requested": plan.requested,
             "config": plan.route,
             "config_version": plan.route_version,
             "config_hash": plan.route_hash,
             "strategy": plan.strategy,
             "variant": plan.variant,
-            "candidates": [
-                {"target": t.label, "route": t.route, "timeout_ms": round(t.timeout_s * 1000) if t.timeout_s else None,
-                 "retries": t.retries}
-                for t in plan.targets
-            ],
-            "skipped": [{"target": s.target, "reason": s.reason} for s in plan.skipped],
-        })
+            "candidates": [_candidate(t) for t in plan.targets],
+            "skipped": [{"target": s.target, "reason": s.reason} for s in plan.skipped] if plan.skipped else [],
+        }
     trace["attempts"] = attempts
     if notes:
         trace["events"] = notes
@@ -40,10 +40,19 @@ def decision_trace(plan: Any, events: list[dict[str, Any]], *, dry_run: bool = F
     return trace
 
 
+def _candidate(target: Any) -> dict[str, Any]:
+    timeout_s = target.timeout_s
+    return {"target": target.label, "route": target.route,
+            "timeout_ms": round(timeout_s * 1000) if timeout_s else None, "retries": target.retries}
+
+
 def _decision(plan: Any, attempts: list[dict[str, Any]], dry_run: bool) -> dict[str, Any]:
     if dry_run:
         first = plan.targets[0].label if plan is not None and plan.targets else None
         return {"target": first, "reason": "dry run: no provider was called; this target would be tried first"}
+    if len(attempts) == 1 and attempts[0]["status"] == "ok":  # the common case, decided at once
+        reason = plan.reason if plan is not None and plan.reason else "first candidate answered"
+        return {"target": attempts[0]["target"], "reason": reason}
     for attempt in reversed(attempts):
         if attempt["status"] in ("ok", "partial"):
             failed = sum(1 for a in attempts if a["status"] in ("error", "escalated"))

@@ -106,7 +106,7 @@ def response_headers(ctx: Context, now: float) -> list[tuple[bytes, bytes]]:
     if outcome.model is not None:
         headers.append((b"x-mux-model-used", outcome.model.encode("utf-8", "replace")))
     if outcome.cost_usd is not None:
-        headers.append((b"x-mux-cost-usd", f"{outcome.cost_usd:.10f}".rstrip("0").rstrip(".").encode() or b"0"))
+        headers.append((b"x-mux-cost-usd", _usd(outcome.cost_usd)))
     if outcome.cache is not None:
         headers.append((b"x-mux-cache", outcome.cache.encode()))
     plan = ctx.plan
@@ -117,6 +117,12 @@ def response_headers(ctx: Context, now: float) -> list[tuple[bytes, bytes]]:
         if plan.variant is not None:
             headers.append((b"x-mux-ab-variant", plan.variant.encode()))
     return headers
+
+
+def _usd(cost: float) -> bytes:
+    """A cost in plain decimal notation (never an exponent), to ten decimal places at most."""
+    text = f"{cost:.10f}".rstrip("0").rstrip(".")
+    return text.encode() if text else b"0"
 
 
 def error_code_of(body: bytes) -> str | None:
