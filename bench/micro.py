@@ -56,7 +56,7 @@ class CannedTransport:
         self.events = [piece.split(b"\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
                        for piece in stream_events("gpt-4o-mini", True)]
 
-    async def send(self, request, provider, *, total_s=None) -> CannedResponse:
+    async def send(self, request, provider) -> CannedResponse:
         if b'"stream":true' in request.body:
             return CannedResponse(None, self.events)
         return CannedResponse(self.body, None)

@@ -360,15 +360,20 @@ async def exchange(transport: Transport, upstream: UpstreamRequest, provider: Pr
     """Send a non-streamed upstream request and read its whole answer within ``timeout_s`` (and the provider's
     first-byte limit, if set); answer status, headers and body. Raises ``UpstreamTimeout`` or
     ``UpstreamError``."""
-    if provider.first_byte_timeout_s is None:
-        response = await transport.send(upstream, provider, total_s=timeout_s)
-    else:
-        try:
-            async with asyncio.timeout(provider.first_byte_timeout_s):
-                response = await transport.send(upstream, provider, total_s=timeout_s)
-        except TimeoutError:
-            raise UpstreamTimeout(f"Provider '{provider.name}' did not start answering in time.") from None
-    return response.status, response.headers, await response.read()
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    first_byte_s = provider.first_byte_timeout_s
+    waiting = "start answering" if first_byte_s is not None and first_byte_s < timeout_s else "answer"
+    try:
+        async with Deadline(now + min(timeout_s, first_byte_s or timeout_s)) as deadline:
+            response = await transport.send(upstream, provider)
+            if waiting == "start answering":
+                waiting = "answer"
+                deadline.move(now + timeout_s)
+            body = await response.read()
+    except TimeoutError:
+        raise UpstreamTimeout(f"Provider '{provider.name}' did not {waiting} in time.") from None
+    return response.status, response.headers, body
 
 
 def settle(outcome: Outcome, catalog: Catalog, target: Target, model: str | None, usage: Usage | None) -> None:

@@ -5,13 +5,12 @@
 custom ``httpx.AsyncClient``, ``httpx.MockTransport`` in tests). Each maps its library's failures to
 ``UpstreamError``/``UpstreamTimeout`` here, at the boundary; nothing above this module sees aiohttp or httpx.
 
-``send(..., total_s=N)`` bounds the whole exchange (connecting, sending, and reading the body with ``read``)
-by N seconds; streams pass ``None`` and are timed by their reader.
+The transport applies only the connect timeout; the time to answer is bounded by the caller (Dispatch), which
+knows the attempt's deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, AsyncIterator, Mapping, Protocol
 
 from .errors import UpstreamError, UpstreamTimeout
@@ -39,9 +38,8 @@ class UpstreamResponse(Protocol):
 
 
 class Transport(Protocol):
-    async def send(self, request: UpstreamRequest, provider: ProviderConfig, *,
-                   total_s: float | None = None) -> UpstreamResponse:
-        """Send ``request`` and answer once the response headers arrive."""
+    async def send(self, request: UpstreamRequest, provider: ProviderConfig) -> UpstreamResponse:
+        """Send ``request`` and answer once the response headers arrive (connect timeout applied here)."""
 
     async def aclose(self) -> None: ...
 
@@ -58,10 +56,6 @@ def _connect_timeout(provider: ProviderConfig) -> UpstreamTimeout:
     return UpstreamTimeout(f"Connecting to provider '{provider.name}' timed out.", code="upstream_connect_timeout")
 
 
-def _too_slow(provider: ProviderConfig) -> UpstreamTimeout:
-    return UpstreamTimeout(f"Provider '{provider.name}' did not answer in time.")
-
-
 class _AiohttpResponse:
     __slots__ = ("_response", "_provider", "status", "headers")
 
@@ -76,8 +70,6 @@ class _AiohttpResponse:
 
         try:
             return await self._response.read()
-        except TimeoutError:
-            raise _too_slow(self._provider) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise _connection_lost(self._provider) from exc
         finally:
@@ -136,7 +128,7 @@ class AiohttpTransport:
         self._limit_per_host = limit_per_host
         self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float | None, float], aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
@@ -151,31 +143,26 @@ class AiohttpTransport:
         )
         return self._session
 
-    def _timeout(self, total_s: float | None, connect_s: float) -> aiohttp.ClientTimeout:
-        key = (total_s, connect_s)
-        timeout = self._timeouts.get(key)
+    def _timeout(self, connect_s: float) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(connect_s)
         if timeout is None:
             import aiohttp
 
-            timeout = aiohttp.ClientTimeout(total=total_s, connect=None, sock_connect=connect_s, sock_read=None)
-            if len(self._timeouts) < 1000:
-                self._timeouts[key] = timeout
+            timeout = self._timeouts[connect_s] = aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=connect_s, sock_read=None)
         return timeout
 
-    async def send(self, request: UpstreamRequest, provider: ProviderConfig, *,
-                   total_s: float | None = None) -> _AiohttpResponse:
+    async def send(self, request: UpstreamRequest, provider: ProviderConfig) -> _AiohttpResponse:
         import aiohttp
 
         session = self._session or self._open()
         try:
             response = await session.request(
                 request.method, request.url, data=request.body, headers=request.headers,
-                timeout=self._timeout(total_s, provider.connect_timeout_s), allow_redirects=False,
+                timeout=self._timeout(provider.connect_timeout_s), allow_redirects=False,
             )
         except aiohttp.ServerTimeoutError as exc:
             raise _connect_timeout(provider) from exc
-        except TimeoutError:
-            raise _too_slow(provider) from None
         except aiohttp.ClientConnectorError as exc:
             raise _connect_failed(provider) from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
@@ -189,12 +176,11 @@ class AiohttpTransport:
 
 
 class _HttpxResponse:
-    __slots__ = ("_response", "_provider", "_deadline", "status", "headers")
+    __slots__ = ("_response", "_provider", "status", "headers")
 
-    def __init__(self, response: httpx.Response, provider: ProviderConfig, deadline: float | None) -> None:
+    def __init__(self, response: httpx.Response, provider: ProviderConfig) -> None:
         self._response = response
         self._provider = provider
-        self._deadline = deadline
         self.status = response.status_code
         self.headers = response.headers
 
@@ -202,10 +188,7 @@ class _HttpxResponse:
         import httpx
 
         try:
-            async with asyncio.timeout_at(self._deadline):
-                return await self._response.aread()
-        except TimeoutError:
-            raise _too_slow(self._provider) from None
+            return await self._response.aread()
         except httpx.TransportError as exc:
             raise _connection_lost(self._provider) from exc
         finally:
@@ -230,29 +213,24 @@ class HttpxTransport:
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client
 
-    async def send(self, request: UpstreamRequest, provider: ProviderConfig, *,
-                   total_s: float | None = None) -> _HttpxResponse:
+    async def send(self, request: UpstreamRequest, provider: ProviderConfig) -> _HttpxResponse:
         import httpx
 
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=None, trust_env=False)
-        deadline = asyncio.get_running_loop().time() + total_s if total_s is not None else None
         timeout = httpx.Timeout(None, connect=provider.connect_timeout_s)
         built = self._client.build_request(
             request.method, request.url, content=request.body, headers=request.headers, timeout=timeout
         )
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._client.send(built, stream=True)
-        except TimeoutError:
-            raise _too_slow(provider) from None
+            response = await self._client.send(built, stream=True)
         except httpx.ConnectTimeout as exc:
             raise _connect_timeout(provider) from exc
         except httpx.ConnectError as exc:
             raise _connect_failed(provider) from exc
         except httpx.TransportError as exc:
             raise _connection_lost(provider) from exc
-        return _HttpxResponse(response, provider, deadline)
+        return _HttpxResponse(response, provider)
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -21,7 +21,7 @@ class RefusingTransport:
     def __init__(self) -> None:
         self.sent = 0
 
-    async def send(self, request, provider, *, total_s=None):
+    async def send(self, request, provider):
         self.sent += 1
         raise UpstreamError("unreachable", code="upstream_unreachable")
 
