@@ -28,14 +28,8 @@ from mux.errors import InvalidRequest, UpstreamError
 from mux.pricing import PRICES, price_of
 from mux.providers import ADAPTERS
 from mux.providers.base import Call
-from mux.providers.gemini import (
-    ADAPTER,
-    SCHEMA_FIELDS,
-    GeminiStream,
-    call_id,
-    convert_schema,
-    signature_of,
-)
+from mux.providers.gemini import ADAPTER, GeminiStream, call_id, signature_of
+from mux.providers.gemini_schema import SCHEMA_FIELDS, convert_schema
 from mux.routing import Resolver
 from mux.sse import SSEParser, SSEEvent
 from mux.wire import decode_request
