@@ -70,3 +70,16 @@ def test_non_http_scopes_pass_through_untouched():
 
     asyncio.run(ErrorLayer(inner)({"type": "lifespan"}, None, None))
     assert seen == ["lifespan"]
+
+
+def test_a_bug_in_the_middle_of_a_stream_ends_it_with_an_error_event_not_a_clean_end():
+    async def half_stream(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": b'data: {"x":1}\n\n', "more_body": True})
+        raise RuntimeError("bug")
+
+    result = call(ErrorLayer(half_stream, logger=RecordingLogger()), b"{}")
+    last = result.messages[-1]
+    assert last["more_body"] is False and last["body"].startswith(b'data: {"error":')
+    assert b"[DONE]" not in result.body

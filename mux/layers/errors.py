@@ -2,7 +2,8 @@
 
 Reads ``ctx.request_id``. Writes nothing. Logs the failure with the request id and the exception's class
 and traceback (never its response body, which holds neither); the client sees only a generic message.
-A failure after the response started cannot change its status: it is logged and the response is ended.
+A failure after the response started cannot change its status: it is logged and the response is ended, a
+server-sent event stream with one error event (and no ``[DONE]``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import structlog
 
 from ..asgi import ASGIApp, Message, Receive, Scope, Send, send_error
 from ..errors import MuxError
+from ..sse import frame
 
 
 class ErrorLayer:
@@ -29,11 +31,14 @@ class ErrorLayer:
             return await self.app(scope, receive, send)
         response_started = False
         response_ended = False
+        event_stream = False
 
         def tracking_send(message: Message) -> Awaitable[None]:  # returns send's awaitable: no extra coroutine
-            nonlocal response_started, response_ended
+            nonlocal response_started, response_ended, event_stream
             if message["type"] == "http.response.start":
                 response_started = True
+                event_stream = any(k == b"content-type" and v.startswith(b"text/event-stream")
+                                   for k, v in message.get("headers", ()))
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_ended = True
             return send(message)
@@ -51,5 +56,6 @@ class ErrorLayer:
                 error = MuxError(f"The gateway failed to handle this request (request id {request_id or 'unknown'}).")
             if not response_started:
                 await send_error(send, error, request_id)
-            elif not response_ended:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif not response_ended:  # a stream ends with an error event, so the cut is never taken for an end
+                tail = frame(error.body()) if event_stream else b""
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
