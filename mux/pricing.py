@@ -7,8 +7,6 @@ cached-input price, the rest of the prompt at the input price; reasoning tokens 
 
 from __future__ import annotations
 
-import re
-
 from msgspec import Struct
 
 from .wire import Usage
@@ -69,20 +67,6 @@ PRICES: dict[str, Price] = {
     "gemini/gemini-2.0-flash-lite-001": Price(0.075, 0.30),
     "gemini/gemini-embedding-001": Price(0.15, 0.0),
 }
-
-
-_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$|-\d{8}$")
-
-
-def price_of(provider_type: str, model: str, prices: dict[str, Price] = PRICES) -> Price | None:
-    """Answer the price of ``model`` at a provider of ``provider_type``; dated snapshots
-    (``gpt-4o-mini-2024-07-18``) fall back to their base name."""
-    key = f"{provider_type}/{model}"
-    price = prices.get(key)
-    if price is None:
-        base = _SNAPSHOT.sub("", key)
-        price = prices.get(base) if base != key else None
-    return price
 
 
 def cost_of(usage: Usage, price: Price) -> float:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import mux
 from mux.config import ProviderConfig
 from mux.errors import InvalidRequest, UpstreamError
-from mux.pricing import PRICES, price_of
+from mux.pricing import PRICES
 from mux.providers import ADAPTERS
 from mux.providers.base import Call
 from mux.providers.gemini import ADAPTER, GeminiStream, call_id, signature_of
@@ -649,7 +649,7 @@ def test_gemini_is_registered_and_bare_gemini_names_route_to_it():
 @pytest.mark.parametrize("model", ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.0-flash",
                                    "gemini-2.0-flash-lite"])
 def test_current_gemini_models_have_prices(model):
-    price = price_of("gemini", model, PRICES)
+    price = PRICES.get(f"gemini/{model}")
     assert price is not None and 0 < price.input < price.output
     assert price.cached_input is None or price.cached_input < price.input
 
