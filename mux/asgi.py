@@ -21,11 +21,6 @@ API_PREFIXES = ("/v1/", "/api/v1/")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-def is_chat(scope: Scope, paths: frozenset[str] = CHAT_PATHS) -> bool:
-    """Whether the scope is an HTTP request to a chat-completions path."""
-    return scope["type"] == "http" and scope["path"] in paths
-
-
 def header(scope: Scope, name: bytes) -> bytes | None:
     """Answer the first value of request header ``name`` (lower-case bytes), if present."""
     for key, value in scope["headers"]:

@@ -8,7 +8,7 @@ Boundaries map foreign errors into it: msgspec validation (``from_validation``),
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Iterable
 
 import msgspec
 
@@ -160,8 +160,3 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
         if secret and len(secret) >= 4 and secret in text:
             text = text.replace(secret, "***")
     return text
-
-
-def describe(exc: BaseException) -> dict[str, Any]:
-    """Answer log fields for an exception: its class, never its arguments (they may hold secrets)."""
-    return {"error_type": type(exc).__name__}
