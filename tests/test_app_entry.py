@@ -70,3 +70,42 @@ def test_bad_config_exits_non_zero_naming_the_key_before_serving(tmp_path):
                             capture_output=True, timeout=30)
     assert result.returncode == 2
     assert b"providers[0]: Object contains unknown field `timeout`" in result.stderr
+
+
+def test_sighup_reloads_the_config_file_and_a_bad_file_keeps_the_old_config(tmp_path):
+    import signal
+
+    port = free_port()
+    config = tmp_path / "mux.yaml"
+    base = ("providers:\n  - {name: openai, type: openai, api_key: k, models: [gpt-4o-mini]}\n"
+            f"server: {{port: {port}}}\n")
+    config.write_text(base + "routes:\n  first: {targets: [{model: openai/gpt-4o-mini}]}\n")
+    process = subprocess.Popen([sys.executable, "app.py", "--config", str(config)], cwd=ROOT, env=env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+
+    def served_models() -> set[str]:
+        return {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]}
+
+    def wait_until(predicate) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.1)
+        return False
+
+    try:
+        wait_healthy(url, process)
+        assert "@first" in served_models()
+        config.write_text(base + "routes:\n  second: {targets: [{model: openai/gpt-4o-mini}]}\n")
+        process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "@second" in served_models())
+        assert "@first" not in served_models()
+        config.write_text(base + "routes:\n  broken: {targets: [{model: '@broken'}]}\n")  # a cycle
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert process.poll() is None and "@second" in served_models()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
