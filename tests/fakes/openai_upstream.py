@@ -524,18 +524,27 @@ class _Sender:
 # --- validation ----------------------------------------------------------------------------------------------
 
 
-def validate(body: Any, models: dict[str, str]) -> tuple[int, dict] | None:
-    """Answer ``(status, error object)`` for a request OpenAI would refuse, else ``None``."""
+def _validate_envelope(body: Any, accepted: frozenset[str]) -> tuple[int, dict] | None:
+    """What every endpoint checks first: a JSON object, only documented parameters, a string ``model``."""
     if not isinstance(body, dict):
         return 400, error_object("Invalid type for request body: expected an object.", code="invalid_type")
     for key in body:
-        if key not in ACCEPTED_PARAMS:
+        if key not in accepted:
             return 400, error_object(f"Unrecognized request argument supplied: {key}", param=key)
     model = body.get("model")
     if model is None:
         return 400, error_object("you must provide a model parameter")
     if not isinstance(model, str):
         return 400, error_object("Invalid type for 'model': expected a string.", param="model", code="invalid_type")
+    return None
+
+
+def validate(body: Any, models: dict[str, str]) -> tuple[int, dict] | None:
+    """Answer ``(status, error object)`` for a request OpenAI would refuse, else ``None``."""
+    problem = _validate_envelope(body, ACCEPTED_PARAMS)
+    if problem is not None:
+        return problem
+    model = body["model"]
     if "messages" not in body:
         return 400, error_object("Missing required parameter: 'messages'.", param="messages",
                                  code="missing_required_parameter")
@@ -578,16 +587,10 @@ def validate(body: Any, models: dict[str, str]) -> tuple[int, dict] | None:
 
 def validate_embeddings(body: Any, models: dict[str, int]) -> tuple[int, dict] | None:
     """Answer ``(status, error object)`` for an embeddings request OpenAI would refuse, else ``None``."""
-    if not isinstance(body, dict):
-        return 400, error_object("Invalid type for request body: expected an object.", code="invalid_type")
-    for key in body:
-        if key not in EMBEDDING_PARAMS:
-            return 400, error_object(f"Unrecognized request argument supplied: {key}", param=key)
-    model = body.get("model")
-    if model is None:
-        return 400, error_object("you must provide a model parameter")
-    if not isinstance(model, str):
-        return 400, error_object("Invalid type for 'model': expected a string.", param="model", code="invalid_type")
+    problem = _validate_envelope(body, EMBEDDING_PARAMS)
+    if problem is not None:
+        return problem
+    model = body["model"]
     if "input" not in body:
         return 400, error_object("Missing required parameter: 'input'.", param="input",
                                  code="missing_required_parameter")
