@@ -107,7 +107,7 @@ from ..wire import (
     UserMessage,
     encoder,
 )
-from .base import Call, Completion, UpstreamRequest, upstream_error
+from .base import Call, Completion, UpstreamRequest, malformed, upstream_error
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -253,11 +253,11 @@ class AnthropicAdapter:
         try:
             message = _message_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            raise _malformed(provider, "a body that is not a Message") from None
+            raise malformed(provider, "a body that is not a Message") from None
         if message.type == "error":
             raise _event_error(provider, message.error, body)
         if message.id is None or message.usage is None:
-            raise _malformed(provider, "a Message without id or usage")
+            raise malformed(provider, "a Message without id or usage")
         json_tool = json_tool_of(call.request)
         text: list[str] = []
         reasoning: list[str] = []
@@ -724,10 +724,6 @@ def _completion_id(message_id: str | None) -> str:
     return f"chatcmpl-{message_id or 'anthropic'}"
 
 
-def _malformed(provider: ProviderConfig, what: str) -> UpstreamError:
-    return UpstreamError(f"Provider '{provider.name}' answered with {what}.", code="upstream_malformed_response")
-
-
 def _event_error(provider: ProviderConfig, detail: _ErrorDetail | None, body: bytes) -> MuxError:
     """Map an Anthropic ``error`` object (an in-stream event or a 200 error body) like its HTTP status."""
     kind = detail.type if detail is not None and detail.type else "api_error"
@@ -780,7 +776,7 @@ class AnthropicStream:
         except (msgspec.DecodeError, msgspec.ValidationError):
             if event.event == "ping":
                 return []
-            raise _malformed(self.provider, "a stream event that is not JSON") from None
+            raise malformed(self.provider, "a stream event that is not JSON") from None
         kind = data.type or event.event
         if kind == "content_block_delta":
             return self._delta(data)

@@ -145,6 +145,11 @@ _CLIENT_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 409
                  413: "invalid_request_error", 429: "rate_limit_error"}
 
 
+def malformed(provider: ProviderConfig, what: str) -> UpstreamError:
+    """The error for a provider answer mux cannot read (retryable: the provider's fault, like a 5xx)."""
+    return UpstreamError(f"Provider '{provider.name}' answered with {what}.", code="upstream_malformed_response")
+
+
 def upstream_error(
     provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str], *, message: str | None = None
 ) -> MuxError:

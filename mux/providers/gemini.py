@@ -85,7 +85,7 @@ from ..wire import (
     UserMessage,
     encoder,
 )
-from .base import Call, Completion, EmbeddingCall, UpstreamRequest, upstream_error
+from .base import Call, Completion, EmbeddingCall, UpstreamRequest, malformed, upstream_error
 from .gemini_schema import convert_schema
 
 if TYPE_CHECKING:
@@ -539,10 +539,6 @@ class _BatchEmbeddings(Struct, rename="camel"):
 _embeddings_decoder = msgspec.json.Decoder(_BatchEmbeddings)
 
 
-def _malformed(provider: ProviderConfig, what: str) -> UpstreamError:
-    return UpstreamError(f"Provider '{provider.name}' answered with {what}.", code="upstream_malformed_response")
-
-
 def _in_band_error(provider: ProviderConfig, error: Any) -> UpstreamError:
     message, status, _, _ = _error_fields(error)
     text = f"Provider '{provider.name}' reported an error: {message or 'stream failed'}"
@@ -650,7 +646,7 @@ class GeminiAdapter:
         try:
             answer = _embeddings_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            raise _malformed(provider, "a body that is not a BatchEmbedContentsResponse") from None
+            raise malformed(provider, "a body that is not a BatchEmbedContentsResponse") from None
         base64_wanted = call.request.encoding_format == "base64"
         data = []
         for index, embedding in enumerate(answer.embeddings):
@@ -670,7 +666,7 @@ class GeminiAdapter:
         try:
             response = _response_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            raise _malformed(provider, "a body that is not a GenerateContentResponse") from None
+            raise malformed(provider, "a body that is not a GenerateContentResponse") from None
         if response.error is not None:
             raise _in_band_error(provider, response.error)
         usage = usage_of(response.usage_metadata) if response.usage_metadata is not None else None
@@ -679,7 +675,7 @@ class GeminiAdapter:
         if not response.candidates:
             feedback = response.prompt_feedback
             if feedback is None or not feedback.block_reason:
-                raise _malformed(provider, "neither candidates nor a prompt block reason")
+                raise malformed(provider, "neither candidates nor a prompt block reason")
             choices.append(Choice(index=0, message=ResponseMessage(content=""), finish_reason="content_filter"))
         for candidate in sorted(response.candidates, key=lambda c: c.index):
             texts, thoughts, calls = [], [], []
@@ -764,7 +760,7 @@ class GeminiStream:
         try:
             chunk = _response_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            raise _malformed(self.provider, "a stream event that is not a GenerateContentResponse") from None
+            raise malformed(self.provider, "a stream event that is not a GenerateContentResponse") from None
         if chunk.error is not None:
             raise _in_band_error(self.provider, chunk.error)
         if self.id is None:

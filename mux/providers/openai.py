@@ -16,7 +16,7 @@ import msgspec
 from ..errors import MuxError, UpstreamError, redact
 from ..sse import SSEEvent
 from ..wire import GATEWAY_KEYS, Usage, embeddings_peek_decoder, encoder, forwardable_fields, peek_decoder
-from .base import Call, Completion, EmbeddingCall, UpstreamRequest, upstream_error
+from .base import Call, Completion, EmbeddingCall, UpstreamRequest, malformed, upstream_error
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -80,13 +80,11 @@ class OpenAIAdapter:
         try:
             peek = peek_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            raise UpstreamError(f"Provider '{provider.name}' answered with a body that is not a chat completion.",
-                                code="upstream_malformed_response") from None
+            raise malformed(provider, "a body that is not a chat completion") from None
         if peek.error is not None:
             raise _in_band_error(provider, peek.error)
         if peek.choices is None:
-            raise UpstreamError(f"Provider '{provider.name}' answered without 'choices'.",
-                                code="upstream_malformed_response")
+            raise malformed(provider, "a chat completion without 'choices'")
         return Completion(body=body, usage=peek.usage, model=peek.model)
 
     def build_embeddings(self, provider: ProviderConfig, call: EmbeddingCall) -> UpstreamRequest:
@@ -102,8 +100,7 @@ class OpenAIAdapter:
         try:
             peek = embeddings_peek_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            raise UpstreamError(f"Provider '{provider.name}' answered with a body that is not an embedding list.",
-                                code="upstream_malformed_response") from None
+            raise malformed(provider, "a body that is not an embedding list") from None
         return Completion(body=body, usage=peek.usage, model=peek.model)
 
     def parse_error(self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]) -> MuxError:
@@ -153,8 +150,7 @@ class OpenAIStream:
         try:
             peek = peek_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            raise UpstreamError(f"Provider '{self.provider.name}' sent a stream event that is not a JSON chunk.",
-                                code="upstream_malformed_response") from None
+            raise malformed(self.provider, "a stream event that is not a JSON chunk") from None
         if peek.error is not None:
             raise _in_band_error(self.provider, peek.error)
         if self.id is None:
