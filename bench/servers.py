@@ -28,7 +28,7 @@ _UPSTREAM_HEADERS = {"content-type": "application/json", "authorization": "Beare
 def mux_app(upstream: str, log_file: str, client: str, source: str = ROOT):
     sys.path.insert(0, source)
     import mux
-    from mux.transport import HttpxTransport
+    from mux.engine.transport import HttpxTransport
 
     config = mux.parse_config({
         "providers": [{"name": "openai", "type": "openai", "base_url": f"{upstream}/v1", "api_key": API_KEY,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 
-from .errors import BodyTooLarge, InvalidRequest, MuxError
+from mux.errors import BodyTooLarge, InvalidRequest, MuxError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -25,9 +25,9 @@ from typing import Any, Awaitable, Callable
 import msgspec
 from msgspec import Struct
 
-from .asgi import Receive, Scope, Send, read_body, replaying, send_error
-from .errors import MuxError
-from .wire import CacheControl, ChatRequest, Usage, decode_request
+from mux.asgi import Receive, Scope, Send, read_body, replaying, send_error
+from mux.errors import MuxError
+from mux.wire.openai import CacheControl, ChatRequest, Usage, decode_request
 
 
 class Mlx(Struct, gc=False):

@@ -7,13 +7,13 @@ from typing import Any, Awaitable
 
 import msgspec
 
-from .admin import PREFIX as ADMIN_PREFIX
-from .admin import Admin
-from .asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, answer_lifespan, send_error, send_json
-from .config import Config
-from .embeddings import EMBEDDINGS_PATHS
-from .errors import MethodNotAllowed, NotFound
-from .live import LiveRouting
+from mux.admin.routes import PREFIX as ADMIN_PREFIX
+from mux.admin.routes import Admin
+from mux.asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, answer_lifespan, send_error, send_json
+from mux.config import Config
+from mux.engine.embeddings import EMBEDDINGS_PATHS
+from mux.errors import MethodNotAllowed, NotFound
+from mux.routing.live import LiveRouting
 
 MODELS_PATHS = frozenset({"/v1/models", "/api/v1/models"})
 HEALTH_PATH = "/healthz"

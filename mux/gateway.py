@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .asgi import API_PREFIXES, ASGIApp, Receive, Scope, Send
-from .config import Config
-from .dispatch import Dispatch
-from .embeddings import Embeddings
-from .endpoints import Endpoints
-from .layers import ErrorLayer, RouterLayer, TagsLayer, TraceLayer
-from .live import LiveRouting
-from .transport import AiohttpTransport, Transport
-from .versions import MemoryVersions, SQLiteVersions, Versions
+from mux.asgi import API_PREFIXES, ASGIApp, Receive, Scope, Send
+from mux.config import Config
+from mux.engine.dispatch import Dispatch
+from mux.engine.embeddings import Embeddings
+from mux.endpoints import Endpoints
+from mux.layers import ErrorLayer, RouterLayer, TagsLayer, TraceLayer
+from mux.routing.live import LiveRouting
+from mux.engine.transport import AiohttpTransport, Transport
+from mux.routing.versions import MemoryVersions, SQLiteVersions, Versions
 
 Layer = tuple[type, dict[str, Any]]
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import msgspec
 import structlog
 
-from .errors import redact
+from mux.errors import redact
 
 _encode = msgspec.json.Encoder().encode
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 import mux
-from mux.transport import HttpxTransport
+from mux.engine.transport import HttpxTransport
 from tests.conftest import (CLIENT_KEY, FAKE_OPENAI_KEY, TIGHT_FIRST_BYTE_S, TIGHT_TOTAL_S, WRONG_PROVIDER_KEY,
                             gateway_config)
 from tests.fakes.openai_upstream import Reply

@@ -6,7 +6,7 @@ import pytest
 
 from mux.context import context_of
 from mux.layers import TraceLayer
-from mux.routing import Plan
+from mux.routing.plan import Plan
 from mux.wire import Usage
 
 from .asgi_calls import ScriptedApp, call

@@ -25,12 +25,12 @@ from hypothesis import strategies as st
 import mux
 from mux.config import ProviderConfig
 from mux.errors import InvalidRequest, UpstreamError
-from mux.pricing import PRICES
+from mux.catalog.prices import PRICES
 from mux.providers import ADAPTERS
 from mux.providers.base import Call
 from mux.providers.gemini import ADAPTER, GeminiStream, call_id, signature_of
 from mux.providers.gemini_schema import SCHEMA_FIELDS, convert_schema
-from mux.routing import Resolver
+from mux.routing.plan import Resolver
 from mux.sse import SSEParser, SSEEvent
 from mux.wire import decode_request
 from tests.fakes.gemini_upstream import (

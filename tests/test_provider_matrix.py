@@ -58,7 +58,7 @@ CITY_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ci
                               "tags": {"type": "array", "items": {"type": "string"}}}}
 CITY = {"city": "Paris", "population": 2102650, "tags": ["capital"]}
 
-# Prices (USD per million tokens: input, output) of the models the columns use: the built-in ones (mux.pricing) and,
+# Prices (USD per million tokens: input, output) of the models the columns use: the built-in ones (mux.catalog.prices) and,
 # for Groq, which has none built in, the catalog entries of the gateway's config below.
 PRICES = {
     "openai/gpt-4o-mini": (0.15, 0.60), "openai/o4-mini": (1.10, 4.40),

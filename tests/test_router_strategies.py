@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from mux.config import ConfigError, HealthConfig, parse_config
 from mux.errors import NoRouteAvailable
-from mux.health import Health, RetryBudget
-from mux.live import LiveRouting
-from mux.routing import weighted_order
+from mux.routing.health import Health, RetryBudget
+from mux.routing.live import LiveRouting
+from mux.routing.plan import weighted_order
 from mux.wire import decode_request
 
 PROVIDERS = [
@@ -217,7 +217,7 @@ def test_reload_assigns_new_versions_only_to_changed_routes_and_rollback_restore
 
 
 def test_sqlite_versions_persist_across_restarts_and_only_grow(tmp_path):
-    from mux.versions import SQLiteVersions
+    from mux.routing.versions import SQLiteVersions
 
     path = str(tmp_path / "state.db")
     first = {"providers": PROVIDERS, "routes": {"p": {"targets": [{"model": "a/m"}]}}}

@@ -8,8 +8,8 @@ import pytest
 from mux.config import parse_config
 from mux.errors import ModelNotFound, ProviderNotConfigured
 from mux.layers import RouterLayer
-from mux.live import LiveRouting
-from mux.routing import Resolver, plan_for
+from mux.routing.live import LiveRouting
+from mux.routing.plan import Resolver, plan_for
 from mux.wire import decode_request
 
 from .asgi_calls import ScriptedApp, call

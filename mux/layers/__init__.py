@@ -1,8 +1,30 @@
-"""The request-path layers. Each is a pure-ASGI class usable alone; none imports another."""
+"""The request-path layers, one module each; none imports another. Names load their module on first use."""
 
-from .errors import ErrorLayer
-from .router import RouterLayer
-from .tags import TagsLayer
-from .trace import TraceLayer
+from __future__ import annotations
 
-__all__ = ["ErrorLayer", "RouterLayer", "TagsLayer", "TraceLayer"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mux.layers.errors import ErrorLayer
+    from mux.layers.router import RouterLayer
+    from mux.layers.tags import TagsLayer
+    from mux.layers.trace import TraceLayer
+
+_HOMES = {
+    "ErrorLayer": "mux.layers.errors",
+    "RouterLayer": "mux.layers.router",
+    "TagsLayer": "mux.layers.tags",
+    "TraceLayer": "mux.layers.trace",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'mux.layers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

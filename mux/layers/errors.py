@@ -12,9 +12,9 @@ from typing import Any, Awaitable
 
 import structlog
 
-from ..asgi import ASGIApp, Message, Receive, Scope, Send, send_error
-from ..errors import MuxError
-from ..sse import frame
+from mux.asgi import ASGIApp, Message, Receive, Scope, Send, send_error
+from mux.errors import MuxError
+from mux.sse import frame
 
 
 class ErrorLayer:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Awaitable
 
-from ..asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, header, send_error, send_json
-from ..context import Context, with_request
-from ..decision import decision_trace
-from ..errors import MuxError
-from ..live import LiveRouting
-from ..wire import ChatRequest, encoder
+from mux.asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, header, send_error, send_json
+from mux.context import Context, with_request
+from mux.routing.decision import decision_trace
+from mux.errors import MuxError
+from mux.routing.live import LiveRouting
+from mux.wire.openai import ChatRequest, encoder
 
 
 class RouterLayer:

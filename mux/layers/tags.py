@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Awaitable
 from urllib.parse import unquote
 
-from ..asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, send_error
-from ..context import Context, Mlx, with_request
-from ..errors import InvalidRequest, MuxError
-from ..wire import CacheControl, ChatRequest
+from mux.asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, send_error
+from mux.context import Context, Mlx, with_request
+from mux.errors import InvalidRequest, MuxError
+from mux.wire.openai import CacheControl, ChatRequest
 
 MAX_TAGS = 32
 MAX_KEY = 64

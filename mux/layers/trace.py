@@ -20,9 +20,9 @@ from typing import Any, Awaitable
 import msgspec
 import structlog
 
-from ..asgi import ASGIApp, Message, Receive, Scope, Send
-from ..context import Context, context_of
-from ..decision import decision_trace
+from mux.asgi import ASGIApp, Message, Receive, Scope, Send
+from mux.context import Context, context_of
+from mux.routing.decision import decision_trace
 
 
 class _ErrorPeek(msgspec.Struct):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .anthropic import ADAPTER as _anthropic
-from .base import Adapter, Call, Completion, StreamTranslator, UpstreamRequest
-from .compatible import ADAPTERS as _compatible
-from .gemini import ADAPTER as _gemini
-from .gemini import VERTEX as _vertex
-from .openai import ADAPTER as _openai
+from mux.providers.anthropic import ADAPTER as _anthropic
+from mux.providers.base import Adapter, Call, Completion, StreamTranslator, UpstreamRequest
+from mux.providers.compatible import ADAPTERS as _compatible
+from mux.providers.gemini import ADAPTER as _gemini
+from mux.providers.gemini import VERTEX as _vertex
+from mux.providers.openai import ADAPTER as _openai
 
 ADAPTERS: dict[str, Adapter] = {
     _openai.type_name: _openai,

@@ -72,9 +72,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 import msgspec
 from msgspec import Struct
 
-from ..errors import InvalidRequest, MuxError, UpstreamError, redact
-from ..sse import SSEEvent
-from ..wire import (
+from mux.errors import InvalidRequest, MuxError, UpstreamError, redact
+from mux.sse import SSEEvent
+from mux.wire.openai import (
     AllowedToolsChoice,
     AssistantMessage,
     ChatCompletion,
@@ -107,10 +107,10 @@ from ..wire import (
     UserMessage,
     encoder,
 )
-from .base import Call, Completion, UpstreamRequest, malformed, upstream_error
+from mux.providers.base import Call, Completion, UpstreamRequest, malformed, upstream_error
 
 if TYPE_CHECKING:
-    from ..config import ProviderConfig
+    from mux.config.schema import ProviderConfig
 
 API_VERSION = "2023-06-01"
 

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, ClassVar, Mapping, Protocol
 
 import msgspec
 
-from ..errors import MuxError, UpstreamError, redact
-from ..sse import SSEEvent
-from ..wire import ChatRequest, EmbeddingsRequest, Usage
+from mux.errors import MuxError, UpstreamError, redact
+from mux.sse import SSEEvent
+from mux.wire.openai import ChatRequest, EmbeddingsRequest, Usage
 
 if TYPE_CHECKING:
-    from ..config import ProviderConfig
+    from mux.config.schema import ProviderConfig
 
 
 class UpstreamRequest(msgspec.Struct, gc=False):

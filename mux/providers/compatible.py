@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, ClassVar
 import msgspec
 from msgspec import Struct
 
-from ..errors import InvalidRequest
-from ..wire import encoder
-from .base import Call
-from .openai import OpenAIAdapter
+from mux.errors import InvalidRequest
+from mux.wire.openai import encoder
+from mux.providers.base import Call
+from mux.providers.openai import OpenAIAdapter
 
 if TYPE_CHECKING:
-    from ..config import ProviderConfig
+    from mux.config.schema import ProviderConfig
 
 
 class Preset(Struct, frozen=True, kw_only=True):

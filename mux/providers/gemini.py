@@ -52,9 +52,9 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 import msgspec
 from msgspec import Struct
 
-from ..errors import InvalidRequest, MuxError, UpstreamError, redact
-from ..sse import SSEEvent
-from ..wire import (
+from mux.errors import InvalidRequest, MuxError, UpstreamError, redact
+from mux.sse import SSEEvent
+from mux.wire.openai import (
     AllowedToolsChoice,
     AssistantMessage,
     AudioPart,
@@ -85,12 +85,12 @@ from ..wire import (
     UserMessage,
     encoder,
 )
-from .base import Call, Completion, EmbeddingCall, UpstreamRequest, malformed, upstream_error
-from .gemini_schema import convert_schema
+from mux.providers.base import Call, Completion, EmbeddingCall, UpstreamRequest, malformed, upstream_error
+from mux.providers.gemini_schema import convert_schema
 
 if TYPE_CHECKING:
-    from ..config import ProviderConfig
-    from ..wire import ChatRequest
+    from mux.config.schema import ProviderConfig
+    from mux.wire.openai import ChatRequest
 
 
 # --- request -------------------------------------------------------------------------------------------------

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, ClassVar, Mapping
 
 import msgspec
 
-from ..errors import MuxError, UpstreamError, redact
-from ..sse import SSEEvent
-from ..wire import GATEWAY_KEYS, Usage, embeddings_peek_decoder, encoder, forwardable_fields, peek_decoder
-from .base import Call, Completion, EmbeddingCall, UpstreamRequest, malformed, upstream_error
+from mux.errors import MuxError, UpstreamError, redact
+from mux.sse import SSEEvent
+from mux.wire.openai import GATEWAY_KEYS, Usage, embeddings_peek_decoder, encoder, forwardable_fields, peek_decoder
+from mux.providers.base import Call, Completion, EmbeddingCall, UpstreamRequest, malformed, upstream_error
 
 if TYPE_CHECKING:
-    from ..config import ProviderConfig
+    from mux.config.schema import ProviderConfig
 
 _INCLUDE_USAGE = msgspec.Raw(b'{"include_usage":true}')
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, AsyncIterator, Mapping, Protocol
 
-from .errors import UpstreamError, UpstreamTimeout
+from mux.errors import UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     import aiohttp
     import httpx
 
-    from .config import ProviderConfig
-    from .providers.base import UpstreamRequest
+    from mux.config.schema import ProviderConfig
+    from mux.providers.base import UpstreamRequest
 
 
 class UpstreamResponse(Protocol):

@@ -10,12 +10,12 @@ from typing import Callable
 
 import msgspec
 
-from .catalog import CAPABILITIES, Catalog, ModelInfo
-from .config import Config, ConfigError, validated
-from .health import Health
-from .pricing import PRICES, Price
-from .routing import Resolver, Router, RouteVersion, route_versions
-from .versions import MemoryVersions, Versions
+from mux.catalog.models import CAPABILITIES, Catalog, ModelInfo
+from mux.config import Config, ConfigError, validated
+from mux.routing.health import Health
+from mux.catalog.prices import PRICES, Price
+from mux.routing.plan import Resolver, Router, RouteVersion, route_versions
+from mux.routing.versions import MemoryVersions, Versions
 
 
 class LiveRouting:

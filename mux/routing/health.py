@@ -12,7 +12,7 @@ from typing import Callable
 
 from msgspec import Struct
 
-from .config import HealthConfig
+from mux.config import HealthConfig
 
 
 class TargetHealth(Struct):

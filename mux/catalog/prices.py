@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from msgspec import Struct
 
-from .wire import Usage
+from mux.wire.openai import Usage
 
 
 class Price(Struct, frozen=True):

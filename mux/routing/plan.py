@@ -31,13 +31,13 @@ from typing import Callable
 
 from msgspec import Struct
 
-from .catalog import Catalog, ModelInfo
-from .config import CascadeConfig, Config, ProviderConfig, RouteConfig
-from .errors import InvalidRequest, ModelNotFound, NoRouteAvailable, ProviderNotConfigured
-from .health import Health
-from .pricing import Price
-from .providers import ADAPTERS
-from .wire import ChatRequest, ImagePart, JsonSchemaFormat, TextPart, UserMessage
+from mux.catalog.models import Catalog, ModelInfo
+from mux.config import CascadeConfig, Config, ProviderConfig, RouteConfig
+from mux.errors import InvalidRequest, ModelNotFound, NoRouteAvailable, ProviderNotConfigured
+from mux.routing.health import Health
+from mux.catalog.prices import Price
+from mux.providers import ADAPTERS
+from mux.wire.openai import ChatRequest, ImagePart, JsonSchemaFormat, TextPart, UserMessage
 
 DEFAULT_RETRY_ON: frozenset[int | str] = frozenset({429, "5xx", "timeout", "connect"})
 
@@ -432,7 +432,7 @@ class Needs(Struct, gc=False):
 def route_versions(config: Config, store: Callable[[str, RouteConfig], tuple[int, str]] | None = None
                    ) -> dict[str, RouteVersion]:
     """Answer the served version of every route; ``store`` assigns version numbers (default: all 1)."""
-    from .versions import content_hash
+    from mux.routing.versions import content_hash
 
     served = {}
     for name, route in config.routes.items():

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import msgspec
 
-from .asgi import Receive, Scope, Send, send_error, send_json
-from .context import body_of, context_of
-from .dispatch import exchange, settle
-from .errors import InvalidRequest, MuxError
-from .live import LiveRouting
-from .providers import ADAPTERS, Adapter
-from .providers.base import EmbeddingCall
-from .transport import Transport
-from .wire import Usage, decode_embeddings, with_fields
+from mux.asgi import Receive, Scope, Send, send_error, send_json
+from mux.context import body_of, context_of
+from mux.engine.dispatch import exchange, settle
+from mux.errors import InvalidRequest, MuxError
+from mux.routing.live import LiveRouting
+from mux.providers import ADAPTERS, Adapter
+from mux.providers.base import EmbeddingCall
+from mux.engine.transport import Transport
+from mux.wire.openai import Usage, decode_embeddings, with_fields
 
 EMBEDDINGS_PATHS = frozenset({"/v1/embeddings", "/api/v1/embeddings"})
 

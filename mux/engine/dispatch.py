@@ -26,20 +26,20 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import msgspec
 
-from .asgi import Receive, Scope, Send, send_error, send_json
-from .catalog import Catalog
-from .config import CascadeConfig, ProviderConfig, load_validator
-from .context import Context, Outcome, with_request
-from .deadline import Deadline
-from .decision import decision_trace
-from .errors import MuxError, NoRouteAvailable, UpstreamError, UpstreamTimeout, render_error
-from .live import LiveRouting
-from .pricing import cost_of
-from .providers import ADAPTERS, Adapter, Call, Completion, UpstreamRequest
-from .routing import Plan, Target
-from .sse import DONE, SSEParser, frame
-from .transport import Transport
-from .wire import ChatRequest, JsonObjectFormat, JsonSchemaFormat, Usage, trace_chunk, usage_chunk, with_fields
+from mux.asgi import Receive, Scope, Send, send_error, send_json
+from mux.catalog.models import Catalog
+from mux.config import CascadeConfig, ProviderConfig, load_validator
+from mux.context import Context, Outcome, with_request
+from mux.deadline import Deadline
+from mux.routing.decision import decision_trace
+from mux.errors import MuxError, NoRouteAvailable, UpstreamError, UpstreamTimeout, render_error
+from mux.routing.live import LiveRouting
+from mux.catalog.prices import cost_of
+from mux.providers import ADAPTERS, Adapter, Call, Completion, UpstreamRequest
+from mux.routing.plan import Plan, Target
+from mux.sse import DONE, SSEParser, frame
+from mux.engine.transport import Transport
+from mux.wire.openai import ChatRequest, JsonObjectFormat, JsonSchemaFormat, Usage, trace_chunk, usage_chunk, with_fields
 
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Annotated
 
 from msgspec import Meta, Struct, structs
 
-from .pricing import PRICES, Price
+from mux.catalog.prices import PRICES, Price
 
 if TYPE_CHECKING:
-    from .config import ProviderConfig
+    from mux.config.schema import ProviderConfig
 
 NonNegative = Annotated[float, Meta(ge=0)]
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import msgspec
 
-from .config import RouteConfig
+from mux.config import RouteConfig
 
 _encoder = msgspec.json.Encoder(order="sorted")
 

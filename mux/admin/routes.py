@@ -15,10 +15,10 @@ from typing import Any
 import msgspec
 import structlog
 
-from .asgi import Receive, Scope, Send, header, read_body, send_error, send_json
-from .config import ConfigError
-from .errors import InvalidRequest, MethodNotAllowed, NotFound, Unauthorized
-from .live import LiveRouting
+from mux.asgi import Receive, Scope, Send, header, read_body, send_error, send_json
+from mux.config import ConfigError
+from mux.errors import InvalidRequest, MethodNotAllowed, NotFound, Unauthorized
+from mux.routing.live import LiveRouting
 
 PREFIX = "/admin/"
 
