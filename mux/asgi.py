@@ -15,7 +15,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-CHAT_PATHS = frozenset({"/v1/chat/completions", "/api/v1/chat/completions"})
 API_PREFIXES = ("/v1/", "/api/v1/")
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -102,9 +101,10 @@ async def send_json(send: Send, status: int, body: bytes, headers: Iterable[tupl
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, error: MuxError, request_id: str = "") -> None:
-    """Send ``error`` in OpenAI's error shape, with its status and headers, and the request id if known."""
+async def send_error(send: Send, error: MuxError, request_id: str = "", *, body: bytes | None = None) -> None:
+    """Send ``error`` with its status and headers, and the request id if known; ``body`` is the error rendered
+    in the request's dialect (default: OpenAI's error shape)."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers]
     if request_id:
         headers.append((b"x-mux-request-id", request_id.encode()))
-    await send_json(send, error.status, error.body(), headers)
+    await send_json(send, error.status, error.body() if body is None else body, headers)

@@ -1,4 +1,4 @@
-"""The per-request context at ``scope["mux"]`` and the one place the request body is read.
+"""The per-request context at ``scope["mux"]``, its typed accessor, and the one place the body is read.
 
 Each field has one owning layer that writes it; the others only read it:
 
@@ -6,28 +6,38 @@ Each field has one owning layer that writes it; the others only read it:
 field          written by      holds
 =============  ==============  ====================================================================
 request_id     TraceLayer      the id in ``x-mux-request-id`` and every log line
+ingress        first matcher   the front door of the request (``mux.ingress``), or ``None`` when the
+                               request carries no LLM call (any other path or method)
 body           first reader    the raw body, read once (``body_of``), replayed to inner apps
-request        first decoder   the validated ``ChatRequest`` view (``request_of``)
+request        first decoder   the validated request view the ingress decoded (chat or embeddings)
 fields         first decoder   the body's top-level fields as raw JSON, for forwarding
 key            AuthLayer       the virtual key that authenticated the request
 mlx            TagsLayer       tags, end user, cache controls, trace flag, session id
-plan           RouterLayer     the ordered targets to attempt
-outcome        Dispatch        provider, model used, usage, cost, status, attempts
-trace          anyone          decision-trace events, in order: attempts, and notes with a ``type``
+plan           RouterLayer     the ordered targets to attempt (``mux.routing.plan.Plan``)
+outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status
+trace          anyone          decision-trace events, in order: ``Attempt`` and ``Note`` Structs
 =============  ==============  ====================================================================
+
+This module is the kernel: it imports nothing of mux above ``asgi`` and ``errors``; the types of fields
+owned by higher packages are named for type checkers only.
 """
 
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from msgspec import Struct
 
-from mux.asgi import Receive, Scope, Send, read_body, replaying, send_error
-from mux.errors import MuxError
-from mux.wire.openai import CacheControl, ChatRequest, Usage, decode_request
+from mux.asgi import Receive, Scope, read_body, replaying
+
+if TYPE_CHECKING:
+    from starlette.requests import HTTPConnection
+
+    from mux.ingress import Ingress
+    from mux.routing.plan import Plan
+    from mux.wire.openai import CacheControl, Usage
 
 
 class Mlx(Struct, gc=False):
@@ -40,13 +50,55 @@ class Mlx(Struct, gc=False):
     session_id: str | None = None
 
 
+class Attempt(Struct, gc=False, omit_defaults=True):
+    """One attempt at a target, as the decision trace reports it (``status``: ok, error, partial, escalated,
+    skipped)."""
+
+    target: str
+    status: str
+    latency_ms: float | None = None
+    ttfb_ms: float | None = None
+    retry: int = 0
+    error: str | None = None
+    http_status: int | None = None
+    reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+
+
+class Note(Struct, gc=False, omit_defaults=True):
+    """A decision worth a line in the trace that is not an attempt: ``type`` is ``translation`` (with the
+    target and its ``notes``) or ``policy`` (with a ``note``)."""
+
+    type: str
+    target: str | None = None
+    notes: list[str] | None = None
+    note: str | None = None
+
+
+TraceEvent = Attempt | Note
+
+
+class Spend(Struct, gc=False):
+    """What one attempt cost: its usage and price (``None`` when unknown)."""
+
+    target: str
+    usage: Usage | None
+    cost_usd: float | None
+
+
 class Outcome(Struct, gc=False):
-    """What happened upstream, as Dispatch (or a cache) settled it."""
+    """What happened upstream, as Dispatch (or a cache) settled it.
+
+    ``usage`` is the answering attempt's; ``cost_usd`` is the request's total over every attempt that
+    reported usage (``spent`` keeps each one); ``None`` while no attempt's price is known."""
 
     provider: str | None = None
     model: str | None = None
     usage: Usage | None = None
     cost_usd: float | None = None
+    spent: list[Spend] = []
     status: int | None = None
     error_type: str | None = None
     streamed: bool = False
@@ -58,14 +110,16 @@ class Outcome(Struct, gc=False):
 class Context(Struct, gc=False):  # gc=False here and above: no context is part of a reference cycle
     started: float
     request_id: str = ""
+    ingress: Ingress | None = None
+    matched: bool = False  # whether ``ingress`` was looked up (it may be None after that)
     body: bytes | None = None
-    request: ChatRequest | None = None
+    request: Any = None  # the ingress's validated view: ChatRequest or EmbeddingsRequest
     fields: dict[str, msgspec.Raw] | None = None
-    key: Any = None
+    key: Any = None  # the authenticating key record (AuthLayer)
     mlx: Mlx | None = None
-    plan: Any = None
+    plan: Plan | None = None
     outcome: Outcome = msgspec.field(default_factory=Outcome)
-    trace: list[dict[str, Any]] = []
+    trace: list[TraceEvent] = []
 
 
 def context_of(scope: Scope) -> Context:
@@ -76,6 +130,22 @@ def context_of(scope: Scope) -> Context:
     return ctx
 
 
+def context_of_request(request: HTTPConnection) -> Context:
+    """Answer the context of a Starlette/FastAPI ``Request`` (or WebSocket), for endpoints behind mux layers."""
+    return context_of(request.scope)
+
+
+def route_path(scope: Scope) -> str:
+    """Answer the request path relative to the app's mount point (``root_path``), as routes are matched."""
+    path: str = scope["path"]
+    root = scope.get("root_path")
+    if root and path.startswith(root):
+        rest = path[len(root):]
+        if not rest or rest[0] == "/":
+            return rest or "/"
+    return path
+
+
 async def body_of(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Receive]:
     """Answer the request body (read at most once, refusing more than ``limit`` bytes) and a ``receive``
     that replays it to inner apps."""
@@ -84,36 +154,3 @@ async def body_of(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Re
         ctx.body = await read_body(scope, receive, limit)
         receive = replaying(ctx.body, receive)
     return ctx.body, receive
-
-
-Then = Callable[[Context, ChatRequest, Scope, Receive, Send], Awaitable[None]]
-
-
-def with_request(scope: Scope, receive: Receive, send: Send, limit: int, then: Then) -> Awaitable[None]:
-    """Answer the awaitable of ``then(ctx, request, scope, receive, send)`` with the validated request.
-
-    When a layer outside already decoded the request, ``then`` is called at once and its awaitable returned:
-    the caller adds no coroutine frame to the request (a resumed coroutine pays for every frame of its await
-    chain, so frames that only pass a request inward are worth avoiding). Otherwise the body is read and
-    decoded first; a bad body is answered with its 400."""
-    ctx = context_of(scope)
-    if ctx.request is not None:
-        return then(ctx, ctx.request, scope, receive, send)
-    return _decoded_then(ctx, scope, receive, send, limit, then)
-
-
-async def _decoded_then(ctx: Context, scope: Scope, receive: Receive, send: Send, limit: int, then: Then) -> None:
-    try:
-        request, receive = await request_of(scope, receive, limit)
-    except MuxError as error:
-        return await send_error(send, error)
-    await then(ctx, request, scope, receive, send)
-
-
-async def request_of(scope: Scope, receive: Receive, limit: int) -> tuple[ChatRequest, Receive]:
-    """Answer the validated chat request view, decoding the body on first use; raises ``InvalidRequest``."""
-    ctx = context_of(scope)
-    if ctx.request is None:
-        body, receive = await body_of(scope, receive, limit)
-        ctx.request, ctx.fields = decode_request(body)
-    return ctx.request, receive

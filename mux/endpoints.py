@@ -1,5 +1,6 @@
-"""The terminal router of the gateway: chat completions to Dispatch, embeddings, ``/v1/models``, ``/healthz``,
-``/admin/*``; any other path goes to the wrapped app (``mux.wrap``) or answers 404 in OpenAI's error shape."""
+"""The terminal router of the gateway: every LLM front door (``mux.ingress``) to Dispatch, ``/v1/models``,
+``/healthz``, ``/admin/*``; any other path goes to the wrapped app (``mux.wrap``) or answers 404 in OpenAI's
+error shape. Paths are matched relative to the mount point (``root_path``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import msgspec
 
 from mux.admin.routes import PREFIX as ADMIN_PREFIX
 from mux.admin.routes import Admin
-from mux.asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, answer_lifespan, send_error, send_json
+from mux.asgi import ASGIApp, Receive, Scope, Send, answer_lifespan, send_error, send_json
 from mux.config import Config
-from mux.engine.embeddings import EMBEDDINGS_PATHS
+from mux.context import route_path
 from mux.errors import MethodNotAllowed, NotFound
+from mux.ingress import ingress_for
 from mux.routing.live import LiveRouting
 
 MODELS_PATHS = frozenset({"/v1/models", "/api/v1/models"})
@@ -36,10 +38,9 @@ def models_body(config: Config) -> bytes:
 class Endpoints:
     """Routes by exact path; reads nothing of the context."""
 
-    def __init__(self, *, dispatch: ASGIApp, embeddings: ASGIApp, routing: LiveRouting,
-                 fallback: ASGIApp | None = None, admin_token: str | None = None, logger: Any = None) -> None:
+    def __init__(self, *, dispatch: ASGIApp, routing: LiveRouting, fallback: ASGIApp | None = None,
+                 admin_token: str | None = None, logger: Any = None) -> None:
         self.dispatch = dispatch
-        self.embeddings = embeddings
         self.routing = routing
         self.fallback = fallback
         self.admin = Admin(routing=routing, token=admin_token, logger=logger)
@@ -60,15 +61,11 @@ class Endpoints:
             if scope["type"] == "lifespan":
                 return answer_lifespan(receive, send)
             return _nothing()
-        path = scope["path"]
+        path = route_path(scope)
         method = scope["method"]
-        if path in CHAT_PATHS:
+        if ingress_for(path) is not None:
             if method == "POST":
                 return self.dispatch(scope, receive, send)
-            return send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
-        if path in EMBEDDINGS_PATHS:
-            if method == "POST":
-                return self.embeddings(scope, receive, send)
             return send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
         if path in MODELS_PATHS and method in ("GET", "HEAD"):
             return send_json(send, 200, self.models())

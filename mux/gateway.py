@@ -1,14 +1,14 @@
-"""Assembling the gateway: the ordered layer stack, its field check, and the app around shared resources.
+"""The composition root: the ordered layer stack, its field check, and the app around shared resources.
 
 The order, outermost first, and why each pair is in its order:
 
-- ErrorLayer before everything, so a bug in any layer still answers an OpenAI-shaped 500.
+- ErrorLayer before everything, so a bug in any layer still answers a 500 in the request's dialect.
 - TraceLayer next, so every response (denials included) carries a request id and leaves a record.
 - (AuthLayer) before TagsLayer: an unauthenticated request gets no further than a 401.
 - TagsLayer before rate limits, budgets and cache, which key on the end user and tags it writes.
-- (RateLimitLayer, BudgetLayer) before CacheLayer: a cached answer still counts against a request rate,
-  and (by choice) a cache hit spends nothing because the budget settles the real upstream cost.
-- RouterLayer last: the plan is only made for requests that will be dispatched.
+- (RateLimitLayer) before RouterLayer: a request over its rate is refused before any planning work.
+- RouterLayer before (CacheLayer, BudgetLayer): the cache key needs the resolved target, and the budget
+  reserves the worst case over the targets the plan may try, so both need the plan.
 - Dispatch, the terminal handler, executes the plan.
 """
 
@@ -16,15 +16,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from mux.asgi import API_PREFIXES, ASGIApp, Receive, Scope, Send
+from mux.asgi import API_PREFIXES, ASGIApp, Message, Receive, Scope, Send
 from mux.config import Config
-from mux.engine.dispatch import Dispatch
-from mux.engine.embeddings import Embeddings
 from mux.endpoints import Endpoints
-from mux.layers import ErrorLayer, RouterLayer, TagsLayer, TraceLayer
+from mux.engine.dispatch import Dispatch
+from mux.engine.transport import Transport
+from mux.layers.errors import ErrorLayer
+from mux.layers.router import RouterLayer
+from mux.layers.tags import TagsLayer
+from mux.layers.trace import TraceLayer
+from mux.resources import Resources, StartupError
 from mux.routing.live import LiveRouting
-from mux.engine.transport import AiohttpTransport, Transport
-from mux.routing.versions import MemoryVersions, SQLiteVersions, Versions
 
 Layer = tuple[type, dict[str, Any]]
 
@@ -33,37 +35,44 @@ class StackError(Exception):
     """The layer order leaves some layer reading a context field that nothing outside it writes."""
 
 
-def stack(config: Config, *, routing: LiveRouting | None = None, logger: Any = None,
-          prefixes: tuple[str, ...] | None = None) -> list[Layer]:
-    """Answer the default layers, outermost first, each as ``(LayerClass, options)``."""
-    routing = routing or LiveRouting(config)
+def stack(config: Config, resources: Resources | None = None, *, logger: Any = None,
+          prefixes: tuple[str, ...] | None = None, routing: LiveRouting | None = None) -> list[Layer]:
+    """Answer the default layers, outermost first, each as ``(LayerClass, options)``; shared resources come
+    from ``resources`` (a fresh ``Resources(config)`` when none is given)."""
+    if resources is None:
+        resources = Resources(config, routing=routing)
     limit = config.server.max_body_bytes
     return [
         (ErrorLayer, {"logger": logger}),
         (TraceLayer, {"logger": logger, "prefixes": prefixes}),
         (TagsLayer, {"max_body_bytes": limit}),
-        (RouterLayer, {"routing": routing, "max_body_bytes": limit}),
+        (RouterLayer, {"routing": resources.routing, "max_body_bytes": limit}),
     ]
 
 
-# Fields any layer may produce by decoding the body on first use (see mux.context.request_of).
-_DERIVED = frozenset({"body", "request", "fields", "trace"})
+# Fields any layer or the terminal may produce by decoding the body on first use (see mux.ingress.request_of).
+_DERIVED = frozenset({"ingress", "matched", "body", "request", "fields", "trace"})
 
 
 def check_stack(layers: list[Layer], terminal: Any = Dispatch) -> None:
-    """Raise ``StackError`` if a layer (or the terminal) reads a context field that no layer outside it writes.
-
-    A layer's ``reads`` are what it needs before calling inward; what it reads only after the inner app
-    answered (``reads_after``, e.g. the outcome for a log record) may be written by layers inside it."""
+    """Raise ``StackError`` if a layer (or the terminal) reads a context field that no layer outside it writes,
+    or reads after the inner app answered (``reads_after``) a field that no layer of the stack writes."""
     written = set(_DERIVED)
     for cls, _ in layers:
         missing = set(getattr(cls, "reads", ())) - written
         if missing:
             raise StackError(f"{cls.__name__} reads {sorted(missing)}, which no layer outside it writes")
         written |= set(getattr(cls, "writes", ()))
+    name = getattr(terminal, "__name__", type(terminal).__name__)
     missing = set(getattr(terminal, "reads", ())) - written
     if missing:
-        raise StackError(f"{getattr(terminal, '__name__', terminal)} reads {sorted(missing)}, which no layer writes")
+        raise StackError(f"{name} reads {sorted(missing)}, which no layer writes")
+    everything = written | set(getattr(terminal, "writes", ()))
+    for cls, _ in [*layers, (terminal, {})]:
+        missing = set(getattr(cls, "reads_after", ())) - everything
+        if missing:
+            raise StackError(f"{getattr(cls, '__name__', cls)} reads {sorted(missing)} after answering, which no "
+                             "layer of the stack writes")
 
 
 def compose(layers: list[Layer], inner: ASGIApp) -> ASGIApp:
@@ -75,62 +84,86 @@ def compose(layers: list[Layer], inner: ASGIApp) -> ASGIApp:
 
 
 class Gateway:
-    """The composed app plus the resources it owns; closes the upstream transport at lifespan shutdown.
-    ``routing`` is the live routing state (``routing.reload()``, ``routing.rollback()``)."""
+    """The composed app and the resources it owns: they are opened at lifespan startup (or by the first
+    request, where a server runs no lifespan) and closed at shutdown. ``routing`` is the live routing state
+    (``routing.reload()``, ``routing.rollback()``)."""
 
-    def __init__(self, app: ASGIApp, *, routing: LiveRouting, transport: Transport) -> None:
+    def __init__(self, app: ASGIApp, resources: Resources) -> None:
         self.app = app
-        self.routing = routing
-        self.transport = transport
+        self.resources = resources
+
+    @property
+    def routing(self) -> LiveRouting:
+        return self.resources.routing
+
+    @property
+    def transport(self) -> Transport:
+        return self.resources.transport
 
     @property
     def config(self) -> Config:
-        return self.routing.config
+        return self.resources.routing.config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            return await self.app(scope, receive, send)
+        # a coroutine function, so that servers recognise an ASGI 3 app
+        if scope["type"] == "lifespan":
+            return await self._lifespan(scope, receive, send)
+        if not self.resources.opened:
+            await self.resources.open()
+        return await self.app(scope, receive, send)
 
-        async def closing_send(message: dict) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
-                await self.transport.aclose()
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Open the resources before the inner app's startup; close them after its shutdown. A resource that
+        fails to open turns startup into ``lifespan.startup.failed`` with the reason."""
+        failure: str | None = None
+
+        async def opening_receive() -> Message:
+            nonlocal failure
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.resources.open()
+                except StartupError as exc:
+                    failure = str(exc)
+                    self.resources.logger.error("startup_failed", error=failure)
+            return message
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete" and failure is not None:
+                message = {"type": "lifespan.startup.failed", "message": failure}
+            elif message["type"] == "lifespan.shutdown.complete":
+                await self.resources.aclose()
             await send(message)
 
-        await self.app(scope, receive, closing_send)
+        await self.app(scope, opening_receive, closing_send)
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
+        await self.resources.aclose()
 
 
 def _build(config: Config, fallback: ASGIApp | None, transport: Transport | None, logger: Any,
            layers: Callable[..., list[Layer]], prefixes: tuple[str, ...] | None, routing: LiveRouting | None,
-           source: Callable[[], Config] | None) -> Gateway:
-    transport = transport or AiohttpTransport()
-    routing = routing or LiveRouting(config, versions=open_versions(config), source=source)
-    chosen = layers(config, routing=routing, logger=logger, prefixes=prefixes)
+           source: Callable[[], Config] | None, resources: Resources | None) -> Gateway:
+    resources = resources or Resources(config, transport=transport, routing=routing, source=source, logger=logger)
+    chosen = layers(config, resources, logger=logger, prefixes=prefixes)
     check_stack(chosen)
-    dispatch = Dispatch(routing=routing, transport=transport, max_body_bytes=config.server.max_body_bytes)
-    embeddings = Embeddings(routing=routing, transport=transport, max_body_bytes=config.server.max_body_bytes)
-    endpoints = Endpoints(dispatch=dispatch, embeddings=embeddings, routing=routing, fallback=fallback,
+    dispatch = Dispatch(routing=resources.routing, transport=resources.transport,
+                        max_body_bytes=config.server.max_body_bytes)
+    endpoints = Endpoints(dispatch=dispatch, routing=resources.routing, fallback=fallback,
                           admin_token=config.server.admin_token, logger=logger)
-    return Gateway(compose(chosen, endpoints), routing=routing, transport=transport)
-
-
-def open_versions(config: Config) -> Versions:
-    """The route-version store the config names: a SQLite file, or this process's memory."""
-    return SQLiteVersions(config.server.state_path) if config.server.state_path else MemoryVersions()
+    return Gateway(compose(chosen, endpoints), resources)
 
 
 def build_app(config: Config, *, transport: Transport | None = None, logger: Any = None,
               layers: Callable[..., list[Layer]] = stack, routing: LiveRouting | None = None,
-              source: Callable[[], Config] | None = None) -> Gateway:
+              source: Callable[[], Config] | None = None, resources: Resources | None = None) -> Gateway:
     """Answer the standalone gateway app for ``config``; ``source`` re-reads the config on reload."""
-    return _build(config, None, transport, logger, layers, None, routing, source)
+    return _build(config, None, transport, logger, layers, None, routing, source, resources)
 
 
 def wrap(app: ASGIApp, config: Config, *, transport: Transport | None = None, logger: Any = None,
          layers: Callable[..., list[Layer]] = stack, routing: LiveRouting | None = None,
-         source: Callable[[], Config] | None = None) -> Gateway:
+         source: Callable[[], Config] | None = None, resources: Resources | None = None) -> Gateway:
     """Answer ``app`` with the mux stack around it: mux serves its API paths, ``app`` everything else
     (its lifespan included)."""
-    return _build(config, app, transport, logger, layers, API_PREFIXES, routing, source)
+    return _build(config, app, transport, logger, layers, API_PREFIXES, routing, source, resources)

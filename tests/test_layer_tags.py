@@ -71,4 +71,21 @@ def test_malformed_annotations_are_refused_with_a_400_naming_the_parameter(extra
 def test_other_paths_and_methods_pass_through_without_reading_the_body():
     inner = ScriptedApp()
     call(TagsLayer(inner), b"not json", method="POST", path="/elsewhere")
-    assert inner.seen[0]["ctx"] is None and inner.seen[0]["body"] == b"not json"
+    ctx = inner.seen[0]["ctx"]
+    assert ctx.body is None and ctx.request is None and inner.seen[0]["body"] == b"not json"
+    assert ctx.mlx.tags == {} and ctx.mlx.end_user is None
+
+
+def test_an_apps_own_route_gets_the_header_annotations_without_a_chat_body():
+    inner = ScriptedApp()
+    headers = [(b"x-mux-tags", b"team=search,tenant=acme"), (b"x-mux-end-user", b"u9"), (b"x-session-id", b"s1")]
+    call(TagsLayer(inner), b"", method="GET", path="/reports", headers=headers)
+    ctx = inner.seen[0]["ctx"]
+    assert ctx.mlx.tags == {"team": "search", "tenant": "acme"}
+    assert (ctx.mlx.end_user, ctx.mlx.session_id) == ("u9", "s1") and ctx.body is None
+
+
+def test_a_malformed_tag_header_on_an_apps_own_route_is_refused():
+    inner = ScriptedApp()
+    result = call(TagsLayer(inner), b"", method="GET", path="/reports", headers=[(b"x-mux-tags", b"novalue")])
+    assert result.status == 400 and result.json()["error"]["param"] == "x-mux-tags" and inner.seen == []

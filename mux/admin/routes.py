@@ -17,6 +17,7 @@ import structlog
 
 from mux.asgi import Receive, Scope, Send, header, read_body, send_error, send_json
 from mux.config import ConfigError
+from mux.context import route_path
 from mux.errors import InvalidRequest, MethodNotAllowed, NotFound, Unauthorized
 from mux.routing.live import LiveRouting
 
@@ -34,7 +35,7 @@ class Admin:
         self.logger = logger or structlog.get_logger("mux.admin")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path, method = scope["path"], scope["method"]
+        path, method = route_path(scope), scope["method"]
         if self.token is None:
             return await send_error(send, NotFound(f"No endpoint {method} {path}."))
         given = header(scope, b"authorization") or b""

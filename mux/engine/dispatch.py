@@ -1,19 +1,13 @@
-"""Dispatch: the terminal handler of ``POST /v1/chat/completions``. It executes the plan's attempts.
+"""Dispatch: the terminal handler of every LLM front door. It executes the plan and answers in the dialect of
+the request's ingress.
 
-Reads ``ctx.request``/``ctx.fields`` (decoding the body itself if no layer did), ``ctx.plan`` (planning itself
-if no RouterLayer ran) and ``ctx.mlx``; writes ``ctx.outcome`` and appends one trace event per attempt.
-Transport, timeouts, retries, backoff and failover live here once; provider knowledge stays in adapters.
+Reads ``ctx.ingress``, ``ctx.request``/``ctx.fields`` (decoding the body itself if no layer did), ``ctx.plan``
+(planning itself if no RouterLayer ran) and ``ctx.mlx``; writes ``ctx.outcome``; the attempts append the
+decision-trace events. The attempt policy is ``mux.engine.attempts``; one attempt on the wire is
+``mux.engine.exchange``; provider knowledge stays in the adapters.
 
-The attempt policy: targets in plan order, each tried ``1 + retries`` times; a failure is retried or failed
-over only if its class is in the plan's ``retry_on`` (an upstream status, ``5xx``, ``timeout``, ``connect``)
-— other 4xx never are; each retry needs a token from the shared retry budget; a retry at the same provider
-waits a full-jitter exponential backoff (at least its ``Retry-After``), never past the plan's total time;
-a target whose breaker is open is skipped.
-
-Streams: nothing is sent until an attempt yields its first chunk, so an attempt that fails before that
-(error status, connect error, first-byte timeout, empty or malformed first event) falls over unseen. After
-the first byte a failure is one in-band error event and the stream ends without ``[DONE]``. A client that
-disconnects cancels the upstream request and frees its connection.
+Streams: nothing is sent until an attempt yields its first chunk. A client that disconnects cancels the
+upstream request and frees its connection.
 """
 
 from __future__ import annotations
@@ -22,44 +16,28 @@ import asyncio
 import random
 from functools import partial
 from time import perf_counter, time
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable
 
-import msgspec
-
-from mux.asgi import Receive, Scope, Send, send_error, send_json
-from mux.catalog.models import Catalog
-from mux.config import CascadeConfig, ProviderConfig, load_validator
-from mux.context import Context, Outcome, with_request
-from mux.deadline import Deadline
-from mux.routing.decision import decision_trace
-from mux.errors import MuxError, NoRouteAvailable, UpstreamError, UpstreamTimeout, render_error
-from mux.routing.live import LiveRouting
-from mux.catalog.prices import cost_of
-from mux.providers import ADAPTERS, Adapter, Call, Completion, UpstreamRequest
-from mux.routing.plan import Plan, Target
-from mux.sse import DONE, SSEParser, frame
+from mux.asgi import Receive, Scope, Send, send_json
+from mux.config.schema import CascadeConfig
+from mux.context import Context, Note, Outcome
+from mux.engine.attempts import StreamEnd, run_attempts
+from mux.engine.cascade import Cascade
+from mux.engine.exchange import exchange, relay_stream
+from mux.engine.settle import answered_by, charge, with_total
 from mux.engine.transport import Transport
-from mux.wire.openai import ChatRequest, JsonObjectFormat, JsonSchemaFormat, Usage, trace_chunk, usage_chunk, with_fields
-
-_STREAM_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
-
-Once = Callable[[Context, Target, Call, float], Awaitable[Any]]
-
-
-class StreamEnd(msgspec.Struct):
-    """How a streamed attempt that reached the client ended: its last payloads, or the error that cut it."""
-
-    payloads: list[bytes]
-    error: MuxError | None = None
-    ttfb_ms: float | None = None
+from mux.errors import InvalidRequest, MuxError, NotFound
+from mux.ingress import Ingress, deny, ingress_of, with_request
+from mux.providers import ADAPTERS, Adapter, Call, Completion, UpstreamRequest
+from mux.providers.base import EmbeddingCall
+from mux.routing.decision import decision_trace
+from mux.routing.live import LiveRouting
+from mux.routing.plan import Plan, Target
+from mux.wire.openai import ChatRequest, EmbeddingsRequest, trace_chunk, usage_chunk
 
 
 class Dispatch:
-    """Execute the plan for a chat completion and answer it, streamed or not."""
+    """Execute the plan of an LLM request and answer it, streamed or not."""
 
     reads: frozenset[str] = frozenset()  # plan and mlx are used when present, not required
     reads_after: frozenset[str] = frozenset()
@@ -72,13 +50,14 @@ class Dispatch:
         self.adapters = adapters
         self.max_body_bytes = max_body_bytes
         self.rng = rng or random.Random()
-        self._validators: dict[str, Callable[..., bool]] = {}
+        self.cascade = Cascade()
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if ingress_of(scope) is None:
+            return deny(scope, send, NotFound(f"No endpoint {scope.get('method')} {scope.get('path')}."))
         return with_request(scope, receive, send, self.max_body_bytes, self._dispatch)
 
-    def _dispatch(self, ctx: Context, request: ChatRequest, scope: Scope, receive: Receive,
-                  send: Send) -> Awaitable[None]:
+    def _dispatch(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         plan = ctx.plan
         if plan is None:
             mlx = ctx.mlx
@@ -87,144 +66,69 @@ class Dispatch:
                     request, end_user=mlx.end_user if mlx else None, session=mlx.session_id if mlx else None)
             except MuxError as error:
                 _failed(ctx.outcome, error)
-                return send_error(send, error)
+                return deny(scope, send, error)
+        ingress: Ingress = ctx.ingress  # type: ignore[assignment]  (set: ingress_of answered it)
+        if ingress.operation == "embeddings":
+            return self._complete(ctx, ingress, plan, scope, send, partial(self._embed_once, ctx, request))
         if request.stream:
-            return self._stream(ctx, request, plan, receive, send)
-        return self._complete(ctx, request, plan, send)
+            return self._stream(ctx, ingress, request, plan, scope, receive, send)
+        return self._complete(ctx, ingress, plan, scope, send, partial(self._chat_once, ctx, request),
+                              partial(self._check, request))
 
-    # --- the attempt policy ----------------------------------------------------------------------------
+    # --- non-streamed ----------------------------------------------------------------------------------
 
-    async def _attempts(self, ctx: Context, request: ChatRequest, plan: Plan, once: Once) -> tuple[Target, Any]:
-        """Run ``once`` over the plan's targets under the retry policy; answer the first success.
-
-        Raises the last ``MuxError`` when no attempt succeeds."""
-        loop = asyncio.get_running_loop()
-        health = self.routing.health
-        deadline = loop.time() + plan.total_timeout_s if plan.total_timeout_s else None
-        health.budget.deposit()
-        error: MuxError | None = None
-        failed_provider: str | None = None
-        failures = 0
-        escalated: tuple[Target, Any] | None = None
-        for index, target in enumerate(plan.targets):
-            for repeat in range(target.retries + 1):
-                if error is not None:
-                    stop = None
-                    if not retryable(error, plan.retry_on):
-                        stop = ""
-                    elif not health.budget.withdraw():
-                        stop = "retry budget exhausted: no further attempt"
-                    delay = 0.0
-                    if stop is None and target.provider.name == failed_provider:
-                        delay = health.backoff_s(failures, self.rng, _retry_after_s(error))
-                    if stop is None and deadline is not None and loop.time() + delay >= deadline:
-                        stop = "the route's total time is spent: no further attempt"
-                    if stop is not None:
-                        if stop:
-                            _note(ctx, stop)
-                        if escalated is not None:  # a cheaper answer that failed its check beats no answer
-                            return escalated
-                        raise error
-                    if delay:
-                        await asyncio.sleep(delay)
-                if not health.admit(target.label):
-                    _event(ctx, target, "skipped", reason="circuit open")
-                    break
-                timeout = target.timeout_s or target.provider.timeout_s
-                if deadline is not None:
-                    timeout = min(timeout, deadline - loop.time())
-                call = self._call(ctx, request, target)
-                started = perf_counter()
-                try:
-                    result = await once(ctx, target, call, timeout)
-                except MuxError as exc:
-                    if isinstance(exc, UpstreamError) and exc.retryable:  # the provider's fault, not the request's
-                        health.record(target.label, False)
-                    _event(ctx, target, "error", started, error=exc, retry=repeat)
-                    error, failed_provider, failures = exc, target.provider.name, failures + 1
-                    continue
-                latency_ms = (perf_counter() - started) * 1000
-                if isinstance(result, StreamEnd) and result.error is not None:
-                    health.record(target.label, False)
-                    _event(ctx, target, "partial", started, error=result.error, retry=repeat,
-                           ttfb_ms=result.ttfb_ms, usage=ctx.outcome.usage, cost=ctx.outcome.cost_usd)
-                    return target, result
-                health.record(target.label, True, latency_ms)
-                reason = None
-                if plan.cascade is not None and isinstance(result, Completion) and index < len(plan.targets) - 1:
-                    reason = self._cascade_failure(plan.cascade, request, result)
-                _event(ctx, target, "escalated" if reason else "ok", started, retry=repeat, reason=reason,
-                       ttfb_ms=getattr(result, "ttfb_ms", None), usage=ctx.outcome.usage, cost=ctx.outcome.cost_usd)
-                if reason is None:
-                    return target, result
-                escalated, error = (target, result), None
-                break
-        if escalated is not None:  # every cheaper answer failed its check and nothing better came: keep it
-            return escalated
-        raise error or NoRouteAvailable("No target was available: every candidate's circuit is open.")
-
-    def _cascade_failure(self, cascade: CascadeConfig, request: ChatRequest, completion: Completion) -> str | None:
-        """Answer why a cheaper target's answer should be escalated, or ``None`` if it passes every check."""
-        try:
-            answer = msgspec.json.decode(completion.body)
-            choice = answer["choices"][0]
-            message = choice.get("message") or {}
-        except (msgspec.DecodeError, KeyError, IndexError, TypeError):
-            return "error"
-        checks = cascade.checks
-        if "refusal" in checks and (message.get("refusal") or choice.get("finish_reason") == "content_filter"):
-            return "refusal"
-        if "length" in checks and choice.get("finish_reason") == "length":
-            return "length"
-        wants_json = isinstance(request.response_format, (JsonObjectFormat, JsonSchemaFormat))
-        if "invalid_json" in checks and wants_json and not message.get("tool_calls"):
-            try:
-                msgspec.json.decode((message.get("content") or "").encode())
-            except msgspec.DecodeError:
-                return "invalid_json"
-        if cascade.validator:
-            if not self._validator(cascade.validator)(request, answer):
-                return "validator"
-        return None
-
-    def _validator(self, path: str) -> Callable[..., bool]:
-        validator = self._validators.get(path)
-        if validator is None:
-            validator = self._validators[path] = load_validator(path)
-        return validator
-
-    # --- non-streaming ---------------------------------------------------------------------------------
-
-    async def _complete(self, ctx: Context, request: ChatRequest, plan: Plan, send: Send) -> None:
+    async def _complete(self, ctx: Context, ingress: Ingress, plan: Plan, scope: Scope, send: Send, once: Any,
+                        check: Any = None) -> None:
         outcome = ctx.outcome
         try:
-            target, completion = await self._attempts(ctx, request, plan, self._complete_once)
+            _, completion = await run_attempts(ctx, plan, once, self.routing.health, self.rng, check)
         except MuxError as error:
             _failed(outcome, error)
-            return await send_error(send, error)
+            return await deny(scope, send, error)
         outcome.status = 200
         replace: dict[str, Any] = {}
-        if outcome.cost_usd is not None and completion.usage is not None:
-            replace["usage"] = completion.usage
+        usage = with_total(completion.usage, outcome) if outcome.cost_usd is not None else None
+        if usage is not None:
+            replace["usage"] = usage
         if ctx.mlx is not None and ctx.mlx.trace:
             replace["mlx:trace"] = decision_trace(plan, ctx.trace)
-        body = with_fields(completion.body, replace) if replace else completion.body
-        await send_json(send, 200, body)
+        await send_json(send, 200, ingress.answer(completion.body, replace))
 
-    async def _complete_once(self, ctx: Context, target: Target, call: Call, timeout_s: float) -> Completion:
+    async def _chat_once(self, ctx: Context, request: ChatRequest, target: Target, timeout_s: float) -> Completion:
         provider = target.provider
         adapter = self.adapters[provider.type]
-        upstream = self._build(ctx, adapter, target, call)
+        call = _call(ctx, request, target)
+        upstream = _built(ctx, target, adapter.build_request(provider, call))
         status, headers, body = await exchange(self.transport, upstream, provider, timeout_s)
         if status >= 400:
             raise adapter.parse_error(provider, status, body, headers)
         completion = adapter.parse_response(provider, call, body)
-        self._settle(ctx.outcome, target, completion.model, completion.usage)
+        charge(ctx.outcome, self.routing.catalog, target, completion.model, completion.usage)
         return completion
 
-    # --- streaming -------------------------------------------------------------------------------------
+    async def _embed_once(self, ctx: Context, request: EmbeddingsRequest, target: Target,
+                          timeout_s: float) -> Completion:
+        provider = target.provider
+        adapter: Any = self.adapters[provider.type]
+        if not hasattr(adapter, "build_embeddings"):
+            raise InvalidRequest(f"Provider '{provider.name}' (type {provider.type}) does not serve embeddings.",
+                                 param="model", code="unsupported_operation")
+        call = EmbeddingCall(request=request, fields=ctx.fields or {}, model=target.model)
+        upstream = _built(ctx, target, adapter.build_embeddings(provider, call))
+        status, headers, body = await exchange(self.transport, upstream, provider, timeout_s)
+        if status >= 400:
+            raise adapter.parse_error(provider, status, body, headers)
+        result = adapter.parse_embeddings(provider, call, body)
+        charge(ctx.outcome, self.routing.catalog, target, result.model, result.usage)
+        return result
 
-    async def _stream(self, ctx: Context, request: ChatRequest, plan: Plan, receive: Receive, send: Send) -> None:
+    def _check(self, request: ChatRequest, cascade: CascadeConfig, completion: Completion) -> str | None:
+        return self.cascade.failure(cascade, request, completion.body)
+
+    # --- streamed --------------------------------------------------------------------------------------
+
+    async def _stream(self, ctx: Context, ingress: Ingress, request: ChatRequest, plan: Plan, scope: Scope,
+                      receive: Receive, send: Send) -> None:
         """Stream the plan's answer; a client that goes away cancels this task, and so the upstream request."""
         ctx.outcome.streamed = True
         task = asyncio.current_task()
@@ -237,7 +141,7 @@ class Dispatch:
         watch = asyncio.ensure_future(_disconnected(receive))
         watch.add_done_callback(client_gone)
         try:
-            await self._stream_attempts(ctx, request, plan, send)
+            await self._stream_attempts(ctx, ingress, request, plan, scope, send)
         except asyncio.CancelledError:
             if not (watch.done() and not watch.cancelled()) or task.uncancel() > 0:  # type: ignore[union-attr]
                 raise
@@ -247,202 +151,66 @@ class Dispatch:
             finished = True
             watch.cancel()
 
-    async def _stream_attempts(self, ctx: Context, request: ChatRequest, plan: Plan, send: Send) -> None:
+    async def _stream_attempts(self, ctx: Context, ingress: Ingress, request: ChatRequest, plan: Plan, scope: Scope,
+                               send: Send) -> None:
         outcome = ctx.outcome
+        encoder = ingress.stream()
+        once = partial(self._stream_once, ctx, request, encoder, send)
         try:
-            target, end = await self._attempts(ctx, request, plan, partial(self._stream_once, send=send))
+            target, end = await run_attempts(ctx, plan, once, self.routing.health, self.rng)
         except MuxError as error:
             _failed(outcome, error)
-            return await send_error(send, error)
+            return await deny(scope, send, error)
         payloads = end.payloads
+        model = outcome.model or target.model
         if end.error is None:
             outcome.status = 200
-            usage = outcome.usage
+            usage = with_total(outcome.usage, outcome)
             if request.stream_options and request.stream_options.include_usage and usage is not None:
-                payloads.append(usage_chunk(end_id(ctx), int(time()), outcome.model or target.model, usage))
+                payloads.append(usage_chunk(end_id(ctx), int(time()), model, usage))
         if ctx.mlx is not None and ctx.mlx.trace:
-            payloads.append(trace_chunk(end_id(ctx), int(time()), outcome.model or target.model,
-                                        decision_trace(plan, ctx.trace)))
-        tail = b"".join(map(frame, payloads))
+            payloads.append(trace_chunk(end_id(ctx), int(time()), model, decision_trace(plan, ctx.trace)))
+        tail = encoder.chunks(payloads)
         if end.error is None:
-            tail += DONE
+            tail += encoder.end()
         else:
             _failed(outcome, end.error)
-            tail += frame(render_error(end.error.message, end.error.type, end.error.param, end.error.code))
+            tail += encoder.fail(end.error)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def _stream_once(self, ctx: Context, target: Target, call: Call, timeout_s: float, *,
-                           send: Send) -> StreamEnd:
-        """Run one streamed attempt up to its last payloads (the caller sends them and ends the stream).
-
-        Raises ``MuxError`` if it fails before its first chunk was sent to the client; after that, answers
-        the error in ``StreamEnd.error``."""
+    async def _stream_once(self, ctx: Context, request: ChatRequest, encoder: Any, send: Send, target: Target,
+                           timeout_s: float) -> StreamEnd:
         provider = target.provider
         adapter = self.adapters[provider.type]
-        upstream = self._build(ctx, adapter, target, call)
+        call = _call(ctx, request, target)
+        upstream = _built(ctx, target, adapter.build_request(provider, call))
         translator = adapter.stream_translator(provider, call)
-        parser = SSEParser()
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline = now + timeout_s
-        first_byte_s = provider.first_byte_timeout_s or timeout_s
-        idle_s = provider.idle_timeout_s
         outcome = ctx.outcome
-        begun = perf_counter()
-        ttfb_ms: float | None = None
-        phase = "first byte"
-        response = None
-        error: MuxError | None = None
-        payloads: list[bytes] = []
-        try:
-            async with Deadline(min(deadline, now + first_byte_s)) as timer:
-                response = await self.transport.send(upstream, provider)
-                if response.status >= 400:
-                    body = await response.read()
-                    raise adapter.parse_error(provider, response.status, body, response.headers)
-                async for chunk in response.chunks():
-                    for event in parser.feed(chunk):
-                        payloads.extend(translator.feed(event))
-                    if payloads:
-                        if ttfb_ms is None:
-                            ttfb_ms = round((perf_counter() - begun) * 1000, 3)
-                            self._settle(outcome, target, translator.model, None)
-                            outcome.stream_id = translator.id
-                            await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
-                        await send({"type": "http.response.body", "body": b"".join(map(frame, payloads)),
-                                    "more_body": True})
-                        payloads = []
-                    if ttfb_ms is not None:
-                        phase = "next chunk"
-                        timer.move(min(deadline, loop.time() + idle_s))
-                for event in parser.close():
-                    payloads.extend(translator.feed(event))
-                payloads.extend(translator.close())
-        except TimeoutError:
-            total = loop.time() >= deadline - 0.001
-            error = UpstreamTimeout(f"Provider '{provider.name}' exceeded its {'total time' if total else phase} limit.")
-        except MuxError as exc:
-            error = exc
-        finally:
-            if response is not None:
-                await response.close()
-        if error is not None and ttfb_ms is None:
-            raise error
-        self._settle(outcome, target, translator.model, translator.usage)
-        if ttfb_ms is None:  # a stream that ended well without a single content chunk
-            ttfb_ms = round((perf_counter() - begun) * 1000, 3)
+
+        def started(translator: Any) -> None:
+            answered_by(outcome, target, translator.model)
             outcome.stream_id = translator.id
-            await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
-        return StreamEnd(payloads=payloads, error=error, ttfb_ms=ttfb_ms)
 
-    # --- shared ----------------------------------------------------------------------------------------
-
-    def _call(self, ctx: Context, request: ChatRequest, target: Target) -> Call:
-        ctx.outcome.attempts += 1
-        end_user = ctx.mlx.end_user if ctx.mlx is not None else None
-        return Call(request=request, fields=ctx.fields or {}, model=target.model, end_user=end_user,
-                    body=ctx.body or b"")
-
-    @staticmethod
-    def _build(ctx: Context, adapter: Adapter, target: Target, call: Call):
-        """Ask the adapter for the upstream request; its translation notes go to the decision trace."""
-        upstream = adapter.build_request(target.provider, call)
-        if upstream.notes:
-            ctx.trace.append({"type": "translation", "target": target.label, "notes": list(upstream.notes)})
-        return upstream
-
-    def _settle(self, outcome: Outcome, target: Target, model: str | None, usage: Usage | None) -> None:
-        settle(outcome, self.routing.catalog, target, model, usage)
+        end = await relay_stream(self.transport, upstream, provider, adapter, translator, encoder, send, timeout_s,
+                                 started)
+        charge(outcome, self.routing.catalog, target, translator.model, translator.usage)
+        return end
 
 
-async def exchange(transport: Transport, upstream: UpstreamRequest, provider: ProviderConfig,
-                   timeout_s: float) -> tuple[int, Mapping[str, str], bytes]:
-    """Send a non-streamed upstream request and read its whole answer within ``timeout_s`` (and the provider's
-    first-byte limit, if set); answer status, headers and body. Raises ``UpstreamTimeout`` or
-    ``UpstreamError``."""
-    loop = asyncio.get_running_loop()
-    now = loop.time()
-    first_byte_s = provider.first_byte_timeout_s
-    waiting = "start answering" if first_byte_s is not None and first_byte_s < timeout_s else "answer"
-    try:
-        async with Deadline(now + min(timeout_s, first_byte_s or timeout_s)) as deadline:
-            response = await transport.send(upstream, provider)
-            if waiting == "start answering":
-                waiting = "answer"
-                deadline.move(now + timeout_s)
-            body = await response.read()
-    except TimeoutError:
-        raise UpstreamTimeout(f"Provider '{provider.name}' did not {waiting} in time.") from None
-    return response.status, response.headers, body
+def _call(ctx: Context, request: ChatRequest, target: Target) -> Call:
+    end_user = ctx.mlx.end_user if ctx.mlx is not None else None
+    return Call(request=request, fields=ctx.fields or {}, model=target.model, end_user=end_user, body=ctx.body or b"")
 
 
-def settle(outcome: Outcome, catalog: Catalog, target: Target, model: str | None, usage: Usage | None) -> None:
-    """Record in ``outcome`` the provider and model that answered and, once usage is known, its cost (also
-    written into ``usage.cost``)."""
-    outcome.provider = target.provider.name
-    outcome.model = model or target.model
-    outcome.usage = usage
-    outcome.cost_usd = None
-    if usage is None:
-        return
-    price = catalog.price(target.provider, outcome.model) or catalog.price(target.provider, target.model)
-    if price is not None:
-        outcome.cost_usd = usage.cost = cost_of(usage, price)
-
-
-def retryable(error: MuxError, retry_on: frozenset[int | str]) -> bool:
-    """Whether ``error`` may be retried or failed over under a plan's ``retry_on`` classes."""
-    if not isinstance(error, UpstreamError) or not error.retryable:
-        return False
-    status = getattr(error, "upstream_status", None)
-    if isinstance(error, UpstreamTimeout):
-        return "timeout" in retry_on
-    if error.code in ("upstream_unreachable", "upstream_connection_lost"):
-        return "connect" in retry_on
-    if status is not None:
-        return status in retry_on or (status >= 500 and "5xx" in retry_on)
-    return "5xx" in retry_on  # a malformed, empty or cut answer is the provider's fault, like a 5xx
-
-
-def _retry_after_s(error: MuxError) -> float | None:
-    for name, value in error.headers:
-        if name == "retry-after":
-            try:
-                return float(value)
-            except ValueError:
-                return None
-    return None
+def _built(ctx: Context, target: Target, upstream: UpstreamRequest) -> UpstreamRequest:
+    """Keep the adapter's translation notes in the decision trace."""
+    if upstream.notes:
+        ctx.trace.append(Note("translation", target=target.label, notes=list(upstream.notes)))
+    return upstream
 
 
 def end_id(ctx: Context) -> str:
     return ctx.outcome.stream_id or f"chatcmpl-{ctx.request_id or 'mux'}"
-
-
-def _event(ctx: Context, target: Target, status: str, started: float | None = None, *, error: MuxError | None = None,
-           retry: int = 0, reason: str | None = None, ttfb_ms: float | None = None, usage: Usage | None = None,
-           cost: float | None = None) -> None:
-    event: dict[str, Any] = {"target": target.label, "status": status}
-    if started is not None:
-        event["latency_ms"] = round((perf_counter() - started) * 1000, 3)
-    if ttfb_ms is not None:
-        event["ttfb_ms"] = ttfb_ms
-    if retry:
-        event["retry"] = retry
-    if error is not None:
-        event["error"] = error.code
-        event["http_status"] = getattr(error, "upstream_status", None) or error.status
-    if reason is not None:
-        event["reason"] = reason
-    if usage is not None:
-        event["prompt_tokens"] = usage.prompt_tokens
-        event["completion_tokens"] = usage.completion_tokens
-    if cost is not None:
-        event["cost_usd"] = cost
-    ctx.trace.append(event)
-
-
-def _note(ctx: Context, text: str) -> None:
-    ctx.trace.append({"type": "policy", "note": text})
 
 
 def _failed(outcome: Outcome, error: MuxError) -> None:
@@ -456,5 +224,3 @@ async def _disconnected(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
-
-

@@ -1,6 +1,6 @@
 """ErrorLayer: the outermost net. Anything unexpected becomes an OpenAI-shaped 500 carrying the request id.
 
-Reads ``ctx.request_id``. Writes nothing. Logs the failure with the request id and the exception's class
+Reads ``ctx.request_id`` and ``ctx.ingress`` (to answer in the request's dialect). Writes nothing. Logs the failure with the request id and the exception's class
 and traceback (never its response body, which holds neither); the client sees only a generic message.
 A failure after the response started cannot change its status: it is logged and the response is ended, a
 server-sent event stream with one error event (and no ``[DONE]``).
@@ -48,6 +48,7 @@ class ErrorLayer:
         except Exception as exc:  # noqa: BLE001 - this is the net
             ctx = scope.get("mux")
             request_id = ctx.request_id if ctx is not None else ""
+            ingress = ctx.ingress if ctx is not None else None  # the request's dialect, if it has a front door
             if isinstance(exc, MuxError):
                 error = exc
             else:
@@ -55,7 +56,10 @@ class ErrorLayer:
                                   path=scope.get("path"), exc_info=exc)
                 error = MuxError(f"The gateway failed to handle this request (request id {request_id or 'unknown'}).")
             if not response_started:
-                await send_error(send, error, request_id)
+                await send_error(send, error, request_id,
+                                 body=ingress.render_error(error) if ingress is not None else None)
             elif not response_ended:  # a stream ends with an error event, so the cut is never taken for an end
-                tail = frame(error.body()) if event_stream else b""
+                tail = b""
+                if event_stream:
+                    tail = ingress.stream().fail(error) if ingress is not None else frame(error.body())
                 await send({"type": "http.response.body", "body": tail, "more_body": False})

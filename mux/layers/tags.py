@@ -1,8 +1,9 @@
 """TagsLayer: collects the request's annotations into ``ctx.mlx``.
 
-Reads the body fields ``mlx:tags``, ``mlx:end_user``, ``mlx:cache``, ``mlx:trace``, ``user``, ``metadata``
-and ``session_id``, and the headers ``x-mux-tags: k=v,k=v``, ``x-mux-end-user`` and ``x-session-id``.
-Writes ``ctx.mlx``. Answers 400 for malformed values, naming the parameter or header.
+On any HTTP request it reads the headers ``x-mux-tags: k=v,k=v``, ``x-mux-end-user`` and ``x-session-id``; on
+a request to an LLM front door (``mux.ingress``) it also reads and validates the body fields ``mlx:tags``, ``mlx:end_user``, ``mlx:cache``, ``mlx:trace``, ``user``, ``metadata``
+and ``session_id`` (an embeddings body has only ``user``). So the layer also works on an app's own routes,
+with no chat body. Writes ``ctx.mlx``. Answers 400 for malformed values, naming the parameter or header.
 
 Precedence: body tags override header tags key by key; the end user is ``mlx:end_user``, else the
 ``x-mux-end-user`` header, else OpenAI's ``user``; the session is the body's ``session_id``, else the
@@ -12,13 +13,16 @@ fields is forwarded upstream (Dispatch drops them when it builds the upstream bo
 
 from __future__ import annotations
 
-from typing import Awaitable
+from typing import TYPE_CHECKING, Any, Awaitable
 from urllib.parse import unquote
 
-from mux.asgi import CHAT_PATHS, ASGIApp, Receive, Scope, Send, send_error
-from mux.context import Context, Mlx, with_request
+from mux.asgi import ASGIApp, Receive, Scope, Send
+from mux.context import Context, Mlx, context_of
 from mux.errors import InvalidRequest, MuxError
-from mux.wire.openai import CacheControl, ChatRequest
+from mux.ingress import deny, ingress_of, with_request
+
+if TYPE_CHECKING:
+    from mux.wire.openai import CacheControl
 
 MAX_TAGS = 32
 MAX_KEY = 64
@@ -27,21 +31,21 @@ MAX_ID = 256
 
 
 class TagsLayer:
-    reads = frozenset({"request"})
+    reads: frozenset[str] = frozenset()
     writes = frozenset({"mlx"})
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int = 10 * 1024 * 1024,
-                 paths: frozenset[str] = CHAT_PATHS) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int = 10 * 1024 * 1024) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.paths = paths
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if scope["type"] != "http" or scope["path"] not in self.paths or scope["method"] != "POST":
+        if scope["type"] != "http":
             return self.app(scope, receive, send)
+        if ingress_of(scope) is None:  # an app's own route: the headers are all there is
+            return self._annotate(context_of(scope), None, scope, receive, send)
         return with_request(scope, receive, send, self.max_body_bytes, self._annotate)
 
-    def _annotate(self, ctx: Context, request: ChatRequest, scope: Scope, receive: Receive,
+    def _annotate(self, ctx: Context, request: Any, scope: Scope, receive: Receive,
                   send: Send) -> Awaitable[None]:
         tags = end_user = session = None
         for name, value in scope["headers"]:  # one pass for the three headers this layer reads
@@ -53,19 +57,19 @@ class TagsLayer:
                 session = value
         try:
             ctx.mlx = annotations(
-                body_tags=request.mlx_tags,
-                metadata=request.metadata,
-                body_end_user=request.mlx_end_user,
-                user=request.user,
-                cache=request.mlx_cache,
-                trace=request.mlx_trace,
-                body_session=request.session_id,
+                body_tags=getattr(request, "mlx_tags", None),
+                metadata=getattr(request, "metadata", None),
+                body_end_user=getattr(request, "mlx_end_user", None),
+                user=getattr(request, "user", None),
+                cache=getattr(request, "mlx_cache", None),
+                trace=getattr(request, "mlx_trace", None),
+                body_session=getattr(request, "session_id", None),
                 header_tags=tags,
                 header_end_user=end_user,
                 header_session=session,
             )
         except MuxError as error:
-            return send_error(send, error)
+            return deny(scope, send, error)
         return self.app(scope, receive, send)
 
 

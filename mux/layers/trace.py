@@ -21,7 +21,7 @@ import msgspec
 import structlog
 
 from mux.asgi import ASGIApp, Message, Receive, Scope, Send
-from mux.context import Context, context_of
+from mux.context import Context, context_of, route_path
 from mux.routing.decision import decision_trace
 
 
@@ -62,7 +62,7 @@ class TraceLayer:
         self.new_id = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self.prefixes is not None and not scope["path"].startswith(self.prefixes)):
+        if scope["type"] != "http" or (self.prefixes is not None and not route_path(scope).startswith(self.prefixes)):
             return await self.app(scope, receive, send)
         ctx = context_of(scope)
         ctx.request_id = request_id = self.new_id()
@@ -151,7 +151,7 @@ def record(ctx: Context, scope: Scope, status: int, first_byte: float | None, er
     request = ctx.request
     if request is not None:
         fields["model"] = request.model
-        fields["stream"] = bool(request.stream)
+        fields["stream"] = bool(getattr(request, "stream", False))
     if outcome.provider is not None:
         fields["provider"] = outcome.provider
         fields["model_used"] = outcome.model

@@ -37,7 +37,7 @@ from mux.errors import InvalidRequest, ModelNotFound, NoRouteAvailable, Provider
 from mux.routing.health import Health
 from mux.catalog.prices import Price
 from mux.providers import ADAPTERS
-from mux.wire.openai import ChatRequest, ImagePart, JsonSchemaFormat, TextPart, UserMessage
+from mux.wire.openai import ChatRequest, EmbeddingsRequest, ImagePart, JsonSchemaFormat, TextPart, UserMessage
 
 DEFAULT_RETRY_ON: frozenset[int | str] = frozenset({429, "5xx", "timeout", "connect"})
 
@@ -200,8 +200,11 @@ class Router:
         self.rng = rng or random.Random()
         self._singles: dict[str, tuple[Target, ModelInfo | None]] = {}  # plain model name -> target, its info
 
-    def plan(self, request: ChatRequest, *, end_user: str | None = None, session: str | None = None) -> Plan:
+    def plan(self, request: ChatRequest | EmbeddingsRequest, *, end_user: str | None = None,
+             session: str | None = None) -> Plan:
         """Answer the plan for ``request`` (see the module docstring for precedence)."""
+        if type(request) is EmbeddingsRequest:
+            return self._embeddings(request, end_user, session)
         model = request.model
         if model and not request.models and not request.fallbacks and model[0] != "@":
             plan = self._single(model, request)
@@ -225,6 +228,19 @@ class Router:
         if not plan.targets:
             reasons = "; ".join(f"{s.target}: {s.reason}" for s in plan.skipped) or "no candidates"
             raise NoRouteAvailable(f"No target can serve this request ({reasons}).")
+        return plan
+
+    def _embeddings(self, request: EmbeddingsRequest, end_user: str | None, session: str | None) -> Plan:
+        """The plan of an embeddings request: its model, or the targets of a route (no chat capability filters;
+        breakers are applied by the attempts)."""
+        model = request.model
+        plan = Plan(targets=[], requested=model)
+        if model[0] != "@":
+            plan.targets.append(self.resolver.resolve(model))
+        else:
+            selection = Selection(end_user, session, self.health, self.rng, self.catalog)
+            plan.targets = self._expand(model, selection, plan, depth=0, top=True)
+            plan.cascade = None  # an embedding has no answer to check
         return plan
 
     def _single(self, model: str, request: ChatRequest) -> Plan | None:
