@@ -24,11 +24,12 @@ class _Server(uvicorn.Server):
 
 
 @contextmanager
-def serve(app: Any, *, lifespan: str = "on") -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 at a free port; yield its base URL (``http://127.0.0.1:PORT``)."""
+def serve(app: Any, *, lifespan: str = "on", root_path: str = "") -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 at a free port (behind ``root_path``, as ``--root-path`` does); yield its base
+    URL (``http://127.0.0.1:PORT``)."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                            lifespan=lifespan, log_level="warning", access_log=False)
+                            lifespan=lifespan, log_level="warning", access_log=False, root_path=root_path)
     server = _Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
