@@ -107,7 +107,7 @@ from ..wire import (
     UserMessage,
     encoder,
 )
-from .base import Call, Completion, UpstreamRequest, malformed, upstream_error
+from .base import Call, Completion, UpstreamRequest, drop_parameter, malformed, upstream_error
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -363,11 +363,11 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
     decisions worth knowing (dropped or clamped parameters) are appended to ``notes``."""
     request = call.request
     notes = [] if notes is None else notes
-    insist = bool(request.provider and request.provider.require_parameters)
+    insist = call.insists
     _refuse_unsupported(request)
     for name, raw in call.fields.items():
         if name not in _TRANSLATED and bytes(raw) != b"null":
-            _drop(name, "it has no Anthropic equivalent", notes, insist)
+            drop_parameter(name, "it has no Anthropic equivalent", notes, insist)
     system, turns = _turns(request.messages)
     body: dict[str, Any] = {"model": call.model}
     if system:
@@ -384,7 +384,7 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
 
     if request.temperature is not None:
         if thinking is not None:
-            _drop("temperature", "Anthropic allows no temperature with reasoning", notes, insist)
+            drop_parameter("temperature", "Anthropic allows no temperature with reasoning", notes, insist)
         elif request.temperature > 1:
             notes.append(f"clamped 'temperature' {request.temperature:g} to 1: Anthropic's range is 0-1")
             body["temperature"] = 1.0
@@ -394,7 +394,7 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
         if thinking is None or request.top_p >= 0.95:
             body["top_p"] = request.top_p
         else:
-            _drop("top_p", "Anthropic allows top_p below 0.95 only without reasoning", notes, insist)
+            drop_parameter("top_p", "Anthropic allows top_p below 0.95 only without reasoning", notes, insist)
     top_k = call.fields.get("top_k")
     if top_k is not None and bytes(top_k) != b"null":
         value = msgspec.json.decode(top_k)
@@ -403,7 +403,7 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
         if thinking is None:
             body["top_k"] = value
         else:
-            _drop("top_k", "Anthropic allows no top_k with reasoning", notes, insist)
+            drop_parameter("top_k", "Anthropic allows no top_k with reasoning", notes, insist)
     if request.stop:
         body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else list(request.stop)
 
@@ -419,13 +419,6 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
     if request.stream:
         body["stream"] = True
     return body
-
-
-def _drop(name: str, why: str, notes: list[str], insist: bool) -> None:
-    if insist:
-        raise InvalidRequest(f"'{name}' cannot be honoured by Anthropic ({why}) and the request requires every "
-                             "parameter (provider.require_parameters).", param=name, code="unsupported_parameter")
-    notes.append(f"dropped '{name}': {why}")
 
 
 def _refuse_unsupported(request: ChatRequest) -> None:
