@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar, Mapping, Protocol
 
 import msgspec
 
+from ..catalog import ModelInfo
 from ..errors import InvalidRequest, MuxError, UpstreamError, redact
 from ..sse import SSEEvent
 from ..wire import ChatRequest, EmbeddingsRequest, Usage
@@ -36,6 +37,7 @@ class Call(msgspec.Struct, gc=False):
     model: str  # the upstream model name chosen for this attempt
     end_user: str | None = None
     body: bytes = b""  # the client's body as it arrived
+    info: ModelInfo | None = None  # the router's catalog entry for the target, when the caller gives it
 
     @property
     def insists(self) -> bool:
