@@ -6,8 +6,10 @@ calls"), "Extended thinking", "Prompt caching", "Vision" and "PDF support".
 
 Request rules (OpenAI -> Anthropic):
 
-- ``system`` and ``developer`` messages, wherever they stand, become the top-level ``system`` text, joined by a
-  blank line in their order (Anthropic has no system role inside ``messages``).
+- ``system`` and ``developer`` messages, wherever they stand, become the top-level ``system`` (Anthropic has no
+  system role inside ``messages``): one text block per text part (a string content is one part), in their
+  order, each text unaltered -- nothing joined, no separator added. A lone part is sent as a plain string;
+  parts without visible text are left out (Anthropic refuses whitespace-only text blocks).
 - Consecutive turns of one role are merged into one turn (Anthropic merges them too, but a merged turn is
   where ``tool_result`` blocks must come first, so mux builds it itself). ``tool`` messages become
   ``tool_result`` blocks of a user turn, in order, before any user text that follows them. A conversation
@@ -371,7 +373,7 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
     system, turns = _turns(request.messages)
     body: dict[str, Any] = {"model": call.model}
     if system:
-        body["system"] = system
+        body["system"] = system[0]["text"] if len(system) == 1 else system
     body["messages"] = turns
 
     limit = request.max_completion_tokens or request.max_tokens
@@ -524,9 +526,9 @@ def _tools(request: ChatRequest, thinking: bool) -> tuple[list[dict[str, Any]], 
     return tools, result
 
 
-def _turns(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
-    """Answer the system text and the alternating user/assistant turns for OpenAI ``messages``."""
-    system: list[str] = []
+def _turns(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Answer the system text blocks and the alternating user/assistant turns for OpenAI ``messages``."""
+    system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
@@ -540,9 +542,8 @@ def _turns(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if isinstance(message, (SystemMessage, DeveloperMessage)):
-            text = _text_of(message.content)
-            if text:
-                system.append(text)
+            parts = [message.content] if isinstance(message.content, str) else [p.text for p in message.content]
+            system.extend({"type": "text", "text": text} for text in parts if text.strip())
         elif isinstance(message, UserMessage):
             add("user", _user_blocks(message.content, where))
         elif isinstance(message, AssistantMessage):
@@ -573,7 +574,7 @@ def _turns(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
         content = turn["content"]
         if len(content) == 1 and content[0]["type"] == "text":
             turn["content"] = content[0]["text"]
-    return "\n\n".join(system), turns
+    return system, turns
 
 
 def _text_of(content: str | list[TextPart]) -> str:
