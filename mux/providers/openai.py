@@ -145,7 +145,7 @@ def _for_reasoning_model(fields: dict[str, msgspec.Raw], call: Call, notes: list
     for name, value in (("temperature", request.temperature), ("top_p", request.top_p)):
         if value is not None and value != 1:
             drop_parameter(name, f"{call.model} takes only the default value (1)", notes, call.insists)
-            del fields[name]
+            fields.pop(name, None)
 
 
 def _stream_options_with_usage(current: msgspec.Raw | None) -> msgspec.Raw:
