@@ -81,13 +81,25 @@ def test_request_posts_to_messages_with_key_version_and_extra_headers():
                                          "max_tokens": 64000}
 
 
-def test_system_and_developer_messages_become_the_top_level_system_prompt():
+def test_system_and_developer_messages_become_system_blocks_one_per_part_in_order():
     body = build({"messages": [{"role": "system", "content": "Be brief."},
                                {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
                                {"role": "user", "content": "Hi"},
                                {"role": "system", "content": "Late rule."}]})
-    assert body["system"] == "Be brief.\n\nAnswer in French.\n\nLate rule."
+    assert body["system"] == [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Answer in French."},
+                              {"type": "text", "text": "Late rule."}]
     assert body["messages"] == [{"role": "user", "content": "Hi"}]
+
+
+def test_system_content_parts_reach_anthropic_unaltered_without_separators():
+    parts = [{"type": "text", "text": "A"}, {"type": "text", "text": "  "}, {"type": "text", "text": "B\n"}]
+    body = build({"messages": [{"role": "system", "content": parts}, *HELLO]})
+    assert body["system"] == [{"type": "text", "text": "A"}, {"type": "text", "text": "B\n"}]
+
+
+def test_a_lone_system_part_is_sent_as_a_plain_string():
+    assert build({"messages": [{"role": "developer", "content": [{"type": "text", "text": " Be brief. "}]},
+                               *HELLO]})["system"] == " Be brief. "
 
 
 def test_consecutive_turns_of_one_role_are_merged_and_roles_alternate():
@@ -756,6 +768,25 @@ def test_e2e_plain_completion(sdk, fake):
     assert sent.headers["x-api-key"] == KEY and sent.headers["anthropic-version"] == "2023-06-01"
     assert "authorization" not in sent.headers and CLIENT_KEY not in json.dumps(sent.headers)
     assert sent.body == {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 64000}
+
+
+def test_e2e_system_content_parts_reach_anthropic_as_one_text_block_each(sdk, fake):
+    sdk.chat.completions.create(model=MODEL, messages=[
+        {"role": "system", "content": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]},
+        {"role": "developer", "content": "C"}, *HELLO])
+
+    assert fake.last.body["system"] == [{"type": "text", "text": "A"}, {"type": "text", "text": "B"},
+                                        {"type": "text", "text": "C"}]
+
+
+def test_fake_refuses_system_blocks_that_are_not_text_blocks(fake):
+    for system, wording in (([{"type": "text", "text": "A"}, "B"], "system.1: Input should be a valid dictionary"),
+                            ([{"type": "image", "source": {}}], "does not match any of the expected tags: 'text'"),
+                            ([{"type": "text", "text": " "}], "text content blocks must contain non-whitespace"),
+                            ({"text": "A"}, "system: Input should be a valid string or list")):
+        response = _post(fake, _ok(system=system))
+        assert response.status_code == 400 and wording in response.json()["error"]["message"]
+    assert _post(fake, _ok(system=[{"type": "text", "text": "A", "cache_control": {"type": "ephemeral"}}])).is_success
 
 
 def test_e2e_bare_claude_model_name_routes_to_anthropic(sdk, fake):

@@ -724,6 +724,14 @@ def test_e2e_system_prompt_and_multi_turn(client, fake):
                      {"role": "user", "parts": [{"text": "Bye"}]}]}
 
 
+def test_e2e_system_content_parts_reach_gemini_as_one_part_each(client, fake):
+    client.chat.completions.create(model=MODEL, messages=[
+        {"role": "system", "content": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]},
+        {"role": "developer", "content": "C\n"}, user("Hi")])
+
+    assert fake.last.body["systemInstruction"] == {"parts": [{"text": "A"}, {"text": "B"}, {"text": "C\n"}]}
+
+
 def test_e2e_tools_parallel_calls_and_the_tool_result_round_trip(client, fake):
     fake.script(Reply(text="", calls=[("get_weather", {"city": "Paris", "unit": "c"}), ("get_time", {})],
                       signature="c2lnLTE="))
@@ -919,6 +927,11 @@ def test_fake_refuses_what_gemini_refuses(fake):
             ({"contents": []}, "contents is not specified"),
             ({"contents": [{"role": "assistant", "parts": [{"text": "x"}]}]}, "valid role: user, model"),
             ({"contents": [{"role": "user", "parts": [{"text": ""}]}]}, "required oneof field 'data'"),
+            ({**ok, "systemInstruction": {"parts": [{"text": "A"}, {"inlineData": {"mimeType": "image/png",
+                                                                                  "data": "AAAA"}}]}},
+             "system_instruction.parts[1]: only text parts"),
+            ({**ok, "systemInstruction": {"parts": [{"text": "A"}, {"text": ""}]}},
+             "system_instruction.parts[1].data: required oneof field 'data'"),
             ({"contents": [{"role": "user", "parts": [{"functionResponse": {"name": "f", "response": "x"}}]}]},
              "google.protobuf.Struct"),
         ]:

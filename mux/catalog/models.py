@@ -1,7 +1,8 @@
 """The model catalog: what each model can do, its limits and its price, overridable in the config.
 
 Built-in entries are keyed ``<provider type>/<model>`` and hold the providers' documented figures (context
-window and maximum output in tokens; tools, vision, json_schema and reasoning support). Prices come from
+window and maximum output in tokens; tools, vision, json_schema and reasoning support; ``reasoning_model`` for the
+models that take OpenAI's reasoning-model parameters). Prices come from
 ``mux.pricing.PRICES``. A config's ``catalog:`` entries, keyed ``<provider name>/<model>`` (or by type), add
 models or override any field; unknown fields are refused. Dated snapshots (``gpt-4o-2024-08-06``) fall back
 to their base name. An unknown model has no entry: it is neither priced nor filtered out.
@@ -31,6 +32,10 @@ class ModelInfo(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     vision: bool | None = None
     json_schema: bool | None = None
     reasoning: bool | None = None
+    # An OpenAI-style reasoning model (o-series, gpt-5): its API refuses ``max_tokens`` (it takes
+    # ``max_completion_tokens``) and any temperature or top_p but the default 1. The OpenAI-dialect adapters
+    # translate for it; ``reasoning`` alone (a model that can reason) changes no parameter.
+    reasoning_model: bool | None = None
     input: NonNegative | None = None
     output: NonNegative | None = None
     cached_input: NonNegative | None = None
@@ -44,9 +49,13 @@ class ModelInfo(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 def _info(context: int, output: int, *, tools: bool = True, vision: bool = True, json_schema: bool = True,
-          reasoning: bool = False) -> ModelInfo:
+          reasoning: bool = False, reasoning_model: bool | None = None) -> ModelInfo:
     return ModelInfo(context_window=context, max_output=output, tools=tools, vision=vision,
-                     json_schema=json_schema, reasoning=reasoning)
+                     json_schema=json_schema, reasoning=reasoning, reasoning_model=reasoning_model)
+
+
+def _openai_reasoning(context: int, output: int, *, vision: bool = True) -> ModelInfo:
+    return _info(context, output, vision=vision, reasoning=True, reasoning_model=True)
 
 
 # The providers' model pages: OpenAI "Models", Anthropic "Models overview", Google "Gemini models".
@@ -57,13 +66,13 @@ CAPABILITIES: dict[str, ModelInfo] = {
     "openai/gpt-4.1": _info(1_047_576, 32_768),
     "openai/gpt-4.1-mini": _info(1_047_576, 32_768),
     "openai/gpt-4.1-nano": _info(1_047_576, 32_768),
-    "openai/gpt-5": _info(400_000, 128_000, reasoning=True),
-    "openai/gpt-5-mini": _info(400_000, 128_000, reasoning=True),
-    "openai/gpt-5-nano": _info(400_000, 128_000, reasoning=True),
-    "openai/o1": _info(200_000, 100_000, reasoning=True),
-    "openai/o3": _info(200_000, 100_000, reasoning=True),
-    "openai/o3-mini": _info(200_000, 100_000, vision=False, reasoning=True),
-    "openai/o4-mini": _info(200_000, 100_000, reasoning=True),
+    "openai/gpt-5": _openai_reasoning(400_000, 128_000),
+    "openai/gpt-5-mini": _openai_reasoning(400_000, 128_000),
+    "openai/gpt-5-nano": _openai_reasoning(400_000, 128_000),
+    "openai/o1": _openai_reasoning(200_000, 100_000),
+    "openai/o3": _openai_reasoning(200_000, 100_000),
+    "openai/o3-mini": _openai_reasoning(200_000, 100_000, vision=False),
+    "openai/o4-mini": _openai_reasoning(200_000, 100_000),
     "anthropic/claude-opus-4-5": _info(200_000, 64_000, reasoning=True),
     "anthropic/claude-opus-4-1": _info(200_000, 32_000, reasoning=True),
     "anthropic/claude-opus-4": _info(200_000, 32_000, reasoning=True),
@@ -130,3 +139,7 @@ class Catalog:
             return override
         changed = {f: getattr(override, f) for f in override.__struct_fields__ if getattr(override, f) is not None}
         return structs.replace(builtin, **changed)
+
+
+BUILTIN = Catalog()
+"""The built-in entries alone, for code that has no router's catalog at hand."""

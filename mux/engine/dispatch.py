@@ -19,6 +19,7 @@ from time import perf_counter, time
 from typing import Any, Awaitable
 
 from mux.asgi import Receive, Scope, Send, send_json
+from mux.catalog import Catalog
 from mux.config.schema import CascadeConfig
 from mux.context import Context, Note, Outcome
 from mux.engine.attempts import StreamEnd, run_attempts
@@ -97,7 +98,7 @@ class Dispatch:
     async def _chat_once(self, ctx: Context, request: ChatRequest, target: Target, timeout_s: float) -> Completion:
         provider = target.provider
         adapter = self.adapters[provider.type]
-        call = _call(ctx, request, target)
+        call = _call(ctx, request, target, self.routing.catalog)
         upstream = _built(ctx, target, adapter.build_request(provider, call))
         status, headers, body = await exchange(self.transport, upstream, provider, timeout_s)
         if status >= 400:
@@ -182,7 +183,7 @@ class Dispatch:
                            timeout_s: float) -> StreamEnd:
         provider = target.provider
         adapter = self.adapters[provider.type]
-        call = _call(ctx, request, target)
+        call = _call(ctx, request, target, self.routing.catalog)
         upstream = _built(ctx, target, adapter.build_request(provider, call))
         translator = adapter.stream_translator(provider, call)
         outcome = ctx.outcome
@@ -197,9 +198,10 @@ class Dispatch:
         return end
 
 
-def _call(ctx: Context, request: ChatRequest, target: Target) -> Call:
+def _call(ctx: Context, request: ChatRequest, target: Target, catalog: Catalog) -> Call:
     end_user = ctx.mlx.end_user if ctx.mlx is not None else None
-    return Call(request=request, fields=ctx.fields or {}, model=target.model, end_user=end_user, body=ctx.body or b"")
+    return Call(request=request, fields=ctx.fields or {}, model=target.model, end_user=end_user, body=ctx.body or b"",
+                info=catalog.info(target.provider, target.model))
 
 
 def _built(ctx: Context, target: Target, upstream: UpstreamRequest) -> UpstreamRequest:

@@ -6,8 +6,10 @@ calls"), "Extended thinking", "Prompt caching", "Vision" and "PDF support".
 
 Request rules (OpenAI -> Anthropic):
 
-- ``system`` and ``developer`` messages, wherever they stand, become the top-level ``system`` text, joined by a
-  blank line in their order (Anthropic has no system role inside ``messages``).
+- ``system`` and ``developer`` messages, wherever they stand, become the top-level ``system`` (Anthropic has no
+  system role inside ``messages``): one text block per text part (a string content is one part), in their
+  order, each text unaltered -- nothing joined, no separator added. A lone part is sent as a plain string;
+  parts without visible text are left out (Anthropic refuses whitespace-only text blocks).
 - Consecutive turns of one role are merged into one turn (Anthropic merges them too, but a merged turn is
   where ``tool_result`` blocks must come first, so mux builds it itself). ``tool`` messages become
   ``tool_result`` blocks of a user turn, in order, before any user text that follows them. A conversation
@@ -107,7 +109,7 @@ from mux.wire.openai import (
     UserMessage,
     encoder,
 )
-from mux.providers.base import Call, Completion, UpstreamRequest, malformed, upstream_error
+from mux.providers.base import Call, Completion, UpstreamRequest, drop_parameter, malformed, upstream_error
 
 if TYPE_CHECKING:
     from mux.config.schema import ProviderConfig
@@ -363,15 +365,15 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
     decisions worth knowing (dropped or clamped parameters) are appended to ``notes``."""
     request = call.request
     notes = [] if notes is None else notes
-    insist = bool(request.provider and request.provider.require_parameters)
+    insist = call.insists
     _refuse_unsupported(request)
     for name, raw in call.fields.items():
         if name not in _TRANSLATED and bytes(raw) != b"null":
-            _drop(name, "it has no Anthropic equivalent", notes, insist)
+            drop_parameter(name, "it has no Anthropic equivalent", notes, insist)
     system, turns = _turns(request.messages)
     body: dict[str, Any] = {"model": call.model}
     if system:
-        body["system"] = system
+        body["system"] = system[0]["text"] if len(system) == 1 else system
     body["messages"] = turns
 
     limit = request.max_completion_tokens or request.max_tokens
@@ -384,7 +386,7 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
 
     if request.temperature is not None:
         if thinking is not None:
-            _drop("temperature", "Anthropic allows no temperature with reasoning", notes, insist)
+            drop_parameter("temperature", "Anthropic allows no temperature with reasoning", notes, insist)
         elif request.temperature > 1:
             notes.append(f"clamped 'temperature' {request.temperature:g} to 1: Anthropic's range is 0-1")
             body["temperature"] = 1.0
@@ -394,7 +396,7 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
         if thinking is None or request.top_p >= 0.95:
             body["top_p"] = request.top_p
         else:
-            _drop("top_p", "Anthropic allows top_p below 0.95 only without reasoning", notes, insist)
+            drop_parameter("top_p", "Anthropic allows top_p below 0.95 only without reasoning", notes, insist)
     top_k = call.fields.get("top_k")
     if top_k is not None and bytes(top_k) != b"null":
         value = msgspec.json.decode(top_k)
@@ -403,7 +405,7 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
         if thinking is None:
             body["top_k"] = value
         else:
-            _drop("top_k", "Anthropic allows no top_k with reasoning", notes, insist)
+            drop_parameter("top_k", "Anthropic allows no top_k with reasoning", notes, insist)
     if request.stop:
         body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else list(request.stop)
 
@@ -419,13 +421,6 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
     if request.stream:
         body["stream"] = True
     return body
-
-
-def _drop(name: str, why: str, notes: list[str], insist: bool) -> None:
-    if insist:
-        raise InvalidRequest(f"'{name}' cannot be honoured by Anthropic ({why}) and the request requires every "
-                             "parameter (provider.require_parameters).", param=name, code="unsupported_parameter")
-    notes.append(f"dropped '{name}': {why}")
 
 
 def _refuse_unsupported(request: ChatRequest) -> None:
@@ -531,9 +526,9 @@ def _tools(request: ChatRequest, thinking: bool) -> tuple[list[dict[str, Any]], 
     return tools, result
 
 
-def _turns(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
-    """Answer the system text and the alternating user/assistant turns for OpenAI ``messages``."""
-    system: list[str] = []
+def _turns(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Answer the system text blocks and the alternating user/assistant turns for OpenAI ``messages``."""
+    system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
@@ -547,9 +542,8 @@ def _turns(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if isinstance(message, (SystemMessage, DeveloperMessage)):
-            text = _text_of(message.content)
-            if text:
-                system.append(text)
+            parts = [message.content] if isinstance(message.content, str) else [p.text for p in message.content]
+            system.extend({"type": "text", "text": text} for text in parts if text.strip())
         elif isinstance(message, UserMessage):
             add("user", _user_blocks(message.content, where))
         elif isinstance(message, AssistantMessage):
@@ -580,7 +574,7 @@ def _turns(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]:
         content = turn["content"]
         if len(content) == 1 and content[0]["type"] == "text":
             turn["content"] = content[0]["text"]
-    return "\n\n".join(system), turns
+    return system, turns
 
 
 def _text_of(content: str | list[TextPart]) -> str:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, ClassVar, Mapping, Protocol
 
 import msgspec
 
-from mux.errors import MuxError, UpstreamError, redact
+from mux.catalog.models import ModelInfo
+from mux.errors import InvalidRequest, MuxError, UpstreamError, redact
 from mux.sse import SSEEvent
 from mux.wire.openai import ChatRequest, EmbeddingsRequest, Usage
 
@@ -36,6 +37,13 @@ class Call(msgspec.Struct, gc=False):
     model: str  # the upstream model name chosen for this attempt
     end_user: str | None = None
     body: bytes = b""  # the client's body as it arrived
+    info: ModelInfo | None = None  # the router's catalog entry for the target, when the caller gives it
+
+    @property
+    def insists(self) -> bool:
+        """Whether the request sets ``provider.require_parameters``: a parameter mux would drop is refused."""
+        preferences = self.request.provider
+        return bool(preferences and preferences.require_parameters)
 
     @property
     def stream(self) -> bool:
@@ -143,6 +151,16 @@ _STATUS_MAP: dict[int, tuple[int, str]] = {
 
 _CLIENT_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 409: "invalid_request_error",
                  413: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def drop_parameter(name: str, why: str, notes: list[str], insist: bool) -> None:
+    """Record that the adapter leaves parameter ``name`` out (a translation note, "dropped 'name': why"), or,
+    when the request ``insist``s on every parameter (``provider.require_parameters``), refuse it with a 400 naming
+    it. The caller removes the parameter itself."""
+    if insist:
+        raise InvalidRequest(f"'{name}' would be dropped ({why}), and the request requires every parameter "
+                             "(provider.require_parameters).", param=name, code="unsupported_parameter")
+    notes.append(f"dropped '{name}': {why}")
 
 
 def malformed(provider: ProviderConfig, what: str) -> UpstreamError:

@@ -27,7 +27,7 @@ from msgspec import Struct
 
 from mux.errors import InvalidRequest
 from mux.wire.openai import encoder
-from mux.providers.base import Call
+from mux.providers.base import Call, drop_parameter
 from mux.providers.openai import OpenAIAdapter
 
 if TYPE_CHECKING:
@@ -111,17 +111,12 @@ class CompatibleAdapter(OpenAIAdapter):
     def upstream_fields(self, call: Call, notes: list[str]) -> dict[str, msgspec.Raw]:
         preset = self.preset
         request = call.request
-        insist = bool(request.provider and request.provider.require_parameters)
         fields = super().upstream_fields(call, notes) if preset.stream_usage_option else self.client_fields(call)
         if preset.single_choice and (request.n or 1) > 1:
             raise InvalidRequest(f"'{preset.type_name}' answers one choice per request; 'n' must be 1.", param="n")
         for name in sorted(preset.unsupported & fields.keys()):
-            if insist:
-                raise InvalidRequest(
-                    f"'{preset.type_name}' does not accept '{name}', and the request requires every parameter "
-                    "(provider.require_parameters).", param=name, code="unsupported_parameter")
+            drop_parameter(name, f"not accepted by {preset.type_name}", notes, call.insists)
             del fields[name]
-            notes.append(f"dropped '{name}': not accepted by {preset.type_name}")
         for ours, theirs in preset.renamed:
             if ours in fields:
                 fields[theirs] = fields.pop(ours)

@@ -6,7 +6,8 @@ with the key in the ``x-goog-api-key`` header (never in the URL, where it would 
 overrides only ``url_for_call`` and ``auth_headers``.
 
 Request: OpenAI messages become ``contents`` of ``user``/``model`` turns (consecutive turns of one role merged),
-system and developer messages the ``systemInstruction``; tools become ``functionDeclarations`` whose JSON Schema
+system and developer messages the ``systemInstruction`` (one text part per client text part, in order, each
+unaltered); tools become ``functionDeclarations`` whose JSON Schema
 is converted to the OpenAPI subset Gemini's ``Schema`` accepts (``convert_schema``; what it had to drop goes to
 the decision trace as the upstream request's notes); parameters go to ``generationConfig``.
 Response and stream: ``candidates`` become ``choices``; ``thought`` parts become ``reasoning``; function calls

@@ -5,6 +5,14 @@ parameters mux does not know reach OpenAI untouched. Responses and stream chunks
 bytes OpenAI sent; mux only peeks at ``model``, ``usage`` and in-band ``error`` objects. Streams always ask
 OpenAI for the final usage chunk (so every request is accounted) and drop it again when the client did not.
 Wire format: the OpenAI API reference, "Create chat completion" and "The chat completion chunk object".
+
+Reasoning models (the catalog's ``reasoning_model``: o-series, gpt-5) refuse ``max_tokens`` ("not compatible
+with o1 series models", the reference says; the API answers 400 ``unsupported_parameter`` "Use
+'max_completion_tokens' instead.") and any ``temperature`` or ``top_p`` but the default 1 (400
+``unsupported_value`` "Only the default (1) value is supported."). For them ``max_tokens`` is sent as
+``max_completion_tokens`` (or left out when the client set that too), and another temperature or top_p is dropped
+with a translation note, or refused under ``provider.require_parameters``. A model the catalog does not know is
+forwarded as asked.
 """
 
 from __future__ import annotations
@@ -13,10 +21,11 @@ from typing import TYPE_CHECKING, ClassVar, Mapping
 
 import msgspec
 
+from mux.catalog.models import BUILTIN
 from mux.errors import MuxError, UpstreamError, redact
 from mux.sse import SSEEvent
 from mux.wire.openai import GATEWAY_KEYS, Usage, embeddings_peek_decoder, encoder, forwardable_fields, peek_decoder
-from mux.providers.base import Call, Completion, EmbeddingCall, UpstreamRequest, malformed, upstream_error
+from mux.providers.base import Call, Completion, EmbeddingCall, UpstreamRequest, drop_parameter, malformed, upstream_error
 
 if TYPE_CHECKING:
     from mux.config.schema import ProviderConfig
@@ -35,13 +44,25 @@ class OpenAIAdapter:
     )
 
     def build_request(self, provider: ProviderConfig, call: Call) -> UpstreamRequest:
-        """Answer the upstream request: the client's body minus gateway keys, ``model`` replaced."""
+        """Answer the upstream request: the client's body minus gateway keys, ``model`` replaced, and the
+        parameters of a reasoning model translated."""
         notes: list[str] = []
-        body = self.unchanged_body(call)
+        reasoning = self.reasoning_model(provider, call)
+        body = None if reasoning else self.unchanged_body(call)
         if body is None:
-            body = encoder.encode(self.upstream_fields(call, notes))
+            fields = self.upstream_fields(call, notes)
+            if reasoning:
+                _for_reasoning_model(fields, call, notes)
+            body = encoder.encode(fields)
         return UpstreamRequest("POST", self.url(provider, call.model, "/chat/completions"), self.headers(provider),
                                body, notes)
+
+    @staticmethod
+    def reasoning_model(provider: ProviderConfig, call: Call) -> bool:
+        """Whether the catalog marks the attempt's model a reasoning model (the router's entry if the call
+        carries it, else the built-in one); an unknown model is not."""
+        info = call.info if call.info is not None else BUILTIN.info(provider, call.model)
+        return bool(info is not None and info.reasoning_model)
 
     def unchanged_body(self, call: Call) -> bytes | None:
         """The client's body itself, when forwarding needs no change: no gateway keys, the same model name, and
@@ -108,6 +129,23 @@ class OpenAIAdapter:
 
     def stream_translator(self, provider: ProviderConfig, call: Call) -> "OpenAIStream":
         return OpenAIStream(provider)
+
+
+def _for_reasoning_model(fields: dict[str, msgspec.Raw], call: Call, notes: list[str]) -> None:
+    """Rewrite ``fields`` for a reasoning model: ``max_tokens`` becomes ``max_completion_tokens`` (dropped when
+    that is set too); a temperature or top_p other than 1 is dropped, or refused if the request insists."""
+    request = call.request
+    if "max_tokens" in fields:
+        raw = fields.pop("max_tokens")
+        if request.max_completion_tokens is None and request.max_tokens is not None:
+            fields["max_completion_tokens"] = raw
+            notes.append(f"renamed 'max_tokens' to 'max_completion_tokens': {call.model} is a reasoning model")
+        elif request.max_tokens is not None:
+            notes.append(f"dropped 'max_tokens': 'max_completion_tokens' is set and {call.model} takes only that")
+    for name, value in (("temperature", request.temperature), ("top_p", request.top_p)):
+        if value is not None and value != 1:
+            drop_parameter(name, f"{call.model} takes only the default value (1)", notes, call.insists)
+            fields.pop(name, None)
 
 
 def _stream_options_with_usage(current: msgspec.Raw | None) -> msgspec.Raw:

@@ -14,6 +14,7 @@ As strict as the real API where mux could go wrong (each rule from the sources b
 - ``model``, ``max_tokens``, ``messages`` required ("<field>: Field required"); unknown top-level fields
   refused ("<field>: Extra inputs are not permitted"); unknown models answer 404 ``not_found_error``
   "model: <name>"; ``max_tokens`` above the model's output maximum is refused with the API's wording.
+- ``system`` a string or a list of text blocks (non-empty, no other block type or key);
 - ``temperature`` and ``top_p`` in 0..1; ``metadata`` only ``user_id``; ``thinking.budget_tokens`` >= 1024
   and < ``max_tokens``; with thinking, ``temperature`` only 1, no ``top_k``, ``top_p`` >= 0.95 and no forced
   ``tool_choice``.
@@ -305,6 +306,11 @@ class FakeAnthropic:
             user_id = metadata.get("user_id")
             if user_id is not None and (not isinstance(user_id, str) or len(user_id) > 256):
                 raise Invalid("metadata.user_id: String should have at most 256 characters")
+        # ``system`` is "string or array of TextBlockParam" -- a list of {"type": "text", "text", cache_control?,
+        # citations?} -- per the "Create a Message" reference, as typed by the installed SDK
+        # (``MessageCreateParamsBase.system: Union[str, Iterable[TextBlockParam]]``; search tool, docs corpus:
+        # stored copies of the reference such as langdb_clust's ``SystemPrompt`` "either a simple string or an
+        # array of content blocks with cache control"). Each block is checked like a message's text block.
         system = body.get("system")
         if system is not None and not isinstance(system, str):
             if not isinstance(system, list):

@@ -21,7 +21,7 @@ As strict as the real API where mux could get things wrong:
   need ``items``; ``required`` names must be declared properties.
 - ``contents`` is required and non-empty, roles are ``user``/``model``, every part has exactly one data field
   (an empty text is no field), ``functionCall.args``/``functionResponse.response`` are objects,
-  ``inlineData.data`` is base64, function names follow Google's pattern, ``allowedFunctionNames`` only with
+  ``inlineData.data`` is base64, ``systemInstruction`` parts are text only, function names follow Google's pattern, ``allowedFunctionNames`` only with
   mode ANY, thinkingBudget and thinkingLevel not both.
 - ``:streamGenerateContent`` answers SSE only with ``alt=sse``; each event is ``data: {json}\\r\\n\\r\\n`` (CRLF
   framing: Routstr/routstr-core's Gemini test, nyro#265), every chunk a whole GenerateContentResponse with
@@ -302,7 +302,15 @@ def semantic_errors(body: dict[str, Any]) -> list[str]:
         errors.extend(_parts_errors(content.get("parts") or [], f"contents[{i}]"))
     system = body.get("systemInstruction")
     if system is not None:
-        errors.extend(_parts_errors(_norm(system).get("parts") or [], "system_instruction"))
+        parts = _norm(system).get("parts") or []
+        errors.extend(_parts_errors(parts, "system_instruction"))
+        # "Developer set system instruction(s). Currently, text only." (the v1beta GenerateContentRequest /
+        # CachedContent reference, as in google_cloud_ai_generativelanguage_v1beta's docs; Vertex's Node SDK:
+        # "only text should be used in parts of Content"; search tool, docs corpus). The wording is a paraphrase.
+        for j, part in enumerate(parts):
+            if isinstance(part, dict) and any(_norm(part).get(f) is not None for f in _DATA_FIELDS[1:]):
+                errors.append(f"* GenerateContentRequest.system_instruction.parts[{j}]: only text parts are "
+                              "supported in a system instruction.")
     for t, tool in enumerate(body.get("tools") or ()):
         for d, decl in enumerate(_norm(tool).get("functionDeclarations") or ()):
             decl = _norm(decl)

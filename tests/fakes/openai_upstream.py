@@ -53,6 +53,8 @@ installed ``openai`` SDK's ``types/chat`` models):
   (verbatim in aryn-ai/sycamore#943, openai/openai-python#576); ``dimensions`` on ada-002 with "This model does
   not support specifying dimensions." (SciPhi-AI/R2R#768, sbintuitions/JMTEB#14). base64 vectors are the
   little-endian float32 bytes the SDK decodes (``openai/lib/_parsing/_embeddings.py``: ``array("f", ...)``).
+- Reasoning models (``REASONING_MODELS``: the o-series and gpt-5 family) refuse ``max_tokens`` and any
+  ``temperature``/``top_p`` but the default 1, with the bodies quoted at ``_reasoning_model_problem``.
 Messages of validation errors follow OpenAI's wording where known; elsewhere they are close paraphrases.
 """
 
@@ -108,7 +110,13 @@ DEFAULT_MODELS = {
     "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
     "gpt-4o": "gpt-4o-2024-08-06",
     "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
+    "o3-mini": "o3-mini-2025-01-31",
+    "o4-mini": "o4-mini-2025-04-16",
+    "gpt-5-mini": "gpt-5-mini-2025-08-07",
 }
+# Models whose API takes ``max_completion_tokens`` and only the default sampling (see _reasoning_model_problem).
+REASONING_MODELS = frozenset({"o1", "o1-mini", "o3", "o3-mini", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano"})
+_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 _FINGERPRINT = "fp_f0a1b2c3d4"
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -582,6 +590,32 @@ def validate(body: Any, models: dict[str, str]) -> tuple[int, dict] | None:
     if model not in models:
         return 404, error_object(f"The model `{model}` does not exist or you do not have access to it.",
                                  code="model_not_found")
+    if _SNAPSHOT.sub("", model) in REASONING_MODELS:
+        return _reasoning_model_problem(body)
+    return None
+
+
+def _reasoning_model_problem(body: dict) -> tuple[int, dict] | None:
+    """What a reasoning model refuses, as the API words it (looked up with the search tool, issues corpus):
+    - ``max_tokens``: the full error object, verbatim in griptape-ai/ComfyUI-Griptape#312 (gpt-5) and
+      ITSpecialist111/ai_automation_suggester#38; the same message for o1 and o3-mini in teilomillet/gollm#33.
+      The API reference calls ``max_tokens`` "deprecated in favor of max_completion_tokens, and is not
+      compatible with o1 series models" (quoted in simonw/llm#724).
+    - ``temperature`` other than 1: the full error object, verbatim in gabrii/Cursor-Azure-GPT-5#33 (value 0);
+      "does not support 0.2" in holoviz/lumen#1087 and "0.0" for o1-mini in OpenHands/OpenHands#4131: the value
+      is echoed as the client sent it.
+    - ``top_p`` other than 1: the same message for 'top_p' ("does not support 0.9 with this model. Only the
+      default (1) value is supported.", quoted in public client test suites found by exact string;
+      huang-sh/GPTBioInsightor#4 reports o4-mini refusing it)."""
+    if body.get("max_tokens") is not None:
+        return 400, error_object("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                                 "'max_completion_tokens' instead.", param="max_tokens", code="unsupported_parameter")
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and value != 1:
+            return 400, error_object(f"Unsupported value: '{name}' does not support {json.dumps(value)} with this "
+                                     "model. Only the default (1) value is supported.", param=name,
+                                     code="unsupported_value")
     return None
 
 
