@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Annotated, Sequence
+from typing import Annotated, Literal, Sequence
 
 from msgspec import Meta, Struct
 from msgspec.structs import replace
@@ -68,7 +68,7 @@ def check_specs(specs: Sequence[KeySpec], where: str = "keys") -> None:
 
 
 def record_from_spec(spec: KeySpec, *, secret: str | bytes | None, now: float,
-                     source: str = "api") -> tuple[KeyRecord, str | None]:
+                     source: Literal["config", "api"] = "api") -> tuple[KeyRecord, str | None]:
     """Answer the record for ``spec`` and the raw key if one was made here (neither ``key`` nor
     ``key_sha256`` given), to be shown once to whoever asked for it."""
     made = None
@@ -81,7 +81,7 @@ def record_from_spec(spec: KeySpec, *, secret: str | bytes | None, now: float,
         name=spec.name, key_hash=key_hash, created_at=now, team=spec.team, metadata=dict(spec.metadata),
         models=list(spec.models), expires_at=epoch(spec.expires_at), disabled=spec.disabled,
         budget_usd=spec.budget_usd, budget_period=spec.budget_period, rpm=spec.rpm, tpm=spec.tpm,
-        hint=hint, source=source,  # type: ignore[arg-type]
+        hint=hint, source=source,
     )
     return record, made
 
