@@ -4,7 +4,6 @@ shared between names, and the start-up load of the config's keys."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import msgspec
 import pytest

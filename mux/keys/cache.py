@@ -14,7 +14,7 @@ is honoured by every worker and replica
   ``KeyStoreUnavailable`` (answer 503: keys fail closed).
 
 A cache's own process sees its own writes at once if it calls ``clear()`` after them (the admin API does).
-A request that waits for a revision read is served by the state read, so the bound does not grow with it.
+The bound counts from the start of the last revision read, so a slow read delays requests, not revocations.
 Cost on the request path: one HMAC-SHA256 (or SHA-256) of the key and a dict lookup; one store read per
 distinct key per ``ttl_s``, plus one revision read per ``check_every_s`` per process.
 """

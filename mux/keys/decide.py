@@ -88,7 +88,7 @@ def allows_model(record: KeyRecord, requested: str, resolves_to: Iterable[str] =
         return True
     if requested.startswith("@"):
         return False
-    provider, slash, model = requested.partition("/")
+    _, slash, model = requested.partition("/")
     if slash:
         return model in allowed
     targets = list(resolves_to)

@@ -124,8 +124,8 @@ async def _write(db: aiosqlite.Connection, change: Callable[[], Awaitable[bool]]
         revision = 0
         if changed:
             await db.execute("UPDATE mux_keys_meta SET revision = revision + 1 WHERE id = 1")
-            async with db.execute("SELECT revision FROM mux_keys_meta WHERE id = 1") as cursor:
-                revision = (await cursor.fetchone())[0]
+            rows = await db.execute_fetchall("SELECT revision FROM mux_keys_meta WHERE id = 1")
+            revision = next(iter(rows))[0]
         await db.execute("COMMIT")
         return revision
     except BaseException:
