@@ -3,7 +3,7 @@ analytics and budgets' spend.
 
 ``LedgerRow`` (row.py) is the record; ``LedgerStore`` (store.py) the store contract, answered by
 ``SQLiteLedgerStore`` (sqlite.py) and ``PostgresLedgerStore`` (postgres.py), which share their queries
-(sql.py); ``store_from_url`` picks the
+(sql.py); ``LedgerWriter`` (writer.py) queues rows and writes them in batches. ``store_from_url`` picks the
 store of a ``ledger.store`` URL. The database drivers are imported only by the store that needs them.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from .row import NANO_PER_USD, LedgerRow, nano_usd
 from .store import LedgerStore
+from .writer import LedgerWriter, WriterStats
 
-__all__ = ["NANO_PER_USD", "LedgerRow", "LedgerStore", "nano_usd", "store_from_url"]
+__all__ = ["NANO_PER_USD", "LedgerRow", "LedgerStore", "LedgerWriter", "WriterStats", "nano_usd", "store_from_url"]
 
 
 def store_from_url(url: str, *, schema: str = "public") -> LedgerStore:
