@@ -88,3 +88,41 @@ def test_standalone_app_answers_health_and_models_over_a_socket():
         listed = msgspec.json.decode(httpx.get(f"{url}/api/v1/models").content)
         assert listed == {"object": "list", "data": [
             {"id": "openai/gpt-4o-mini", "object": "model", "created": 0, "owned_by": "openai"}]}
+
+
+def test_check_stack_checks_reads_after_against_the_whole_stack():
+    class LogsTheKey:
+        reads: frozenset[str] = frozenset()
+        reads_after = frozenset({"key"})
+        writes: frozenset[str] = frozenset()
+
+    with pytest.raises(StackError, match=r"LogsTheKey reads \['key'\] after answering"):
+        check_stack(stack(CONFIG) + [(LogsTheKey, {})])
+
+    class WritesTheKey:
+        reads: frozenset[str] = frozenset()
+        writes = frozenset({"key"})
+
+    check_stack([(LogsTheKey, {}), *stack(CONFIG), (WritesTheKey, {})])  # written inside it: fine after answering
+
+
+def test_every_working_order_of_the_default_layers_passes_the_check():
+    import itertools
+
+    layers = stack(CONFIG)
+    for order in itertools.permutations(layers):
+        check_stack(list(order))  # no default layer needs another's field before calling inward
+
+
+def test_importing_one_layer_imports_a_small_part_of_mux():
+    import subprocess
+    import sys
+
+    probe = ("import sys, mux.layers.tags; "
+             "print(len([m for m in sys.modules if m == 'mux' or m.startswith('mux.')]))")
+    alone = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+    probe_all = ("import sys, mux, mux.gateway; "
+                 "print(len([m for m in sys.modules if m == 'mux' or m.startswith('mux.')]))")
+    everything = int(subprocess.run([sys.executable, "-c", probe_all], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert alone * 4 <= everything, (alone, everything)

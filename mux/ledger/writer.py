@@ -1,0 +1,187 @@
+"""The ledger writer: rows are queued on the request path and written in batches by one background task.
+
+``submit(row)`` is synchronous and never waits: it appends to an in-memory queue and, when the queue was
+empty or a batch has filled, wakes the flusher. The flusher waits up to ``flush_ms`` for a batch to fill,
+then writes up to ``batch_rows`` rows in one ``store.write``.
+
+**A full queue drops, and counts.** When ``max_queue`` rows are waiting (the store is down or slower than the
+traffic), ``submit`` refuses the row, answers ``False`` and counts it in ``stats.dropped``. Backpressure
+would make requests wait on the ledger's database, which is the one thing the ledger must not do to them;
+the queue is sized (100 000 rows by default: seconds to minutes of traffic) so that an outage shorter than
+that loses nothing, and ``stats`` tells when one was longer.
+
+**A failed write is retried, never duplicated.** The batch is retried with exponential backoff
+(``retry_base_s`` doubling to ``retry_max_s``) until the store takes it; the store ignores a ``request_id``
+it already holds, so a write that succeeded but whose answer was lost cannot leave a duplicate. Failed
+attempts count in ``stats.write_errors``; rows the store already had count in ``stats.duplicates``.
+
+**``aclose()`` writes every queued row before it returns** (graceful shutdown: call it from the lifespan
+shutdown, after the server has finished its requests; rows submitted while it runs are written too). With a
+``timeout``, it gives up when the time is spent (a store that stays down must not hold a process forever):
+the unwritten rows are counted in ``stats.lost`` and logged. Without one, it waits for the store.
+
+Rows never carry bodies unless the writer was built with ``store_bodies=True`` (``ledger.store_bodies``):
+without it, ``submit`` strips ``request_body`` and ``response_body``. ``submit`` must be called on the event
+loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any, Sequence
+
+import msgspec
+import structlog
+
+from mux.ledger.row import LedgerRow
+from mux.ledger.store import LedgerStore
+
+_DROP_LOG_EVERY_S = 10.0
+
+
+class WriterStats(msgspec.Struct, frozen=True):
+    """A snapshot of a writer's counters (rows, unless named otherwise)."""
+
+    submitted: int  # accepted into the queue
+    written: int  # inserted by the store
+    duplicates: int  # taken by the store but already there (a replayed batch)
+    dropped: int  # refused by submit: the queue was full, or the writer had closed
+    lost: int  # given up on by aclose(timeout=…)
+    write_errors: int  # failed store.write attempts (each one retried)
+    batches: int  # successful store.write calls
+    queue_depth: int  # waiting in the queue now
+    in_flight: int  # in the batch being written now
+    max_queue_depth: int  # the most ever waiting
+
+
+class LedgerWriter:
+    """Queues ledger rows and writes them to ``store`` in batches, off the request path."""
+
+    def __init__(self, store: LedgerStore, *, batch_rows: int = 500, flush_ms: float = 5, max_queue: int = 100_000,
+                 store_bodies: bool = False, retry_base_s: float = 0.05, retry_max_s: float = 2.0,
+                 logger: Any = None) -> None:
+        if batch_rows < 1 or max_queue < 1:
+            raise ValueError("batch_rows and max_queue must be at least 1")
+        self.store = store
+        self.store_bodies = store_bodies
+        self._batch_rows = batch_rows
+        self._flush_s = flush_ms / 1000
+        self._max_queue = max_queue
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._logger = logger or structlog.get_logger("mux.ledger")
+        self._queue: deque[LedgerRow] = deque()
+        self._in_flight: Sequence[LedgerRow] = ()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._finished = False
+        self._submitted = self._written = self._duplicates = self._dropped = self._lost = 0
+        self._write_errors = self._batches = self._max_depth = 0
+        self._last_drop_log = -_DROP_LOG_EVERY_S
+
+    # the request path
+
+    def submit(self, row: LedgerRow) -> bool:
+        """Queue ``row`` for writing; answer ``False`` (and count it dropped) when the queue is full or the
+        writer has closed. Never waits."""
+        queue = self._queue
+        if len(queue) >= self._max_queue or self._finished:
+            self._drop()
+            return False
+        if not self.store_bodies and (row.request_body is not None or row.response_body is not None):
+            row = msgspec.structs.replace(row, request_body=None, response_body=None)
+        queue.append(row)
+        self._submitted += 1
+        depth = len(queue)
+        self._max_depth = max(self._max_depth, depth)
+        if depth == 1 or depth >= self._batch_rows:
+            self._wake.set()
+        return True
+
+    def _drop(self) -> None:
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= _DROP_LOG_EVERY_S:
+            self._last_drop_log = now
+            self._logger.warning("ledger_rows_dropped", dropped=self._dropped, max_queue=self._max_queue,
+                                 closed=self._finished)
+
+    @property
+    def stats(self) -> WriterStats:
+        return WriterStats(submitted=self._submitted, written=self._written, duplicates=self._duplicates,
+                           dropped=self._dropped, lost=self._lost, write_errors=self._write_errors,
+                           batches=self._batches, queue_depth=len(self._queue), in_flight=len(self._in_flight),
+                           max_queue_depth=self._max_depth)
+
+    # lifecycle
+
+    def start(self) -> None:
+        """Start the flusher on the running event loop (the store must be open)."""
+        if self._task is not None:
+            raise RuntimeError("the ledger writer has already started")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="mux-ledger-writer")
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Write every queued row, then stop. With ``timeout`` (seconds), stop when it is spent and count
+        the rows not written as lost. The store stays open: its owner closes it."""
+        self._closing = True
+        if self._task is None:
+            self.start()
+        task = self._task
+        assert task is not None
+        self._wake.set()
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            lost = len(self._queue) + len(self._in_flight)
+            self._lost += lost
+            self._queue.clear()
+            self._in_flight = ()
+            self._logger.error("ledger_rows_lost", lost=lost, timeout_s=timeout)
+        self._finished = True
+
+    # the flusher
+
+    async def _run(self) -> None:
+        queue, wake = self._queue, self._wake
+        while True:
+            if not queue:
+                if self._closing:
+                    self._finished = True
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            if len(queue) < self._batch_rows and not self._closing:
+                wake.clear()  # submit sets it again when the batch fills
+                try:
+                    async with asyncio.timeout(self._flush_s):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+            batch = [queue.popleft() for _ in range(min(len(queue), self._batch_rows))]
+            self._in_flight = batch
+            await self._write(batch)
+            self._in_flight = ()
+
+    async def _write(self, batch: list[LedgerRow]) -> None:
+        """Write ``batch``, retrying with backoff until the store takes it."""
+        delay = self._retry_base_s
+        while True:
+            try:
+                written = await self.store.write(batch)
+            except Exception as exc:  # the store's failure, whatever it is: retry (the write is idempotent)
+                self._write_errors += 1
+                self._logger.warning("ledger_write_failed", rows=len(batch), error=type(exc).__name__,
+                                     message=str(exc)[:200], retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            self._written += written
+            self._duplicates += len(batch) - written
+            self._batches += 1
+            return
