@@ -104,6 +104,15 @@ class Gateway:
     def config(self) -> Config:
         return self.resources.routing.config
 
+    def reload_on(self, signum: int) -> None:
+        """Reload the config source when the process receives ``signum`` (e.g. SIGHUP); the handler is
+        installed on the event loop when the gateway starts (``mux.routing.sync``)."""
+        self.resources.sync.reload_on(signum)
+
+    async def reload(self) -> None:
+        """Re-read the config source (off the event loop) and serve it, logging the outcome."""
+        await self.resources.sync.reload()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # a coroutine function, so that servers recognise an ASGI 3 app
         if scope["type"] == "lifespan":

@@ -17,6 +17,7 @@ import structlog
 from mux.config import Config
 from mux.engine.transport import AiohttpTransport, Transport
 from mux.routing.live import LiveRouting
+from mux.routing.sync import RoutingSync
 from mux.routing.versions import MemoryVersions, SQLiteVersions, Versions
 
 
@@ -39,8 +40,9 @@ class Resources:
         self.config = config
         self.transport: Transport = transport or AiohttpTransport()
         self.routing = routing or LiveRouting(config, versions=versions or open_versions(config), source=source)
+        self.sync = RoutingSync(self.routing, logger=logger)
         self.logger = logger or structlog.get_logger("mux.resources")
-        self._named: list[tuple[str, Any]] = [("routing state", self.routing), ("upstream transport", self.transport)]
+        self._named: list[tuple[str, Any]] = [("upstream transport", self.transport), ("routing state", self.sync)]
         self._open: list[tuple[str, Any]] = []
         self._opening: asyncio.Lock | None = None
         self.opened = False

@@ -5,10 +5,14 @@
   requests finish on the plan they had); a bad config answers 400 and the old one keeps serving;
 - ``POST /admin/routes/{name}/rollback`` with ``{"version": N}``: serve an earlier recorded version;
 - ``GET /admin/health``: breaker state and recent latency per target.
+
+Reloads and rollbacks are recorded in the routing state, so every worker sharing it follows (see
+``mux.live``). What reads or writes the version store runs in a thread: it may wait on another process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
@@ -51,16 +55,16 @@ class Admin:
 
     async def _handle(self, scope: Scope, receive: Receive, path: str, method: str) -> Any:
         if path == "/admin/routes" and method == "GET":
-            return {"routes": self.routes()}
+            return {"routes": await asyncio.to_thread(self.routes)}
         if path == "/admin/health" and method == "GET":
             health = self.routing.health
             return {"targets": {label: {"state": health.state(label), "consecutive_failures": h.failures,
                                         "latency_ms": h.latency_ms} for label, h in health.targets.items()}}
         if path == "/admin/reload":
             _require_post(method, path)
-            versions = self.routing.reload()
+            versions = await asyncio.to_thread(self.routing.reload)
             self.logger.info("config_reloaded", routes=versions)
-            return {"routes": self.routes()}
+            return {"routes": await asyncio.to_thread(self.routes)}
         if path.startswith("/admin/routes/") and path.endswith("/rollback"):
             _require_post(method, path)
             name = path[len("/admin/routes/"): -len("/rollback")]
@@ -68,9 +72,9 @@ class Admin:
                 wanted = msgspec.json.decode(await read_body(scope, receive, 4096), type=_Rollback)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise InvalidRequest(f"Expected {{\"version\": N}}: {exc}", param="version") from None
-            served = self.routing.rollback(name, wanted.version)
+            served = await asyncio.to_thread(self.routing.rollback, name, wanted.version)
             self.logger.info("route_rolled_back", route=name, version=served.version)
-            return {"routes": self.routes()}
+            return {"routes": await asyncio.to_thread(self.routes)}
         raise NotFound(f"No endpoint {method} {path}.")
 
     def routes(self) -> dict[str, Any]:

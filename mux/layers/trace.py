@@ -13,6 +13,7 @@ session, error code and the decision trace; it is written even when an inner app
 
 from __future__ import annotations
 
+import itertools
 import os
 from time import perf_counter
 from typing import Any, Awaitable
@@ -36,17 +37,24 @@ class _ErrorBodyPeek(msgspec.Struct):
 
 _error_peek = msgspec.json.Decoder(_ErrorBodyPeek)
 _PREFIX = os.urandom(4).hex()
+_COUNTER = itertools.count(1)
+
+
+def _new_process() -> None:  # a forked child must not repeat its parent's ids
+    global _PREFIX, _COUNTER
+    _PREFIX, _COUNTER = os.urandom(4).hex(), itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_process)
 
 
 class RequestIds:
-    """Request ids: a per-process random prefix and a counter; unique, ordered within a process, cheap."""
-
-    def __init__(self) -> None:
-        self._next = 0
+    """Request ids: a per-process random prefix and one counter shared by every instance in the process, so
+    two apps in one process never hand out the same id; ordered within a process, cheap."""
 
     def __call__(self) -> str:
-        self._next += 1
-        return f"req_{_PREFIX}{self._next:010x}"
+        return f"req_{_PREFIX}{next(_COUNTER):010x}"
 
 
 class TraceLayer:
