@@ -155,7 +155,6 @@ def test_two_processes_sharing_the_state_admit_n_not_2n(kind: str, tmp_path: Any
         asyncio.run(require_redis())
     b = Backend(kind, str(tmp_path))
     try:
-        run(b.limits(), lambda s: asyncio.sleep(0))  # create the file once
         admitted = run_two(limits_worker, *[(kind, str(tmp_path), b.prefix, 20, 20)] * 2)
         assert sum(admitted) == 20, admitted
     finally:

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from typing import Any, Awaitable, Callable
 
 import pytest
 
+from mux.stores import StoreUnavailable
+from mux.stores.limits.redis import RedisRateLimitStore
 from mux.stores.spend import Admission, BudgetWindow, spend_store
+from mux.stores.spend.redis import RedisSpendStore
+from mux.stores.spend.sqlite import SqliteSpendStore
 from mux.stores.state_url import parse_state_url
 from tests.store_backends import (
     BACKENDS, DAY_T0_END, Backend, Clock, require_redis, run_two, spend_worker, wipe,
@@ -100,18 +105,12 @@ def test_two_processes_sharing_the_state_admit_no_more_than_the_cap(kind: str, t
         asyncio.run(require_redis())
     b = Backend(kind, str(tmp_path))
     try:
-        asyncio.run(_open_close(b.spend()))  # create the file once, so both workers race only on reservations
         admitted = run_two(spend_worker, *[(kind, str(tmp_path), b.prefix, name, 10 * 1_000, 1_000, 50)
                                            for name in ("a", "b")])
         assert sum(admitted) == 10, admitted
         assert run(b.spend(), lambda s: s.usage(BudgetWindow("shared", "key:shared", 0, "day"))) == (0, 10_000)
     finally:
         b.cleanup()
-
-
-async def _open_close(store: Any) -> None:
-    async with store:
-        pass
 
 
 def test_an_expired_reservation_stops_counting(backend: Backend) -> None:
@@ -403,3 +402,34 @@ def test_every_backend_answers_a_random_history_alike(tmp_path: Any) -> None:
         asyncio.run(main())
     finally:
         backends[2].cleanup()
+
+
+def test_an_unreachable_redis_is_reported_quickly_without_its_password() -> None:
+    async def main() -> None:
+        for store in (RedisSpendStore("redis://:hunter2@127.0.0.1:1/0"),
+                      RedisRateLimitStore("redis://:hunter2@127.0.0.1:1/0")):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as e:
+                await store.open()
+            assert time.monotonic() - started < 2.5
+            assert "hunter2" not in str(e.value) and "127.0.0.1:1" in str(e.value)
+
+    asyncio.run(main())
+
+
+def test_a_sqlite_file_locked_past_the_busy_timeout_is_reported(tmp_path: Any) -> None:
+    path = str(tmp_path / "locked.db")
+    w = key_window(1000)
+
+    async def body(store: Any) -> None:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another worker holding the write lock
+        try:
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await store.reserve("r1", [w], 10, 30)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert (await store.reserve("r1", [w], 10, 30)).admitted  # nothing was left behind
+
+    run(SqliteSpendStore(path, clock=Clock(), busy_timeout_s=0.05), body)

@@ -107,7 +107,8 @@ class SqliteSpendStore:
     async def usage(self, window: BudgetWindow) -> tuple[int, int]:
         now = self._clock()
         start, _ = period_window(window.period, now)
-        return await sqlite_file.run(self._conn(), self._usage, counter_key(window.scope_key, window.period, start), now)
+        key = counter_key(window.scope_key, window.period, start)
+        return await sqlite_file.run(self._conn(), self._usage, key, now)
 
     async def add_spend(self, window: BudgetWindow, nano: int, at: float | None = None) -> None:
         start, resets = period_window(window.period, self._clock() if at is None else at)
