@@ -1,0 +1,72 @@
+"""The rate-limit store in this process's memory: plain dict work, atomic because no call awaits anything.
+
+Buckets that have drained are dropped by a sweep at most once a minute.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mux.money import gcra
+from mux.stores.limits import UNLIMITED, Clock, RateDecision, check, drain_time_us, state_of
+
+SWEEP_EVERY_US = 60_000_000
+
+
+class MemoryRateLimitStore:
+    """Rate-limit state of one process. Answers as ``RateLimitStore``."""
+
+    def __init__(self, *, clock: Clock = time.time) -> None:
+        self._clock = clock
+        self._buckets: dict[str, tuple[int, int, int]] = {}  # "r|scope" / "t|scope" -> (level, at_us, empty_us)
+        self._next_sweep = 0
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def __aenter__(self) -> "MemoryRateLimitStore":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
+        check(rpm, tpm, tokens)
+        if rpm is None and tpm is None:
+            return UNLIMITED
+        now = int(self._clock() * 1_000_000)
+        self._sweep(now)
+        rk, tk = "r|" + scope_key, "t|" + scope_key
+        r_level = self._level(rk, now, rpm) if rpm is not None else 0
+        t_level = self._level(tk, now, tpm) if tpm is not None else 0
+        admitted, r, t = gcra.decide(r_level, t_level, rpm, tpm, tokens)
+        if admitted:
+            if r is not None:
+                self._buckets[rk] = (r.level, now, now + drain_time_us(r.level, rpm))  # type: ignore[arg-type]
+            if t is not None:
+                self._buckets[tk] = (t.level, now, now + drain_time_us(t.level, tpm))  # type: ignore[arg-type]
+        return RateDecision(admitted, state_of(rpm, r), state_of(tpm, t))
+
+    async def correct(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
+        if tpm is None or token_delta == 0:
+            return
+        check(None, tpm, 0)
+        now = int(self._clock() * 1_000_000)
+        tk = "t|" + scope_key
+        level = gcra.adjust(self._level(tk, now, tpm), token_delta)
+        self._buckets[tk] = (level, now, now + drain_time_us(level, tpm))
+
+    def _level(self, key: str, now: int, limit: int) -> int:
+        b = self._buckets.get(key)
+        return 0 if b is None else gcra.level_now(b[0], b[1], now, limit)
+
+    def _sweep(self, now: int) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_EVERY_US
+        gone = [k for k, b in self._buckets.items() if b[2] <= now]
+        for k in gone:
+            del self._buckets[k]

@@ -1,0 +1,108 @@
+"""The rate-limit store in one SQLite file: the workers of one machine share every limit.
+
+Table ``mux_rate``: one row per bucket (``r|scope`` for requests, ``t|scope`` for tokens) with its GCRA level
+and the µs time it was written. Each call is one short ``BEGIN IMMEDIATE`` transaction in aiosqlite's thread;
+drained buckets are deleted at most every five minutes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import aiosqlite
+
+from mux.money import gcra
+from mux.stores import sqlite_file
+from mux.stores.limits import UNLIMITED, Clock, RateDecision, check, drain_time_us, state_of
+
+SWEEP_EVERY_US = 300_000_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS mux_rate (
+    k TEXT PRIMARY KEY,
+    level INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    empty_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+_READ = "SELECT level, at FROM mux_rate WHERE k = ?"
+_WRITE = "INSERT OR REPLACE INTO mux_rate(k, level, at, empty_at) VALUES (?, ?, ?, ?)"
+
+
+class SqliteRateLimitStore:
+    """Rate-limit state in the SQLite file ``path``. Answers as ``RateLimitStore``."""
+
+    def __init__(self, path: str, *, clock: Clock = time.time,
+                 busy_timeout_s: float = sqlite_file.BUSY_TIMEOUT_S) -> None:
+        self._path = path
+        self._clock = clock
+        self._busy = busy_timeout_s
+        self._db: aiosqlite.Connection | None = None
+        self._next_sweep = 0  # touched only in the connection's thread
+
+    async def open(self) -> None:
+        if self._db is None:
+            self._db = await sqlite_file.connect(self._path, SCHEMA, busy_timeout_s=self._busy)
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    async def __aenter__(self) -> "SqliteRateLimitStore":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the SQLite rate-limit store is not open")
+        return self._db
+
+    async def acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
+        check(rpm, tpm, tokens)
+        db = self._conn()
+        if rpm is None and tpm is None:
+            return UNLIMITED
+        now = int(self._clock() * 1_000_000)
+        return await sqlite_file.run(db, self._acquire, scope_key, rpm, tpm, tokens, now)
+
+    async def correct(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
+        if tpm is None or token_delta == 0:
+            return
+        check(None, tpm, 0)
+        now = int(self._clock() * 1_000_000)
+        await sqlite_file.run(self._conn(), self._correct, "t|" + scope_key, tpm, token_delta, now)
+
+    # ---- in the connection's thread, inside BEGIN IMMEDIATE ----
+
+    def _acquire(self, conn: sqlite3.Connection, scope_key: str, rpm: int | None, tpm: int | None, tokens: int,
+                 now: int) -> RateDecision:
+        self._sweep(conn, now)
+        rk, tk = "r|" + scope_key, "t|" + scope_key
+        r_level = _level(conn, rk, now, rpm) if rpm is not None else 0
+        t_level = _level(conn, tk, now, tpm) if tpm is not None else 0
+        admitted, r, t = gcra.decide(r_level, t_level, rpm, tpm, tokens)
+        if admitted:
+            if r is not None:
+                conn.execute(_WRITE, (rk, r.level, now, now + drain_time_us(r.level, rpm)))  # type: ignore[arg-type]
+            if t is not None:
+                conn.execute(_WRITE, (tk, t.level, now, now + drain_time_us(t.level, tpm)))  # type: ignore[arg-type]
+        return RateDecision(admitted, state_of(rpm, r), state_of(tpm, t))
+
+    def _correct(self, conn: sqlite3.Connection, tk: str, tpm: int, delta: int, now: int) -> None:
+        level = gcra.adjust(_level(conn, tk, now, tpm), delta)
+        conn.execute(_WRITE, (tk, level, now, now + drain_time_us(level, tpm)))
+
+    def _sweep(self, conn: sqlite3.Connection, now: int) -> None:
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY_US
+            conn.execute("DELETE FROM mux_rate WHERE empty_at <= ?", (now,))
+
+
+def _level(conn: sqlite3.Connection, key: str, now: int, limit: int) -> int:
+    row = conn.execute(_READ, (key,)).fetchone()
+    return 0 if row is None else gcra.level_now(row[0], row[1], now, limit)

@@ -1,0 +1,61 @@
+"""One Redis database shared by replicas: the client settings and the Lua script call.
+
+Each store call is one ``EVALSHA`` (the script is loaded by the first call that finds it missing). Timeouts
+are short and a failed call is retried once without delay, so a dead server is reported quickly as
+``StoreUnavailable`` — the layers decide to fail closed or open. A retried script may have run once already:
+the scripts are written so that running twice never counts money twice (a second reserve under the same id is
+refused, a second settle or release does nothing); a rate-limit acquire may count twice, which only refuses
+sooner.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, TimeoutError as RedisTimeoutError
+
+from mux.stores import StoreUnavailable
+
+TIMEOUT_S = 1.0
+_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
+
+# Lua: the current time in ms, from the caller's clock when one is given (tests), else from the server, so
+# replicas with skewed clocks agree.
+NOW_MS = """
+local function now_ms(given)
+  if given ~= '' then return tonumber(given) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+
+def client(url: str, *, timeout_s: float = TIMEOUT_S) -> Redis:
+    """Answer a pooled client for ``url`` with short timeouts and one immediate retry."""
+    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                          retry=Retry(NoBackoff(), 1))
+
+
+async def ping(redis: Redis) -> None:
+    """Check that the server answers; raise StoreUnavailable naming the cause otherwise."""
+    try:
+        await redis.ping()
+    except _DOWN as e:
+        raise StoreUnavailable(f"Redis state unreachable: {e}") from None
+
+
+class Lua:
+    """One Lua script on one client: ``await script(keys, args)`` is one round trip."""
+
+    def __init__(self, redis: Redis, source: str) -> None:
+        self._script = redis.register_script(source)
+
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return await self._script(keys, args)
+        except _DOWN as e:
+            raise StoreUnavailable(f"Redis state unreachable: {e}") from None

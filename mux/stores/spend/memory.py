@@ -1,0 +1,141 @@
+"""The spend store in this process's memory: plain dict work, atomic because no call awaits anything.
+
+Expired reservations, forgotten requests and counters of long-past periods are dropped lazily by each call,
+in time order, from three heaps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Sequence
+
+from mux.money.periods import window as period_window
+from mux.stores.spend import DEFAULT_RETAIN_S, Admission, BudgetWindow, Clock, check_reservation as _check, counter_key, decide, plan
+
+HELD, LAPSED, SETTLED, RELEASED = 0, 1, 2, 3
+
+
+class _Hold:
+    __slots__ = ("amount", "expires", "forget_at", "state", "counters", "resets")
+
+    def __init__(self, amount: int, expires: float, forget_at: float, counters: list[str],
+                 resets: list[int | None]) -> None:
+        self.amount = amount
+        self.expires = expires
+        self.forget_at = forget_at
+        self.state = HELD
+        self.counters = counters
+        self.resets = resets
+
+
+class MemorySpendStore:
+    """Spend state of one process. Reads and writes only its own dicts; answers as ``SpendStore``."""
+
+    def __init__(self, *, clock: Clock = time.time, retain_s: float = DEFAULT_RETAIN_S) -> None:
+        self._clock = clock
+        self._retain = retain_s
+        self._counters: dict[str, list[int]] = {}  # counter key -> [spent, reserved]
+        self._holds: dict[str, _Hold] = {}
+        self._expiries: list[tuple[float, str]] = []  # live holds by expiry
+        self._forgets: list[tuple[float, str]] = []  # every hold by the time it is forgotten
+        self._drops: list[tuple[float, str]] = []  # counters by the time their period is long past
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def __aenter__(self) -> "MemorySpendStore":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def reserve(
+        self, request_id: str, windows: Sequence[BudgetWindow], amount_nano: int, ttl_s: float
+    ) -> Admission:
+        _check(amount_nano, ttl_s, self._retain)
+        now = self._clock()
+        self._purge(now)
+        if not windows:
+            return Admission(True, [])
+        if request_id in self._holds:
+            raise ValueError(f"request {request_id!r} already holds a reservation")
+        p = plan(windows, now)
+        values = [tuple(self._counters.get(c, (0, 0))) for c in p.counters]
+        answer = decide(windows, p, values, amount_nano)  # type: ignore[arg-type]
+        if answer.admitted:
+            for c, resets in zip(p.counters, p.resets):
+                self._counter(c, resets)[1] += amount_nano
+            expires = now + ttl_s
+            hold = _Hold(amount_nano, expires, expires + self._retain, p.counters, p.resets)
+            self._holds[request_id] = hold
+            heapq.heappush(self._expiries, (expires, request_id))
+            heapq.heappush(self._forgets, (hold.forget_at, request_id))
+        return answer
+
+    async def settle(self, request_id: str, actual_nano: int) -> bool:
+        if actual_nano < 0:
+            raise ValueError("a spend cannot be negative")
+        return self._finish(request_id, actual_nano, SETTLED)
+
+    async def release(self, request_id: str) -> bool:
+        return self._finish(request_id, 0, RELEASED)
+
+    async def usage(self, window: BudgetWindow) -> tuple[int, int]:
+        now = self._clock()
+        self._purge(now)
+        start, _ = period_window(window.period, now)
+        spent, reserved = self._counters.get(counter_key(window.scope_key, window.period, start), (0, 0))
+        return spent, reserved
+
+    async def add_spend(self, window: BudgetWindow, nano: int, at: float | None = None) -> None:
+        start, resets = period_window(window.period, self._clock() if at is None else at)
+        self._counter(counter_key(window.scope_key, window.period, start), resets)[0] += nano
+
+    def _finish(self, request_id: str, actual: int, state: int) -> bool:
+        self._purge(self._clock())
+        hold = self._holds.get(request_id)
+        if hold is None or hold.state >= SETTLED:
+            return False
+        for c, resets in zip(hold.counters, hold.resets):
+            counter = self._counter(c, resets)
+            if hold.state == HELD:
+                counter[1] -= hold.amount
+            counter[0] += actual
+        hold.state = state
+        return True
+
+    def _counter(self, key: str, resets: int | None) -> list[int]:
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = [0, 0]
+            if resets is not None:
+                heapq.heappush(self._drops, (resets + self._retain, key))
+        return counter
+
+    def _purge(self, now: float) -> None:
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            expires, rid = heapq.heappop(expiries)
+            hold = self._holds.get(rid)
+            if hold is not None and hold.state == HELD and hold.expires == expires:
+                for c in hold.counters:
+                    counter = self._counters.get(c)
+                    if counter is not None:
+                        counter[1] -= hold.amount
+                hold.state = LAPSED
+        forgets = self._forgets
+        while forgets and forgets[0][0] <= now:
+            forget_at, rid = heapq.heappop(forgets)
+            hold = self._holds.get(rid)
+            if hold is not None and hold.forget_at == forget_at:
+                del self._holds[rid]
+        drops = self._drops
+        while drops and drops[0][0] <= now:
+            self._counters.pop(heapq.heappop(drops)[1], None)
+
+

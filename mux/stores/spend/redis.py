@@ -1,0 +1,256 @@
+"""The spend store in Redis: replicas share it; reserve, settle, release and usage are one Lua script each.
+
+Keys (under ``prefix``): ``c:<counter>`` a hash of the counter's spent (``s``) and reserved (``r``) nano-USD
+and one ``h:<request id>`` field per live reservation; ``z:<counter>`` a sorted set of those request ids
+scored by expiry (ms), purged inside every script that reads the counter; ``q:<request id>`` the request:
+amount, state and its counters, kept ``ttl + retain_s`` — it is the settle marker, so a settle or release
+after another one does nothing. Counters expire ``retain_s`` after their period ends (``total`` never).
+
+Reservation expiry uses the server's clock (``TIME``) unless the store is given a clock (tests); the period
+of a window is computed here from ``clock`` or ``time.time``. Settle and release reach the counters named in
+the request record, which a script may do on one server (not across Redis Cluster slots). Amounts are exact up
+to 2**53 nano-USD (about 9 million USD) per counter.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from mux.money.periods import window as period_window
+from mux.stores import redis_server
+from mux.stores.redis_server import NOW_MS, Lua
+from mux.stores.spend import DEFAULT_RETAIN_S, Admission, BudgetWindow, Clock, check_reservation, counter_key, usage_of, plan
+
+PURGE = """
+local function purge(c, z, now)
+  local lapsed = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+  if #lapsed == 0 then return end
+  local drop = 0
+  for _, rid in ipairs(lapsed) do
+    local a = redis.call('HGET', c, 'h:' .. rid)
+    if a then
+      drop = drop + tonumber(a)
+      redis.call('HDEL', c, 'h:' .. rid)
+    end
+  end
+  if drop > 0 then redis.call('HINCRBY', c, 'r', -drop) end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+end
+"""
+
+# KEYS: c_1..c_n, z_1..z_n, q.  ARGV: rid, amount, ttl_ms, keep_request_ms, now_ms|'', n_windows,
+# (counter index, cap, enforce) per window, keep_ms per counter (0: forever).
+# Answers {refused window (0: admitted), spent_1, reserved_1, ..., spent_n, reserved_n}.
+RESERVE = NOW_MS + PURGE + """
+local n = (#KEYS - 1) / 2
+local q = KEYS[2 * n + 1]
+local rid = ARGV[1]
+local amount = tonumber(ARGV[2])
+local now = now_ms(ARGV[5])
+if redis.call('EXISTS', q) == 1 then return redis.error_reply('MUXDUP request id already reserved') end
+local spent, reserved = {}, {}
+for i = 1, n do
+  purge(KEYS[i], KEYS[n + i], now)
+  local v = redis.call('HMGET', KEYS[i], 's', 'r')
+  spent[i] = tonumber(v[1]) or 0
+  reserved[i] = tonumber(v[2]) or 0
+end
+local windows = tonumber(ARGV[6])
+local refused = 0
+for j = 1, windows do
+  local b = 6 + (j - 1) * 3
+  local i = tonumber(ARGV[b + 1])
+  if ARGV[b + 3] == '1' and spent[i] + reserved[i] + amount > tonumber(ARGV[b + 2]) then
+    refused = j
+    break
+  end
+end
+if refused == 0 then
+  local expires = now + tonumber(ARGV[3])
+  local list = {}
+  for i = 1, n do
+    local c, z = KEYS[i], KEYS[n + i]
+    local keep = tonumber(ARGV[6 + windows * 3 + i])
+    reserved[i] = redis.call('HINCRBY', c, 'r', amount)
+    redis.call('HSET', c, 'h:' .. rid, amount)
+    redis.call('ZADD', z, expires, rid)
+    if keep > 0 then
+      redis.call('PEXPIRE', c, keep)
+      redis.call('PEXPIRE', z, keep)
+    end
+    list[i] = {c, z, keep}
+  end
+  redis.call('HSET', q, 'a', amount, 's', 0, 'k', cjson.encode(list))
+  redis.call('PEXPIRE', q, tonumber(ARGV[4]))
+end
+local out = {refused}
+for i = 1, n do
+  out[2 * i] = spent[i]
+  out[2 * i + 1] = reserved[i]
+end
+return out
+"""
+
+# KEYS: q.  ARGV: rid, actual, final state (2 settled, 3 released).  Answers 1 when this call finished it.
+FINISH = """
+local v = redis.call('HMGET', KEYS[1], 's', 'k')
+if v[1] ~= '0' then return 0 end
+local rid = ARGV[1]
+local actual = tonumber(ARGV[2])
+for _, e in ipairs(cjson.decode(v[2])) do
+  local c, z, keep = e[1], e[2], e[3]
+  local a = redis.call('HGET', c, 'h:' .. rid)
+  if a then
+    redis.call('HDEL', c, 'h:' .. rid)
+    redis.call('HINCRBY', c, 'r', 0 - tonumber(a))  -- not -a: Lua writes -0 as "-0", which is no integer
+    redis.call('ZREM', z, rid)
+  end
+  if actual > 0 then
+    redis.call('HINCRBY', c, 's', actual)
+    if keep > 0 and redis.call('PTTL', c) < 0 then redis.call('PEXPIRE', c, keep) end
+  end
+end
+redis.call('HSET', KEYS[1], 's', ARGV[3])
+return 1
+"""
+
+# KEYS: c, z.  ARGV: now_ms|''.  Answers {spent, reserved}.
+USAGE = NOW_MS + PURGE + """
+purge(KEYS[1], KEYS[2], now_ms(ARGV[1]))
+local v = redis.call('HMGET', KEYS[1], 's', 'r')
+return {tonumber(v[1]) or 0, tonumber(v[2]) or 0}
+"""
+
+# KEYS: c.  ARGV: nano, keep_ms (0: forever).
+ADD = """
+redis.call('HINCRBY', KEYS[1], 's', ARGV[1])
+local keep = tonumber(ARGV[2])
+if keep > 0 then redis.call('PEXPIRE', KEYS[1], keep) end
+return 1
+"""
+
+_SETTLED, _RELEASED = 2, 3
+
+
+class RedisSpendStore:
+    """Spend state in the Redis database at ``url`` (or on the given ``client``). Answers as ``SpendStore``.
+
+    Without ``clock``, reservation expiry follows the server's clock; with one (tests), it follows ``clock``.
+    """
+
+    def __init__(self, url: str | None = None, *, client: Redis | None = None, clock: Clock | None = None,
+                 prefix: str = "mux:", retain_s: float = DEFAULT_RETAIN_S) -> None:
+        if (url is None) == (client is None):
+            raise ValueError("give a Redis url or a client, not both")
+        self._url = url
+        self._given = client
+        self._redis: Redis | None = None
+        self._clock = clock
+        self._prefix = prefix
+        self._retain = retain_s
+
+    async def open(self) -> None:
+        if self._redis is not None:
+            return
+        redis = self._given if self._given is not None else redis_server.client(self._url)  # type: ignore[arg-type]
+        try:
+            await redis_server.ping(redis)
+        except BaseException:
+            if self._given is None:
+                await redis.aclose()
+            raise
+        self._reserve = Lua(redis, RESERVE)
+        self._finish = Lua(redis, FINISH)
+        self._usage = Lua(redis, USAGE)
+        self._add = Lua(redis, ADD)
+        self._redis = redis
+
+    async def close(self) -> None:
+        redis, self._redis = self._redis, None
+        if redis is not None and self._given is None:
+            await redis.aclose()
+
+    async def __aenter__(self) -> "RedisSpendStore":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _now(self) -> tuple[float, str]:
+        """Answer the epoch time for periods and the time argument of the scripts ('' = the server's)."""
+        if self._clock is None:
+            return time.time(), ""
+        now = self._clock()
+        return now, str(int(now * 1000))
+
+    async def reserve(
+        self, request_id: str, windows: Sequence[BudgetWindow], amount_nano: int, ttl_s: float
+    ) -> Admission:
+        check_reservation(amount_nano, ttl_s, self._retain)
+        if self._redis is None:
+            raise RuntimeError("the Redis spend store is not open")
+        if not windows:
+            return Admission(True, [])
+        now, now_arg = self._now()
+        p = plan(windows, now)
+        pre = self._prefix
+        keys = [pre + "c:" + c for c in p.counters] + [pre + "z:" + c for c in p.counters] + [pre + "q:" + request_id]
+        args: list[object] = [request_id, amount_nano, int(ttl_s * 1000) or 1,
+                              int((ttl_s + self._retain) * 1000), now_arg, len(windows)]
+        for w, i in zip(windows, p.index):
+            args += (i + 1, w.cap_nano, 1 if w.enforce else 0)
+        args += [max(1, self._keep_ms(r, now)) if r is not None else 0 for r in p.resets]
+        try:
+            out = await self._reserve(keys, args)
+        except ResponseError as e:
+            if "MUXDUP" in str(e):
+                raise ValueError(f"request {request_id!r} already holds a reservation") from None
+            raise
+        refused = out[0] - 1
+        values = [(out[2 * i + 1], out[2 * i + 2]) for i in range(len(p.counters))]
+        usages = [usage_of(w, p, i, values[i]) for w, i in zip(windows, p.index)]
+        return Admission(refused < 0, usages, usages[refused] if refused >= 0 else None)
+
+    async def settle(self, request_id: str, actual_nano: int) -> bool:
+        if actual_nano < 0:
+            raise ValueError("a spend cannot be negative")
+        return await self._end(request_id, actual_nano, _SETTLED)
+
+    async def release(self, request_id: str) -> bool:
+        return await self._end(request_id, 0, _RELEASED)
+
+    async def _end(self, request_id: str, actual: int, state: int) -> bool:
+        if self._redis is None:
+            raise RuntimeError("the Redis spend store is not open")
+        return await self._finish([self._prefix + "q:" + request_id], [request_id, actual, state]) == 1
+
+    async def usage(self, window: BudgetWindow) -> tuple[int, int]:
+        if self._redis is None:
+            raise RuntimeError("the Redis spend store is not open")
+        now, now_arg = self._now()
+        start, _ = period_window(window.period, now)
+        c = counter_key(window.scope_key, window.period, start)
+        spent, reserved = await self._usage([self._prefix + "c:" + c, self._prefix + "z:" + c], [now_arg])
+        return spent, reserved
+
+    async def add_spend(self, window: BudgetWindow, nano: int, at: float | None = None) -> None:
+        if self._redis is None:
+            raise RuntimeError("the Redis spend store is not open")
+        now, _ = self._now()
+        start, resets = period_window(window.period, now if at is None else at)
+        keep = self._keep_ms(resets, now)
+        if resets is not None and keep <= 0:
+            return  # the period ended more than retain_s ago: its counter is gone for good
+        await self._add([self._prefix + "c:" + counter_key(window.scope_key, window.period, start)], [nano, keep])
+
+    def _keep_ms(self, resets: int | None, now: float) -> int:
+        """How long a counter of the period ending at ``resets`` is kept, in ms from ``now`` (0: forever; negative:
+        already gone)."""
+        if resets is None:
+            return 0
+        return int((resets + self._retain - now) * 1000)

@@ -1,0 +1,168 @@
+"""The spend store in one SQLite file: the workers of one machine share it, and spend survives restarts.
+
+Tables: ``mux_spend_counter`` (spent and reserved nano-USD per ``scope|period|start``) and
+``mux_spend_request`` (each reservation: amount, expiry, state, the counters it holds). Every call is one
+short ``BEGIN IMMEDIATE`` transaction run in aiosqlite's thread (``mux.stores.sqlite_file``). Reservations
+past their expiry are taken out of the counters by the next reserve or usage call, found through a partial
+index that holds only live reservations; spent requests and long-past periods are deleted once a minute.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Sequence
+
+import aiosqlite
+import msgspec
+
+from mux.money.periods import window as period_window
+from mux.stores import sqlite_file
+from mux.stores.spend import (
+    DEFAULT_RETAIN_S, Admission, BudgetWindow, Clock, check_reservation, counter_key, decide, plan,
+)
+
+HELD, LAPSED, SETTLED, RELEASED = 0, 1, 2, 3
+CLEANUP_EVERY_S = 60.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS mux_spend_counter (
+    ckey TEXT PRIMARY KEY,
+    spent INTEGER NOT NULL DEFAULT 0,
+    reserved INTEGER NOT NULL DEFAULT 0,
+    drop_at REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS mux_spend_counter_drop ON mux_spend_counter(drop_at) WHERE drop_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS mux_spend_request (
+    request_id TEXT PRIMARY KEY,
+    amount INTEGER NOT NULL,
+    expires REAL NOT NULL,
+    state INTEGER NOT NULL,
+    counters TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS mux_spend_request_live ON mux_spend_request(expires) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS mux_spend_request_expires ON mux_spend_request(expires);
+"""
+
+_ADD = ("INSERT INTO mux_spend_counter(ckey, spent, reserved, drop_at) VALUES (?1, ?2, ?3, ?4) "
+        "ON CONFLICT(ckey) DO UPDATE SET spent = spent + ?2, reserved = reserved + ?3")
+_SETTLE = ("INSERT INTO mux_spend_counter(ckey, spent, reserved, drop_at) VALUES (?1, ?2, 0, ?3) "
+           "ON CONFLICT(ckey) DO UPDATE SET spent = spent + ?2, reserved = reserved - ?4")
+_READ = "SELECT spent, reserved FROM mux_spend_counter WHERE ckey = ?"
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(list[tuple[str, float | None]]).decode
+
+
+class SqliteSpendStore:
+    """Spend state in the SQLite file ``path``. Answers as ``SpendStore``."""
+
+    def __init__(self, path: str, *, clock: Clock = time.time, retain_s: float = DEFAULT_RETAIN_S,
+                 busy_timeout_s: float = sqlite_file.BUSY_TIMEOUT_S) -> None:
+        self._path = path
+        self._clock = clock
+        self._retain = retain_s
+        self._busy = busy_timeout_s
+        self._db: aiosqlite.Connection | None = None
+        self._next_cleanup = 0.0  # touched only in the connection's thread
+
+    async def open(self) -> None:
+        if self._db is None:
+            self._db = await sqlite_file.connect(self._path, SCHEMA, busy_timeout_s=self._busy)
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    async def __aenter__(self) -> "SqliteSpendStore":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the SQLite spend store is not open")
+        return self._db
+
+    async def reserve(
+        self, request_id: str, windows: Sequence[BudgetWindow], amount_nano: int, ttl_s: float
+    ) -> Admission:
+        check_reservation(amount_nano, ttl_s, self._retain)
+        db = self._conn()
+        if not windows:
+            return Admission(True, [])
+        now = self._clock()
+        return await sqlite_file.run(db, self._reserve, request_id, windows, amount_nano, now, now + ttl_s)
+
+    async def settle(self, request_id: str, actual_nano: int) -> bool:
+        if actual_nano < 0:
+            raise ValueError("a spend cannot be negative")
+        return await sqlite_file.run(self._conn(), self._finish, request_id, actual_nano, SETTLED, self._clock())
+
+    async def release(self, request_id: str) -> bool:
+        return await sqlite_file.run(self._conn(), self._finish, request_id, 0, RELEASED, self._clock())
+
+    async def usage(self, window: BudgetWindow) -> tuple[int, int]:
+        now = self._clock()
+        start, _ = period_window(window.period, now)
+        key = counter_key(window.scope_key, window.period, start)
+        return await sqlite_file.run(self._conn(), self._usage, key, now)
+
+    async def add_spend(self, window: BudgetWindow, nano: int, at: float | None = None) -> None:
+        start, resets = period_window(window.period, self._clock() if at is None else at)
+        key = counter_key(window.scope_key, window.period, start)
+        await sqlite_file.run(self._conn(), _execute, _ADD, (key, nano, 0, self._drop_at(resets)))
+
+    # ---- in the connection's thread, inside BEGIN IMMEDIATE ----
+
+    def _reserve(self, conn: sqlite3.Connection, rid: str, windows: Sequence[BudgetWindow], amount: int,
+                 now: float, expires: float) -> Admission:
+        self._purge(conn, now)
+        if conn.execute("SELECT 1 FROM mux_spend_request WHERE request_id = ?", (rid,)).fetchone():
+            raise ValueError(f"request {rid!r} already holds a reservation")
+        p = plan(windows, now)
+        values = [conn.execute(_READ, (c,)).fetchone() or (0, 0) for c in p.counters]
+        answer = decide(windows, p, values, amount)
+        if answer.admitted:
+            counters = [(c, self._drop_at(r)) for c, r in zip(p.counters, p.resets)]
+            conn.executemany(_ADD, [(c, 0, amount, d) for c, d in counters])
+            conn.execute("INSERT INTO mux_spend_request VALUES (?, ?, ?, ?, ?)",
+                         (rid, amount, expires, HELD, _encode(counters)))
+        return answer
+
+    def _finish(self, conn: sqlite3.Connection, rid: str, actual: int, state: int, now: float) -> bool:
+        row = conn.execute("SELECT amount, expires, state, counters FROM mux_spend_request WHERE request_id = ?",
+                           (rid,)).fetchone()
+        if row is None or row[2] >= SETTLED or row[1] + self._retain <= now:
+            return False
+        amount, _, held, counters = row
+        held_amount = amount if held == HELD else 0
+        conn.executemany(_SETTLE, [(c, actual, d, held_amount) for c, d in _decode(counters)])
+        conn.execute("UPDATE mux_spend_request SET state = ? WHERE request_id = ?", (state, rid))
+        return True
+
+    def _usage(self, conn: sqlite3.Connection, key: str, now: float) -> tuple[int, int]:
+        self._purge(conn, now)
+        row = conn.execute(_READ, (key,)).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    def _purge(self, conn: sqlite3.Connection, now: float) -> None:
+        lapsed = conn.execute("SELECT request_id, amount, counters FROM mux_spend_request "
+                              "WHERE state = 0 AND expires <= ?", (now,)).fetchall()
+        for rid, amount, counters in lapsed:
+            conn.executemany("UPDATE mux_spend_counter SET reserved = reserved - ? WHERE ckey = ?",
+                             [(amount, c) for c, _ in _decode(counters)])
+            conn.execute("UPDATE mux_spend_request SET state = ? WHERE request_id = ?", (LAPSED, rid))
+        if now >= self._next_cleanup:
+            self._next_cleanup = now + CLEANUP_EVERY_S
+            conn.execute("DELETE FROM mux_spend_request WHERE expires <= ? AND state != 0", (now - self._retain,))
+            conn.execute("DELETE FROM mux_spend_counter WHERE drop_at <= ?", (now,))
+
+    def _drop_at(self, resets: int | None) -> float | None:
+        return None if resets is None else resets + self._retain
+
+
+def _execute(conn: sqlite3.Connection, sql: str, params: tuple) -> None:
+    conn.execute(sql, params)
