@@ -1,13 +1,16 @@
-"""ASGI plumbing shared by layers and endpoints: route matching, bounded body reading, JSON and error replies.
+"""ASGI plumbing shared by layers and endpoints: route matching, bounded body reading, JSON and error replies,
+and the watch that cancels work for a client that went away.
 
 Nothing here knows a layer; every layer may use it.
 """
 
 from __future__ import annotations
 
+import asyncio
+from types import TracebackType
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 
-from .errors import BodyTooLarge, InvalidRequest, MuxError
+from .errors import BodyTooLarge, ClientDisconnected, InvalidRequest, MuxError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -30,7 +33,8 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """Read the whole request body; refuse with ``BodyTooLarge`` once it passes ``limit`` bytes.
+    """Read the whole request body; refuse with ``BodyTooLarge`` once it passes ``limit`` bytes, and raise
+    ``ClientDisconnected`` if the client goes away before the body is complete.
 
     A ``Content-Length`` over the limit is refused before anything is read; without one, reading stops at
     the first chunk that passes the limit."""
@@ -44,7 +48,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             raise _too_large(limit)
     message = await receive()
     body = message.get("body", b"")
-    if not message.get("more_body", False):
+    if not message.get("more_body", False) and message["type"] == "http.request":
         if len(body) > limit:
             raise _too_large(limit)
         return body
@@ -52,7 +56,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     size = len(body)
     while True:
         if message["type"] == "http.disconnect":
-            raise InvalidRequest("Client disconnected before the body was complete.", code="client_disconnected")
+            raise ClientDisconnected("The client disconnected before its request body was complete.")
         if size > limit:
             raise _too_large(limit)
         if not message.get("more_body", False):
@@ -81,6 +85,69 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+class ClientWatch:
+    """While entered, a client that goes away (``http.disconnect``) cancels the task that entered it — and so
+    whatever it awaits, such as an upstream request, whose connection is then freed. On exit that
+    cancellation is absorbed and ``gone`` is true; any other cancellation goes on.
+
+    The watch (a task awaiting ``receive``) starts ``after_s`` seconds in, so work that ends sooner costs one
+    timer rather than a task; a client gone before then is noticed at that moment. A plain ``with`` block
+    around the awaited work: it adds no coroutine frame to the request's await chain. ``receive`` must be one
+    whose body was already read (e.g. ``replaying``): messages before the disconnect are dropped."""
+
+    __slots__ = ("_after_s", "_finished", "_receive", "_task", "_timer", "_watch", "gone")
+
+    def __init__(self, receive: Receive, *, after_s: float = 0.1) -> None:
+        self._receive = receive
+        self._after_s = after_s
+        self._task: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._watch: asyncio.Task | None = None
+        self._finished = False
+        self.gone = False
+
+    def __enter__(self) -> ClientWatch:
+        self._task = task = asyncio.current_task()
+        if self._after_s > 0:
+            self._timer = task.get_loop().call_later(self._after_s, self._start)  # type: ignore[union-attr]
+        else:
+            self._start()
+        return self
+
+    def _start(self) -> None:
+        self._timer = None
+        self._watch = watch = self._task.get_loop().create_task(_disconnected(self._receive))  # type: ignore[union-attr]
+        watch.add_done_callback(self._client_gone)
+
+    def _client_gone(self, watch: asyncio.Task) -> None:
+        if not self._finished and not watch.cancelled() and watch.exception() is None:
+            self._task.cancel()  # type: ignore[union-attr]
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> bool:
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            return False
+        watch = self._watch
+        if watch is None:
+            return False
+        gone = watch.done() and not watch.cancelled() and watch.exception() is None
+        watch.cancel()
+        if kind is asyncio.CancelledError and gone and self._task.uncancel() == 0:  # type: ignore[union-attr]
+            self.gone = True
+            return True
+        return False
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 async def answer_lifespan(receive: Receive, send: Send) -> None:
     """Answer a lifespan scope that has nothing to start or stop: startup and shutdown complete at once."""
     while True:
@@ -103,7 +170,10 @@ async def send_json(send: Send, status: int, body: bytes, headers: Iterable[tupl
 
 
 async def send_error(send: Send, error: MuxError, request_id: str = "") -> None:
-    """Send ``error`` in OpenAI's error shape, with its status and headers, and the request id if known."""
+    """Send ``error`` in OpenAI's error shape, with its status and headers, and the request id if known;
+    send nothing for ``ClientDisconnected`` (the client is gone)."""
+    if isinstance(error, ClientDisconnected):
+        return
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers]
     if request_id:
         headers.append((b"x-mux-request-id", request_id.encode()))
