@@ -3,7 +3,8 @@ refuses; a 429 cools; every half-open probe ends in a recorded outcome; an adapt
 that goes away cancels the upstream request and leaves a record.
 
 Two gateways: the session's (tests/conftest.py: one fake OpenAI, default health knobs) and this module's,
-whose breaker opens on one fault and half-opens after 0.3 s. In this module's, providers ``primary`` and
+whose breaker opens on one fault and whose health runs on a clock the tests move forward (``Skew``) instead
+of sleeping through cooldowns. In this module's, providers ``primary`` and
 ``backup`` are the same fake OpenAI under two names (each route target asks a different model, so the fake's
 records tell them apart: gpt-4o-mini is primary, gpt-4o is backup) and ``anthropic`` is the fake Anthropic.
 """
@@ -20,6 +21,8 @@ import openai
 import pytest
 
 import mux
+from mux.health import Health
+from mux.live import LiveRouting
 from tests.conftest import FAKE_OPENAI_KEY
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.anthropic_upstream import Reply as AnthropicReply
@@ -28,7 +31,20 @@ from tests.servers import serve
 
 HELLO = [{"role": "user", "content": "hello there"}]
 ANTHROPIC_KEY = "sk-ant-upstream-0123456789abcdef"
-COOLDOWN_S = 0.3
+COOLDOWN_S = 30.0
+
+
+class Skew:
+    """A monotonic clock the test moves forward: the module gateway's health reads it."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.ahead
+
+    def past_the_cooldown(self) -> None:
+        self.ahead += COOLDOWN_S + 1
 
 
 class RecordingLogger:
@@ -112,7 +128,7 @@ def test_client_errors_from_the_provider_never_open_the_breaker(client, fake_ope
     assert gateway_app.routing.health.state("openai/gpt-4o-mini") == "closed"
 
 
-# --- this module's gateway: a breaker that opens on one fault, for COOLDOWN_S -----------------------------------
+# --- this module's gateway: a breaker that opens on one fault, on a clock the tests move ----------------------
 
 
 def config(openai_url: str, anthropic_url: str) -> dict:
@@ -140,11 +156,15 @@ def fake_anthropic_server() -> Iterator[FakeAnthropic]:
         yield fake
 
 
+SKEW = Skew()
+
+
 @pytest.fixture(scope="module")
 def gateway(fake_openai_server, fake_anthropic_server) -> Iterator[tuple[mux.Gateway, str, RecordingLogger]]:
     logger = RecordingLogger()
-    app = mux.build_app(mux.parse_config(config(fake_openai_server.base_url, fake_anthropic_server.url)),
-                        logger=logger)
+    parsed = mux.parse_config(config(fake_openai_server.base_url, fake_anthropic_server.url))
+    routing = LiveRouting(parsed, health=Health(parsed.health, clock=SKEW))
+    app = mux.build_app(parsed, logger=logger, routing=routing)
     with serve(app) as url:
         yield app, url, logger
 
@@ -164,11 +184,11 @@ def health_gateway(gateway, fake_openai, fake_anthropic_server):
 
 
 def open_primary(sdk: openai.OpenAI, fake: FakeOpenAI) -> None:
-    """One fault opens primary's breaker (the backup answers); wait until it is half-open."""
+    """One fault opens primary's breaker (the backup answers); then its cooldown passes: it is half-open."""
     fake.script(Reply(status=500))
     raw = sdk.chat.completions.with_raw_response.create(model="@pair", messages=HELLO)
     assert raw.headers["x-mux-provider"] == "backup"
-    time.sleep(COOLDOWN_S + 0.05)
+    SKEW.past_the_cooldown()
 
 
 def test_a_two_target_route_skips_the_open_target_then_probes_it_after_the_cooldown(health_gateway):
@@ -179,7 +199,7 @@ def test_a_two_target_route_skips_the_open_target_then_probes_it_after_the_coold
     assert raw.headers["x-mux-provider"] == "backup"
     assert trace_of(raw)["skipped"] == [{"target": "primary/gpt-4o-mini", "reason": "circuit open"}]
     assert models_called(fake) == ["gpt-4o-mini", "gpt-4o", "gpt-4o"]
-    time.sleep(COOLDOWN_S + 0.05)
+    SKEW.past_the_cooldown()
     raw = sdk.chat.completions.with_raw_response.create(model="@pair", messages=HELLO)
     assert raw.headers["x-mux-provider"] == "primary"  # the probe
     assert app.routing.health.state("primary/gpt-4o-mini") == "closed"
@@ -252,7 +272,7 @@ def test_a_half_open_probe_refused_by_the_adapter_is_released_and_the_next_targe
     anthropic.script(AnthropicReply(status=500))
     raw = sdk.chat.completions.with_raw_response.create(model="@claude_first", messages=HELLO)
     assert raw.headers["x-mux-provider"] == "backup"
-    time.sleep(COOLDOWN_S + 0.05)
+    SKEW.past_the_cooldown()
     answer = sdk.chat.completions.create(model="@claude_first", messages=HELLO, n=2)  # Anthropic refuses n=2
     assert len(answer.choices) == 2 and answer.model.startswith("gpt-4o")
     assert len(anthropic.requests) == 1  # the refusal never reached Anthropic
