@@ -90,54 +90,71 @@ class ClientWatch:
     whatever it awaits, such as an upstream request, whose connection is then freed. On exit that
     cancellation is absorbed and ``gone`` is true; any other cancellation goes on.
 
-    The watch (a task awaiting ``receive``) starts ``after_s`` seconds in, so work that ends sooner costs one
-    timer rather than a task; a client gone before then is noticed at that moment. A plain ``with`` block
-    around the awaited work: it adds no coroutine frame to the request's await chain. ``receive`` must be one
-    whose body was already read (e.g. ``replaying``): messages before the disconnect are dropped."""
+    The watch (a task awaiting ``receive``) starts within ``WATCH_AFTER_S`` of entering, from a timer shared
+    by every watch entered in that window, so work that ends sooner costs no task and no timer of its own; a
+    client gone before the watch starts is noticed when it does. A plain ``with`` block around the awaited
+    work: it adds no coroutine frame to the request's await chain. ``receive`` must be one whose body was
+    already read (e.g. ``replaying``): messages before the disconnect are dropped."""
 
-    __slots__ = ("_after_s", "_finished", "_receive", "_task", "_timer", "_watch", "gone")
+    __slots__ = ("_cancelled", "_finished", "_receive", "_task", "_watch", "gone")
 
-    def __init__(self, receive: Receive, *, after_s: float = 0.1) -> None:
+    def __init__(self, receive: Receive) -> None:
         self._receive = receive
-        self._after_s = after_s
         self._task: asyncio.Task | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._watch: asyncio.Task | None = None
         self._finished = False
+        self._cancelled = False  # this watch cancelled the task
         self.gone = False
 
     def __enter__(self) -> ClientWatch:
         self._task = task = asyncio.current_task()
-        if self._after_s > 0:
-            self._timer = task.get_loop().call_later(self._after_s, self._start)  # type: ignore[union-attr]
-        else:
-            self._start()
+        _enlist(self, task.get_loop())  # type: ignore[union-attr]
         return self
 
     def _start(self) -> None:
-        self._timer = None
+        if self._finished:
+            return
         self._watch = watch = self._task.get_loop().create_task(_disconnected(self._receive))  # type: ignore[union-attr]
         watch.add_done_callback(self._client_gone)
 
     def _client_gone(self, watch: asyncio.Task) -> None:
         if not self._finished and not watch.cancelled() and watch.exception() is None:
+            self._cancelled = True
             self._task.cancel()  # type: ignore[union-attr]
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> bool:
         self._finished = True
-        if self._timer is not None:
-            self._timer.cancel()
-            return False
         watch = self._watch
-        if watch is None:
+        if watch is None:  # the common case: done before its watch started
             return False
-        gone = watch.done() and not watch.cancelled() and watch.exception() is None
         watch.cancel()
-        if kind is asyncio.CancelledError and gone and self._task.uncancel() == 0:  # type: ignore[union-attr]
-            self.gone = True
+        if kind is asyncio.CancelledError and self._cancelled and self._task.uncancel() == 0:  # type: ignore[union-attr]
+            self.gone = True  # the only cancellation was this watch's
             return True
         return False
+
+
+WATCH_AFTER_S = 0.1
+_batch: tuple[asyncio.AbstractEventLoop, list[ClientWatch]] | None = None  # the watches the next timer starts
+
+
+def _enlist(watch: ClientWatch, loop: asyncio.AbstractEventLoop) -> None:
+    """Have ``watch`` started by the pending timer of its loop, or by a new one ``WATCH_AFTER_S`` from now."""
+    global _batch
+    batch = _batch
+    if batch is None or batch[0] is not loop:  # (a batch only ever holds watches of its own loop)
+        batch = _batch = (loop, [])
+        loop.call_later(WATCH_AFTER_S, _start_batch, batch)
+    batch[1].append(watch)
+
+
+def _start_batch(batch: tuple[asyncio.AbstractEventLoop, list[ClientWatch]]) -> None:
+    global _batch
+    if _batch is batch:
+        _batch = None
+    for watch in batch[1]:
+        watch._start()
 
 
 async def _disconnected(receive: Receive) -> None:
