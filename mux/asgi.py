@@ -114,7 +114,8 @@ class ClientWatch:
     def _start(self) -> None:
         if self._finished:
             return
-        self._watch = watch = self._task.get_loop().create_task(_disconnected(self._receive))  # type: ignore[union-attr]
+        loop = self._task.get_loop()  # type: ignore[union-attr]
+        self._watch = watch = loop.create_task(_disconnected(self._receive))
         watch.add_done_callback(self._client_gone)
 
     def _client_gone(self, watch: asyncio.Task) -> None:
@@ -129,7 +130,8 @@ class ClientWatch:
         if watch is None:  # the common case: done before its watch started
             return False
         watch.cancel()
-        if kind is asyncio.CancelledError and self._cancelled and self._task.uncancel() == 0:  # type: ignore[union-attr]
+        task: asyncio.Task = self._task  # type: ignore[assignment]
+        if kind is asyncio.CancelledError and self._cancelled and task.uncancel() == 0:
             self.gone = True  # the only cancellation was this watch's
             return True
         return False
