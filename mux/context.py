@@ -12,7 +12,8 @@ fields         first decoder   the body's top-level fields as raw JSON, for forw
 key            AuthLayer       the virtual key that authenticated the request
 mlx            TagsLayer       tags, end user, cache controls, trace flag, session id
 plan           RouterLayer     the ordered targets to attempt
-outcome        Dispatch        provider, model used, usage, cost, status, attempts
+outcome        Dispatch        provider, model used, usage, cost, status, attempts (the first decoder
+                               writes status and error of a body it refuses)
 trace          anyone          decision-trace events, in order: attempts, and notes with a ``type``
 =============  ==============  ====================================================================
 """
@@ -95,7 +96,8 @@ def with_request(scope: Scope, receive: Receive, send: Send, limit: int, then: T
     When a layer outside already decoded the request, ``then`` is called at once and its awaitable returned:
     the caller adds no coroutine frame to the request (a resumed coroutine pays for every frame of its await
     chain, so frames that only pass a request inward are worth avoiding). Otherwise the body is read and
-    decoded first; a bad body is answered with its 400."""
+    decoded first; a bad body is answered with its 400 (a client gone before its body was complete, with
+    nothing), and the error is written to ``ctx.outcome``."""
     ctx = context_of(scope)
     if ctx.request is not None:
         return then(ctx, ctx.request, scope, receive, send)
@@ -106,6 +108,7 @@ async def _decoded_then(ctx: Context, scope: Scope, receive: Receive, send: Send
     try:
         request, receive = await request_of(scope, receive, limit)
     except MuxError as error:
+        ctx.outcome.status, ctx.outcome.error_type = error.status, error.code
         return await send_error(send, error)
     await then(ctx, request, scope, receive, send)
 

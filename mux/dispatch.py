@@ -7,13 +7,18 @@ Transport, timeouts, retries, backoff and failover live here once; provider know
 The attempt policy: targets in plan order, each tried ``1 + retries`` times; a failure is retried or failed
 over only if its class is in the plan's ``retry_on`` (an upstream status, ``5xx``, ``timeout``, ``connect``)
 — other 4xx never are; each retry needs a token from the shared retry budget; a retry at the same provider
-waits a full-jitter exponential backoff (at least its ``Retry-After``), never past the plan's total time;
-a target whose breaker is open is skipped.
+waits a full-jitter exponential backoff (at least its ``Retry-After``), never past the plan's total time.
+A target whose breaker is open (or whose half-open probe is in flight) is skipped while another target is
+left; the last one is tried anyway (health never refuses). A target whose adapter refuses the request (a
+parameter it cannot honour) is skipped, and the next one tried. Each attempt's end is recorded in the
+shared health by its verdict (``mux.health.verdict``).
 
 Streams: nothing is sent until an attempt yields its first chunk, so an attempt that fails before that
 (error status, connect error, first-byte timeout, empty or malformed first event) falls over unseen. After
-the first byte a failure is one in-band error event and the stream ends without ``[DONE]``. A client that
-disconnects cancels the upstream request and frees its connection.
+the first byte a failure is one in-band error event and the stream ends without ``[DONE]``.
+
+A client that disconnects, streamed or not, cancels the upstream request and frees its connection; nothing
+more is sent and ``ctx.outcome`` says 499 ``client_disconnected``.
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import msgspec
 
-from .asgi import Receive, Scope, Send, send_error, send_json
+from .asgi import ClientWatch, Receive, Scope, Send, send_error, send_json
 from .catalog import Catalog
 from .config import CascadeConfig, ProviderConfig, load_validator
 from .context import Context, Outcome, with_request
 from .deadline import Deadline
 from .decision import decision_trace
-from .errors import MuxError, NoRouteAvailable, UpstreamError, UpstreamTimeout, render_error
+from .errors import (ClientDisconnected, MuxError, NoRouteAvailable, UpstreamError, UpstreamTimeout, render_error,
+                     retry_after_s)
 from .live import LiveRouting
 from .pricing import cost_of
 from .providers import ADAPTERS, Adapter, Call, Completion, UpstreamRequest
@@ -47,7 +53,9 @@ _STREAM_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 
-Once = Callable[[Context, Target, Call, float], Awaitable[Any]]
+_GONE = ClientDisconnected("The client went away before its answer was complete.")
+
+Once = Callable[[Context, Target, Call, UpstreamRequest, float], Awaitable[Any]]
 
 
 class StreamEnd(msgspec.Struct):
@@ -90,19 +98,24 @@ class Dispatch:
                 return send_error(send, error)
         if request.stream:
             return self._stream(ctx, request, plan, receive, send)
-        return self._complete(ctx, request, plan, send)
+        return self._complete(ctx, request, plan, receive, send)
 
     # --- the attempt policy ----------------------------------------------------------------------------
 
     async def _attempts(self, ctx: Context, request: ChatRequest, plan: Plan, once: Once) -> tuple[Target, Any]:
         """Run ``once`` over the plan's targets under the retry policy; answer the first success.
 
-        Raises the last ``MuxError`` when no attempt succeeds."""
+        A target whose breaker is open (or whose half-open probe is in flight) is skipped while another target
+        is left after it; the last is always tried. A target whose adapter refuses the request is skipped.
+        Every attempt's end is recorded in the shared health (a probe's too, whatever ends it). Raises the last
+        upstream ``MuxError`` when no attempt succeeds, else the last refusal."""
         loop = asyncio.get_running_loop()
         health = self.routing.health
         deadline = loop.time() + plan.total_timeout_s if plan.total_timeout_s else None
         health.budget.deposit()
         error: MuxError | None = None
+        refused: MuxError | None = None
+        last = len(plan.targets) - 1
         failed_provider: str | None = None
         failures = 0
         escalated: tuple[Target, Any] | None = None
@@ -116,7 +129,7 @@ class Dispatch:
                         stop = "retry budget exhausted: no further attempt"
                     delay = 0.0
                     if stop is None and target.provider.name == failed_provider:
-                        delay = health.backoff_s(failures, self.rng, _retry_after_s(error))
+                        delay = health.backoff_s(failures, self.rng, retry_after_s(error))
                     if stop is None and deadline is not None and loop.time() + delay >= deadline:
                         stop = "the route's total time is spent: no further attempt"
                     if stop is not None:
@@ -127,31 +140,47 @@ class Dispatch:
                         raise error
                     if delay:
                         await asyncio.sleep(delay)
-                if not health.admit(target.label):
-                    _event(ctx, target, "skipped", reason="circuit open")
+                label = target.label
+                if not health.closed(label):
+                    blocked = health.blocked(label)
+                    if blocked is not None:
+                        if index < last:  # skip it: another target is left
+                            _event(ctx, target, "skipped", reason=blocked)
+                            break
+                        if label != plan.panic:  # the plan kept it; it was blocked since: it is sent anyway
+                            _note(ctx, f"{label}: {blocked}, and no other target is left: sending to it anyway")
+                call = self._call(ctx, request, target)
+                try:
+                    upstream = self._build(ctx, target, call)
+                except MuxError as exc:  # the adapter refuses this request: the next target may serve it
+                    _event(ctx, target, "skipped", error=exc, reason=exc.message)
+                    refused = exc
                     break
                 timeout = target.timeout_s or target.provider.timeout_s
                 if deadline is not None:
                     timeout = min(timeout, deadline - loop.time())
-                call = self._call(ctx, request, target)
+                ctx.outcome.attempts += 1
+                probe = health.admit(label)  # from here on, every way out records or releases it
                 started = perf_counter()
                 try:
-                    result = await once(ctx, target, call, timeout)
+                    result = await once(ctx, target, call, upstream, timeout)
                 except MuxError as exc:
-                    if isinstance(exc, UpstreamError) and exc.retryable:  # the provider's fault, not the request's
-                        health.record(target.label, False)
+                    health.failed(label, exc, probe=probe)
                     _event(ctx, target, "error", started, error=exc, retry=repeat)
                     error, failed_provider, failures = exc, target.provider.name, failures + 1
                     continue
+                except BaseException:  # cancelled (the client went away, a deadline) or a bug: no verdict
+                    health.release(label, probe)
+                    raise
                 latency_ms = (perf_counter() - started) * 1000
                 if isinstance(result, StreamEnd) and result.error is not None:
-                    health.record(target.label, False)
+                    health.failed(label, result.error, probe=probe)
                     _event(ctx, target, "partial", started, error=result.error, retry=repeat,
                            ttfb_ms=result.ttfb_ms, usage=ctx.outcome.usage, cost=ctx.outcome.cost_usd)
                     return target, result
-                health.record(target.label, True, latency_ms)
+                health.record(label, True, latency_ms, probe=probe)
                 reason = None
-                if plan.cascade is not None and isinstance(result, Completion) and index < len(plan.targets) - 1:
+                if plan.cascade is not None and isinstance(result, Completion) and index < last:
                     reason = self._cascade_failure(plan.cascade, request, result)
                 _event(ctx, target, "escalated" if reason else "ok", started, retry=repeat, reason=reason,
                        ttfb_ms=getattr(result, "ttfb_ms", None), usage=ctx.outcome.usage, cost=ctx.outcome.cost_usd)
@@ -161,7 +190,7 @@ class Dispatch:
                 break
         if escalated is not None:  # every cheaper answer failed its check and nothing better came: keep it
             return escalated
-        raise error or NoRouteAvailable("No target was available: every candidate's circuit is open.")
+        raise error or refused or NoRouteAvailable("No target of the plan was attempted.")
 
     def _cascade_failure(self, cascade: CascadeConfig, request: ChatRequest, completion: Completion) -> str | None:
         """Answer why a cheaper target's answer should be escalated, or ``None`` if it passes every check."""
@@ -195,26 +224,29 @@ class Dispatch:
 
     # --- non-streaming ---------------------------------------------------------------------------------
 
-    async def _complete(self, ctx: Context, request: ChatRequest, plan: Plan, send: Send) -> None:
+    async def _complete(self, ctx: Context, request: ChatRequest, plan: Plan, receive: Receive, send: Send) -> None:
+        """Answer the plan's completion; a client that goes away cancels the upstream request."""
         outcome = ctx.outcome
-        try:
-            target, completion = await self._attempts(ctx, request, plan, self._complete_once)
-        except MuxError as error:
-            _failed(outcome, error)
-            return await send_error(send, error)
-        outcome.status = 200
-        replace: dict[str, Any] = {}
-        if outcome.cost_usd is not None and completion.usage is not None:
-            replace["usage"] = completion.usage
-        if ctx.mlx is not None and ctx.mlx.trace:
-            replace["mlx:trace"] = decision_trace(plan, ctx.trace)
-        body = with_fields(completion.body, replace) if replace else completion.body
-        await send_json(send, 200, body)
+        with ClientWatch(receive):  # a ``with`` block, not a coroutine: no frame added to the request
+            try:
+                target, completion = await self._attempts(ctx, request, plan, self._complete_once)
+            except MuxError as error:
+                _failed(outcome, error)
+                return await send_error(send, error)
+            outcome.status = 200
+            replace: dict[str, Any] = {}
+            if outcome.cost_usd is not None and completion.usage is not None:
+                replace["usage"] = completion.usage
+            if ctx.mlx is not None and ctx.mlx.trace:
+                replace["mlx:trace"] = decision_trace(plan, ctx.trace)
+            body = with_fields(completion.body, replace) if replace else completion.body
+            return await send_json(send, 200, body)
+        _failed(outcome, _GONE)  # reached only when the watch absorbed the client's going away
 
-    async def _complete_once(self, ctx: Context, target: Target, call: Call, timeout_s: float) -> Completion:
+    async def _complete_once(self, ctx: Context, target: Target, call: Call, upstream: UpstreamRequest,
+                             timeout_s: float) -> Completion:
         provider = target.provider
         adapter = self.adapters[provider.type]
-        upstream = self._build(ctx, adapter, target, call)
         status, headers, body = await exchange(self.transport, upstream, provider, timeout_s)
         if status >= 400:
             raise adapter.parse_error(provider, status, body, headers)
@@ -225,27 +257,11 @@ class Dispatch:
     # --- streaming -------------------------------------------------------------------------------------
 
     async def _stream(self, ctx: Context, request: ChatRequest, plan: Plan, receive: Receive, send: Send) -> None:
-        """Stream the plan's answer; a client that goes away cancels this task, and so the upstream request."""
+        """Stream the plan's answer; a client that goes away cancels the upstream request."""
         ctx.outcome.streamed = True
-        task = asyncio.current_task()
-        finished = False
-
-        def client_gone(watch: asyncio.Future) -> None:
-            if not finished and not watch.cancelled():
-                task.cancel()  # type: ignore[union-attr]
-
-        watch = asyncio.ensure_future(_disconnected(receive))
-        watch.add_done_callback(client_gone)
-        try:
-            await self._stream_attempts(ctx, request, plan, send)
-        except asyncio.CancelledError:
-            if not (watch.done() and not watch.cancelled()) or task.uncancel() > 0:  # type: ignore[union-attr]
-                raise
-            ctx.outcome.status = 499
-            ctx.outcome.error_type = "client_disconnected"
-        finally:
-            finished = True
-            watch.cancel()
+        with ClientWatch(receive):
+            return await self._stream_attempts(ctx, request, plan, send)
+        _failed(ctx.outcome, _GONE)  # reached only when the watch absorbed the client's going away
 
     async def _stream_attempts(self, ctx: Context, request: ChatRequest, plan: Plan, send: Send) -> None:
         outcome = ctx.outcome
@@ -271,15 +287,14 @@ class Dispatch:
             tail += frame(render_error(end.error.message, end.error.type, end.error.param, end.error.code))
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def _stream_once(self, ctx: Context, target: Target, call: Call, timeout_s: float, *,
-                           send: Send) -> StreamEnd:
+    async def _stream_once(self, ctx: Context, target: Target, call: Call, upstream: UpstreamRequest,
+                           timeout_s: float, *, send: Send) -> StreamEnd:
         """Run one streamed attempt up to its last payloads (the caller sends them and ends the stream).
 
         Raises ``MuxError`` if it fails before its first chunk was sent to the client; after that, answers
         the error in ``StreamEnd.error``."""
         provider = target.provider
         adapter = self.adapters[provider.type]
-        upstream = self._build(ctx, adapter, target, call)
         translator = adapter.stream_translator(provider, call)
         parser = SSEParser()
         loop = asyncio.get_running_loop()
@@ -337,16 +352,16 @@ class Dispatch:
 
     # --- shared ----------------------------------------------------------------------------------------
 
-    def _call(self, ctx: Context, request: ChatRequest, target: Target) -> Call:
-        ctx.outcome.attempts += 1
+    @staticmethod
+    def _call(ctx: Context, request: ChatRequest, target: Target) -> Call:
         end_user = ctx.mlx.end_user if ctx.mlx is not None else None
         return Call(request=request, fields=ctx.fields or {}, model=target.model, end_user=end_user,
                     body=ctx.body or b"")
 
-    @staticmethod
-    def _build(ctx: Context, adapter: Adapter, target: Target, call: Call):
-        """Ask the adapter for the upstream request; its translation notes go to the decision trace."""
-        upstream = adapter.build_request(target.provider, call)
+    def _build(self, ctx: Context, target: Target, call: Call) -> UpstreamRequest:
+        """Ask the adapter for the upstream request (it raises ``MuxError`` to refuse the request); its
+        translation notes go to the decision trace."""
+        upstream = self.adapters[target.provider.type].build_request(target.provider, call)
         if upstream.notes:
             ctx.trace.append({"type": "translation", "target": target.label, "notes": list(upstream.notes)})
         return upstream
@@ -404,16 +419,6 @@ def retryable(error: MuxError, retry_on: frozenset[int | str]) -> bool:
     return "5xx" in retry_on  # a malformed, empty or cut answer is the provider's fault, like a 5xx
 
 
-def _retry_after_s(error: MuxError) -> float | None:
-    for name, value in error.headers:
-        if name == "retry-after":
-            try:
-                return float(value)
-            except ValueError:
-                return None
-    return None
-
-
 def end_id(ctx: Context) -> str:
     return ctx.outcome.stream_id or f"chatcmpl-{ctx.request_id or 'mux'}"
 
@@ -448,13 +453,3 @@ def _note(ctx: Context, text: str) -> None:
 def _failed(outcome: Outcome, error: MuxError) -> None:
     outcome.status = error.status
     outcome.error_type = error.code
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return once the client has gone away."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-

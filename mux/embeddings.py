@@ -1,7 +1,8 @@
 """Embeddings: the terminal handler of ``POST /v1/embeddings`` for providers whose adapter serves them.
 
 Reads the body itself (embeddings are not chat requests, so the chat layers pass them by) and writes
-``ctx.outcome`` (provider, model, usage, cost), so TraceLayer's headers and record cover them too. The model
+``ctx.outcome`` (provider, model, usage, cost), so TraceLayer's headers and record cover them too. A client
+that goes away cancels the upstream request (the outcome says 499 ``client_disconnected``). The model
 resolves like a chat model (``provider/model``, listed or prefixed names); ``usage.cost`` is added where
 the price is known.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .asgi import Receive, Scope, Send, send_error, send_json
+from .asgi import ClientWatch, Receive, Scope, Send, send_error, send_json
 from .context import body_of, context_of
 from .dispatch import exchange, settle
 from .errors import InvalidRequest, MuxError
@@ -51,8 +52,12 @@ class Embeddings:
                                      param="model", code="unsupported_operation")
             call = EmbeddingCall(request=request, fields=fields, model=target.model)
             outcome.attempts = 1
-            status, headers, answer = await exchange(self.transport, adapter.build_embeddings(provider, call),
-                                                     provider, provider.timeout_s)
+            with ClientWatch(receive) as watch:  # a client that goes away cancels the upstream request
+                status, headers, answer = await exchange(self.transport, adapter.build_embeddings(provider, call),
+                                                         provider, provider.timeout_s)
+            if watch.gone:
+                outcome.status, outcome.error_type = 499, "client_disconnected"
+                return
             if status >= 400:
                 raise adapter.parse_error(provider, status, answer, headers)
             result = adapter.parse_embeddings(provider, call, answer)
