@@ -14,7 +14,8 @@ fields         first decoder   the body's top-level fields as raw JSON, for forw
 key            AuthLayer       the virtual key that authenticated the request
 mlx            TagsLayer       tags, end user, cache controls, trace flag, session id
 plan           RouterLayer     the ordered targets to attempt (``mux.routing.plan.Plan``)
-outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status
+outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status (the first
+                               decoder writes the status and error of a body it refuses)
 trace          anyone          decision-trace events, in order: ``Attempt`` and ``Note`` Structs
 =============  ==============  ====================================================================
 
