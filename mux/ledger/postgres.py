@@ -24,6 +24,7 @@ import asyncpg
 
 from mux.ledger.row import LedgerRow
 from mux.ledger.sql import COLUMNS, Params, SqlLedgerStore, row_values
+from mux.stores.lifecycle import Connected
 
 TYPES = {
     "request_id": "text", "created_at": "double precision", "response_id": "text", "key_name": "text",
@@ -67,8 +68,10 @@ def _clean(text: str | None) -> str | None:
     return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
-class PostgresLedgerStore(SqlLedgerStore):
+class PostgresLedgerStore(Connected[asyncpg.Pool], SqlLedgerStore):
     """A ledger in the PostgreSQL database at ``dsn``, in the schema ``schema``."""
+
+    _name = "the ledger store"
 
     numbered_params = True
     text_order = ' COLLATE "C"'
@@ -80,7 +83,6 @@ class PostgresLedgerStore(SqlLedgerStore):
         self.schema = schema
         self.ledger, self.tags = f'"{schema}".ledger', f'"{schema}".ledger_tags'
         self._dsn, self._min_size, self._max_size = dsn, min_size, max_size
-        self._pool: asyncpg.Pool | None = None
         selected = ", ".join(f"u.{c}::json" if TYPES[c] == "json" else f"u.{c}" for c in COLUMNS)
         arrays = ", ".join(f"${i}::{'text' if TYPES[c] == 'json' else TYPES[c]}[]" for i, c in enumerate(COLUMNS, 1))
         self._insert_rows = (f"INSERT INTO {self.ledger} ({', '.join(COLUMNS)}) SELECT {selected} "
@@ -90,7 +92,7 @@ class PostgresLedgerStore(SqlLedgerStore):
                              "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::double precision[]) "
                              "ON CONFLICT (request_id, name) DO NOTHING")
 
-    async def open(self) -> None:
+    async def _connect(self) -> asyncpg.Pool:
         pool = await asyncpg.create_pool(self._dsn, min_size=self._min_size, max_size=self._max_size)
         try:
             async with pool.acquire() as conn:
@@ -98,18 +100,10 @@ class PostgresLedgerStore(SqlLedgerStore):
         except BaseException:
             await pool.close()
             raise
-        self._pool = pool
+        return pool
 
-    async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
-    @property
-    def _conn(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise RuntimeError("the ledger store is not open")
-        return self._pool
+    async def _disconnect(self, pool: asyncpg.Pool) -> None:
+        await pool.close()
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         s = f'"{self.schema}"'
@@ -135,7 +129,7 @@ class PostgresLedgerStore(SqlLedgerStore):
                 values[i] = _clean(values[i])
         columns = [list(c) for c in zip(*records)]
         tags = [(_clean(r.request_id), _clean(n), _clean(v), r.created_at) for r in rows for n, v in r.tags.items()]
-        async with self._conn.acquire() as conn, conn.transaction():
+        async with self._conn().acquire() as conn, conn.transaction():
             written = len(await conn.fetch(self._insert_rows, *columns))
             if tags:
                 await conn.execute(self._insert_tags, *(list(c) for c in zip(*tags)))
@@ -143,7 +137,7 @@ class PostgresLedgerStore(SqlLedgerStore):
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
         # a NUL in a filter must find the row stored with U+FFFD in its place (and text parameters hold no NUL)
-        return await self._conn.fetch(sql, *(_clean(v) if isinstance(v, str) else v for v in params))
+        return await self._conn().fetch(sql, *(_clean(v) if isinstance(v, str) else v for v in params))
 
     async def _plan(self, sql: str, params: Sequence[Any]) -> str:
         return "\n".join(r[0] for r in await self._fetch("EXPLAIN " + sql, params))

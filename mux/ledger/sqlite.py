@@ -1,9 +1,10 @@
 """The SQLite ledger store: the embedded default (``store: sqlite:///mux.db``), one file in WAL mode.
 
-One aiosqlite connection (its own thread) serves reads and writes; writes are serialised and each batch is
-one ``BEGIN IMMEDIATE`` transaction, so several processes may share the file (``busy_timeout`` waits for the
-lock). The schema is created on ``open`` and versioned in ``ledger_schema_version``: ``MIGRATIONS[i]`` brings
-a file from version ``i`` to ``i + 1``; a file written by a newer mux is refused.
+One aiosqlite connection (its own thread) serves reads and writes, with ``mux.stores.sqlite_file``'s
+settings; each batch is one ``BEGIN IMMEDIATE`` transaction run whole in that thread, so writes never
+interleave and several processes may share the file (``busy_timeout`` waits for the lock). The schema is
+created on ``open`` and versioned in ``ledger_schema_version``: ``MIGRATIONS[i]`` brings a file from version
+``i`` to ``i + 1``; a file written by a newer mux is refused.
 
 Tags live twice: as JSON on the row (to answer it whole) and one row per tag in ``ledger_tags``
 ``(request_id, name, value, created_at)``, whose index ``(name, value, created_at, request_id)`` answers tag
@@ -12,14 +13,13 @@ filters in time order without scanning the ledger (SQLite cannot index inside JS
 
 from __future__ import annotations
 
-import asyncio
+import sqlite3
 import time
 from typing import Any, Sequence
 
-import aiosqlite
-
 from mux.ledger.row import LedgerRow
 from mux.ledger.sql import COLUMNS, Params, SqlLedgerStore, row_values
+from mux.stores import sqlite_file
 
 SCHEMA_V1 = [
     """CREATE TABLE ledger (
@@ -80,60 +80,23 @@ _INSERT_TAG = ("INSERT INTO ledger_tags (request_id, name, value, created_at) VA
                "ON CONFLICT (request_id, name) DO NOTHING")
 
 
-class SQLiteLedgerStore(SqlLedgerStore):
+class SQLiteLedgerStore(sqlite_file.SqliteBacked, SqlLedgerStore):
     """A ledger in the SQLite file at ``path``."""
 
+    _name = "the ledger store"
+
     def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
-        self.path = path
-        self._busy_timeout_ms = busy_timeout_ms
-        self._db: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
-
-    async def open(self) -> None:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = NORMAL")  # WAL: a committed batch survives a process crash
-            await _migrate(db)
-        except BaseException:
-            await db.close()
-            raise
-        self._db = db
-
-    async def close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            await db.close()
-
-    @property
-    def _conn(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("the ledger store is not open")
-        return self._db
+        super().__init__(path, _migrate, busy_timeout_s=busy_timeout_ms / 1000)
 
     async def write(self, rows: Sequence[LedgerRow]) -> int:
         if not rows:
             return 0
         values = [row_values(r) for r in rows]
         tags = [(r.request_id, name, value, r.created_at) for r in rows for name, value in r.tags.items()]
-        db = self._conn
-        async with self._write_lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = await db.executemany(_INSERT_ROW, values)
-                written = cursor.rowcount
-                if tags:
-                    await db.executemany(_INSERT_TAG, tags)
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                raise
-        return written
+        return await sqlite_file.run(self._conn(), _write, values, tags)
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
-        async with self._conn.execute(sql, params) as cursor:
+        async with self._conn().execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
     async def _plan(self, sql: str, params: Sequence[Any]) -> str:
@@ -146,22 +109,24 @@ class SQLiteLedgerStore(SqlLedgerStore):
         return f"{expression} IN ({', '.join(p(v) for v in values)})"
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
-    """Create or migrate the schema to ``len(MIGRATIONS)`` in one transaction."""
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        await db.execute("CREATE TABLE IF NOT EXISTS ledger_schema_version "
-                         "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
-        async with db.execute("SELECT COALESCE(MAX(version), 0) FROM ledger_schema_version") as cursor:
-            (version,) = await cursor.fetchone() or (0,)
-        if version > len(MIGRATIONS):
-            raise RuntimeError(f"the ledger schema is version {version}; this mux knows up to {len(MIGRATIONS)}")
-        for target in range(version + 1, len(MIGRATIONS) + 1):
-            for statement in MIGRATIONS[target - 1]:
-                await db.execute(statement)
-            await db.execute("INSERT INTO ledger_schema_version VALUES (?, ?)", (target, time.time()))
-        await db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            await db.execute("ROLLBACK")
-        raise
+def _write(conn: sqlite3.Connection, values: list[list[Any]], tags: list[tuple[str, str, str, float]]) -> int:
+    """Insert the rows and their tags (in the connection's thread, inside BEGIN IMMEDIATE); answer how many
+    rows were new."""
+    written = conn.executemany(_INSERT_ROW, values).rowcount
+    if tags:
+        conn.executemany(_INSERT_TAG, tags)
+    return written
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create or migrate the schema to ``len(MIGRATIONS)`` (``sqlite_file.connect`` runs this in one
+    transaction)."""
+    conn.execute("CREATE TABLE IF NOT EXISTS ledger_schema_version "
+                 "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+    (version,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM ledger_schema_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise RuntimeError(f"the ledger schema is version {version}; this mux knows up to {len(MIGRATIONS)}")
+    for target in range(version + 1, len(MIGRATIONS) + 1):
+        for statement in MIGRATIONS[target - 1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO ledger_schema_version VALUES (?, ?)", (target, time.time()))

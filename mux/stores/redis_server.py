@@ -6,6 +6,9 @@ are short and a failed call is retried once without delay, so a dead server is r
 the scripts are written so that running twice never counts money twice (a second reserve under the same id is
 refused, a second settle or release does nothing); a rate-limit acquire may count twice, which only refuses
 sooner.
+
+``RedisBacked`` is a store on one such database: ``open`` (a client of its own or the one given, a ping, the
+store's scripts), ``close``, ``async with`` and ``_conn()``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, TimeoutError as RedisTimeoutError
 
 from mux.stores import StoreUnavailable
+from mux.stores.lifecycle import Connected
 
 TIMEOUT_S = 1.0
 _DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
@@ -59,3 +63,43 @@ class Lua:
             return await self._script(keys, args)
         except _DOWN as e:
             raise StoreUnavailable(f"Redis state unreachable: {e}") from None
+
+
+class RedisBacked(Connected[Redis]):
+    """A store in the Redis database at ``url`` (a client of its own, closed by ``close``) or on the given
+    ``client`` (left open by ``close``). ``open`` checks that the server answers (``_ping``) and then registers
+    the store's scripts (``_load``); ``_conn()`` answers the client or raises RuntimeError ("<_name> is not
+    open")."""
+
+    _name = "the Redis store"
+
+    def __init__(self, url: str | None, client: Redis | None, *, timeout_s: float = TIMEOUT_S) -> None:
+        if (url is None) == (client is None):
+            raise ValueError("give a Redis url or a client, not both")
+        self._url = url
+        self._given = client
+        self._timeout_s = timeout_s
+
+    async def _connect(self) -> Redis:
+        redis = self._given
+        if redis is None:
+            redis = client(self._url, timeout_s=self._timeout_s)  # type: ignore[arg-type]
+        try:
+            await self._ping(redis)
+        except BaseException:
+            if self._given is None:
+                await redis.aclose()
+            raise
+        self._load(redis)
+        return redis
+
+    async def _disconnect(self, redis: Redis) -> None:
+        if self._given is None:
+            await redis.aclose()
+
+    async def _ping(self, redis: Redis) -> None:
+        """Check that ``redis`` answers (``ping``: StoreUnavailable naming the cause otherwise)."""
+        await ping(redis)
+
+    def _load(self, redis: Redis) -> None:
+        """Register the store's Lua scripts on ``redis`` (no round trip)."""

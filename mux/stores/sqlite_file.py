@@ -5,33 +5,41 @@ process; the last ones may be lost on power loss), a busy timeout instead of an 
 locked", and short ``BEGIN IMMEDIATE`` write transactions so two writers never deadlock on a lock upgrade.
 
 A whole transaction runs as one function in aiosqlite's connection thread: one hop from the event loop per
-store call, and no other coroutine's statement can interleave with it.
+store call, and no other coroutine's statement can interleave with it. ``SqliteBacked`` is a store on one
+such file: ``open``, ``close``, ``async with`` and ``_conn()``.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar, Union
 
 import aiosqlite
 
 from mux.stores import StoreUnavailable
+from mux.stores.lifecycle import Connected
 
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 5.0
+# A script of CREATE … IF NOT EXISTS statements, or a function ``fn(conn)`` run in one write transaction.
+Schema = Union[str, Callable[[sqlite3.Connection], object]]
 
 
-async def connect(path: str, schema: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> aiosqlite.Connection:
-    """Open ``path`` (created if absent) with the shared settings and create ``schema`` if missing."""
+async def connect(path: str, schema: Schema, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> aiosqlite.Connection:
+    """Open ``path`` (created if absent) with the shared settings and create ``schema`` if missing (a script),
+    or run it (a function of the connection, in one ``BEGIN IMMEDIATE`` transaction)."""
     try:
         db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_s)
     except sqlite3.Error as e:
         raise StoreUnavailable(f"cannot open the SQLite state file {path!r}: {e}") from None
     try:
-        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout_s * 1000)}")
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = NORMAL")
-        await db.executescript(schema)
+        if isinstance(schema, str):
+            await db.executescript(schema)
+        else:
+            await _one_hop(db, schema, ())
     except sqlite3.OperationalError as e:
         await db.close()
         raise StoreUnavailable(f"cannot prepare the SQLite state file {path!r}: {e}") from None
@@ -44,19 +52,51 @@ async def connect(path: str, schema: str, *, busy_timeout_s: float = BUSY_TIMEOU
 async def run(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(conn, *args)`` inside one ``BEGIN IMMEDIATE`` transaction in the connection's thread."""
     try:
-        # aiosqlite has no public call for "run this function in the connection's thread"; _execute is that
-        # call (it queues the function, as every public method does) and has kept its signature since 0.11.
-        return await db._execute(_transaction, db._conn, fn, args)
+        return await _one_hop(db, fn, args)
     except sqlite3.OperationalError as e:
         raise StoreUnavailable(f"SQLite state: {e}") from None
+
+
+async def fetch(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """Answer the rows of one read statement, run in one hop without a write transaction (WAL: it never waits
+    for a writer)."""
+    try:
+        return list(await db.execute_fetchall(sql, params))
+    except sqlite3.OperationalError as e:
+        raise StoreUnavailable(f"SQLite state: {e}") from None
+
+
+class SqliteBacked(Connected[aiosqlite.Connection]):
+    """A store in the SQLite file ``path``: ``open`` connects as ``connect`` does (creating ``schema``),
+    ``close`` closes, ``_conn()`` answers the connection or raises RuntimeError ("<_name> is not open")."""
+
+    _name = "the SQLite store"
+
+    def __init__(self, path: str, schema: Schema, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.path = path
+        self._schema = schema
+        self._busy = busy_timeout_s
+
+    async def _connect(self) -> aiosqlite.Connection:
+        return await connect(self.path, self._schema, busy_timeout_s=self._busy)
+
+    async def _disconnect(self, db: aiosqlite.Connection) -> None:
+        await db.close()
+
+
+def _one_hop(db: aiosqlite.Connection, fn: Callable[..., T], args: tuple) -> Any:
+    # aiosqlite has no public call for "run this function in the connection's thread"; _execute is that
+    # call (it queues the function, as every public method does) and has kept its signature since 0.11.
+    return db._execute(_transaction, db._conn, fn, args)
 
 
 def _transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple) -> T:
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn, *args)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (a failed COMMIT, say)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result

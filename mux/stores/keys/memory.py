@@ -4,22 +4,17 @@ at the next start."""
 from __future__ import annotations
 
 from mux.stores.keys import KeyHashInUse
+from mux.stores.lifecycle import Lifecycle
 from mux.keys.model import KeyRecord
 
 
-class MemoryKeyStore:
+class MemoryKeyStore(Lifecycle):
     """A ``KeyStore`` in two dicts: records by name, names by hash."""
 
     def __init__(self) -> None:
         self._records: dict[str, KeyRecord] = {}
         self._names: dict[str, str] = {}
         self._revision = 0
-
-    async def open(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
     async def by_hash(self, key_hash: str) -> KeyRecord | None:
         name = self._names.get(key_hash)

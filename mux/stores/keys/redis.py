@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mux.stores import redis_server
 from mux.stores.keys import KeyHashInUse, KeyStoreUnavailable
 from mux.keys.model import KeyRecord
 
@@ -63,31 +64,25 @@ return redis.call('HGET', ARGV[1] .. 'rec:' .. name, 'json')
 """
 
 
-class RedisKeyStore:
-    """A ``KeyStore`` in Redis at ``url`` (or on an existing ``client``), with 1 s socket timeouts so an
-    unreachable server fails requests quickly (``KeyStoreUnavailable``) instead of hanging them."""
+class RedisKeyStore(redis_server.RedisBacked):
+    """A ``KeyStore`` in Redis at ``url`` (or on an existing ``client``), with the client settings of
+    ``mux.stores.redis_server`` (1 s socket timeouts, one immediate retry) so an unreachable server fails
+    requests quickly (``KeyStoreUnavailable``) instead of hanging them."""
+
+    _name = "RedisKeyStore"
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "mux:{keys}:",
                  client: aioredis.Redis | None = None, timeout_s: float = 1.0) -> None:
+        super().__init__(None if client is not None else url, client, timeout_s=timeout_s)
         self.prefix = prefix
-        self._url = url
-        self._timeout_s = timeout_s
-        self._client = client
-        self._owns_client = client is None
         self._scripts: dict[str, Any] = {}
 
-    async def open(self) -> None:
-        if self._client is None:
-            self._client = aioredis.Redis.from_url(self._url, socket_timeout=self._timeout_s,
-                                                   socket_connect_timeout=self._timeout_s)
-        for name, source in (("put", _PUT), ("delete", _DELETE), ("by_hash", _BY_HASH)):
-            self._scripts[name] = self._client.register_script(source)
-        await self._call(self._client.ping())
+    async def _ping(self, redis: aioredis.Redis) -> None:
+        await self._call(redis.ping())
 
-    async def close(self) -> None:
-        if self._client is not None and self._owns_client:
-            client, self._client = self._client, None
-            await client.aclose()
+    def _load(self, redis: aioredis.Redis) -> None:
+        for name, source in (("put", _PUT), ("delete", _DELETE), ("by_hash", _BY_HASH)):
+            self._scripts[name] = redis.register_script(source)
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -95,43 +90,42 @@ class RedisKeyStore:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise KeyStoreUnavailable(f"Key store (Redis) unreachable: {type(exc).__name__}.") from None
 
-    @property
-    def _redis(self) -> aioredis.Redis:
-        if self._client is None:
-            raise RuntimeError("RedisKeyStore is not open")
-        return self._client
+    def _script(self, name: str, args: list[Any]) -> Any:
+        """Answer the call of the script ``name`` with ``args`` (raise RuntimeError when not open)."""
+        redis = self._conn()
+        return self._scripts[name](args=args, client=redis)
 
     async def by_hash(self, key_hash: str) -> KeyRecord | None:
-        raw = await self._call(self._scripts["by_hash"](args=[self.prefix, key_hash], client=self._redis))
+        raw = await self._call(self._script("by_hash", [self.prefix, key_hash]))
         return _decode(raw) if raw else None
 
     async def get(self, name: str) -> KeyRecord | None:
-        raw = await self._call(self._redis.hget(f"{self.prefix}rec:{name}", "json"))
+        raw = await self._call(self._conn().hget(f"{self.prefix}rec:{name}", "json"))
         return _decode(raw) if raw else None
 
     async def list(self) -> list[KeyRecord]:
-        names = sorted(n.decode() for n in await self._call(self._redis.smembers(f"{self.prefix}names")))
+        names = sorted(n.decode() for n in await self._call(self._conn().smembers(f"{self.prefix}names")))
         if not names:
             return []
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._conn().pipeline(transaction=False)
         for name in names:
             pipe.hget(f"{self.prefix}rec:{name}", "json")
         return [_decode(raw) for raw in await self._call(pipe.execute()) if raw]
 
     async def count(self) -> int:
-        return await self._call(self._redis.scard(f"{self.prefix}names"))
+        return await self._call(self._conn().scard(f"{self.prefix}names"))
 
     async def revision(self) -> int:
-        raw = await self._call(self._redis.get(f"{self.prefix}rev"))
+        raw = await self._call(self._conn().get(f"{self.prefix}rev"))
         return int(raw) if raw else 0
 
     async def put(self, record: KeyRecord) -> int:
         args = [self.prefix, record.name, _encode(record), record.key_hash, record.previous_hash or ""]
-        ok, value = await self._call(self._scripts["put"](args=args, client=self._redis))
+        ok, value = await self._call(self._script("put", args))
         if not ok:
             raise KeyHashInUse(record.name, value.decode())
         return int(value)
 
     async def delete(self, name: str) -> bool:
-        return await self._call(self._scripts["delete"](args=[self.prefix, name], client=self._redis)) > 0
+        return await self._call(self._script("delete", [self.prefix, name])) > 0
 

@@ -1,19 +1,19 @@
 """Keys in a SQLite file shared by the processes of one machine.
 
-WAL journal (readers never wait for the writer), a 5 s busy timeout, and short ``BEGIN IMMEDIATE`` write
-transactions that change a record and bump the revision together. Two tables: ``mux_keys`` (one row per
-key, the record as JSON, both hashes indexed) and ``mux_keys_meta`` (the revision).
+The file's settings are ``mux.stores.sqlite_file``'s: WAL (readers never wait for the writer), a 5 s busy
+timeout, and short ``BEGIN IMMEDIATE`` write transactions that change a record and bump the revision
+together, each run whole in the connection's thread. Two tables: ``mux_keys`` (one row per key, the record
+as JSON, both hashes indexed) and ``mux_keys_meta`` (the revision).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, TypeVar
 
-import aiosqlite
 import msgspec
 
+from mux.stores import StoreUnavailable, sqlite_file
 from mux.stores.keys import KeyHashInUse, KeyStoreUnavailable
 from mux.keys.model import KeyRecord
 
@@ -35,51 +35,32 @@ _decode = msgspec.json.Decoder(KeyRecord).decode
 _encode = msgspec.json.Encoder().encode
 
 
-class SQLiteKeyStore:
-    """A ``KeyStore`` in the SQLite file at ``path``; one connection per instance, its calls serialised."""
+class SQLiteKeyStore(sqlite_file.SqliteBacked):
+    """A ``KeyStore`` in the SQLite file at ``path``; one connection per instance, each call one hop to its
+    thread (so no two calls interleave)."""
+
+    _name = "SQLiteKeyStore"
 
     def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
-        self.path = path
+        super().__init__(path, _SCHEMA, busy_timeout_s=busy_timeout_ms / 1000)
         self.busy_timeout_ms = busy_timeout_ms
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
 
     async def open(self) -> None:
-        if self._db is not None:
-            return
         try:
-            db = await aiosqlite.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise KeyStoreUnavailable(f"Key store {self.path} cannot be opened: {exc}.") from None
+            await super().open()
+        except StoreUnavailable as exc:
+            raise KeyStoreUnavailable(f"Key store: {exc}.") from None
+
+    async def _keys(self, call: Awaitable[T]) -> T:
+        """Await ``call`` (a ``sqlite_file`` call), reporting a file that does not answer as unavailable."""
         try:
-            await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = NORMAL")
-            await db.executescript(_SCHEMA)
-        except BaseException:
-            await db.close()
-            raise
-        self._db = db
-
-    async def close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            await db.close()
-
-    async def _run(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        if self._db is None:
-            raise RuntimeError("SQLiteKeyStore is not open")
-        async with self._lock:  # one connection: a transaction's statements must not interleave with others
-            try:
-                return await work(self._db)
-            except sqlite3.OperationalError as exc:
-                raise KeyStoreUnavailable(f"Key store {self.path} failed: {exc}.") from None
+            return await call
+        except StoreUnavailable as exc:
+            raise KeyStoreUnavailable(f"Key store {self.path} failed: {exc}.") from None
 
     async def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
-        async def work(db: aiosqlite.Connection) -> Any:
-            async with db.execute(sql, args) as cursor:
-                return await cursor.fetchone()
-        return await self._run(work)
+        rows = await self._keys(sqlite_file.fetch(self._conn(), sql, args))
+        return rows[0] if rows else None
 
     async def by_hash(self, key_hash: str) -> KeyRecord | None:
         row = await self._one("SELECT record FROM mux_keys WHERE key_hash = ? UNION ALL "
@@ -91,10 +72,8 @@ class SQLiteKeyStore:
         return _decode(row[0]) if row else None
 
     async def list(self) -> list[KeyRecord]:
-        async def work(db: aiosqlite.Connection) -> list[KeyRecord]:
-            rows = await db.execute_fetchall("SELECT record FROM mux_keys ORDER BY name")
-            return [_decode(row[0]) for row in rows]
-        return await self._run(work)
+        rows = await self._keys(sqlite_file.fetch(self._conn(), "SELECT record FROM mux_keys ORDER BY name"))
+        return [_decode(row[0]) for row in rows]
 
     async def count(self) -> int:
         return (await self._one("SELECT COUNT(*) FROM mux_keys", ()))[0]
@@ -104,49 +83,32 @@ class SQLiteKeyStore:
 
     async def put(self, record: KeyRecord) -> int:
         hashes = record.hashes() * 2 if record.previous_hash is None else record.hashes()
-
-        async def work(db: aiosqlite.Connection) -> int:
-            return await _write(db, lambda: _put(db, record, hashes))
-        return await self._run(work)
+        return await self._keys(sqlite_file.run(self._conn(), _put, record, hashes))
 
     async def delete(self, name: str) -> bool:
-        async def work(db: aiosqlite.Connection) -> bool:
-            return await _write(db, lambda: _delete(db, name)) > 0
-        return await self._run(work)
+        return await self._keys(sqlite_file.run(self._conn(), _delete, name)) > 0
 
 
-async def _write(db: aiosqlite.Connection, change: Callable[[], Awaitable[bool]]) -> int:
-    """Run ``change`` in a write transaction; bump the revision if it changed something. Answer the new
-    revision, or 0 when nothing changed."""
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        changed = await change()
-        revision = 0
-        if changed:
-            await db.execute("UPDATE mux_keys_meta SET revision = revision + 1 WHERE id = 1")
-            rows = await db.execute_fetchall("SELECT revision FROM mux_keys_meta WHERE id = 1")
-            revision = next(iter(rows))[0]
-        await db.execute("COMMIT")
-        return revision
-    except BaseException:
-        try:
-            await db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        raise
+# ---- in the connection's thread, inside BEGIN IMMEDIATE ----
 
 
-async def _put(db: aiosqlite.Connection, record: KeyRecord, hashes: tuple[str, ...]) -> bool:
-    async with db.execute("SELECT name FROM mux_keys WHERE name != ? AND (key_hash IN (?, ?) "
-                          "OR previous_hash IN (?, ?)) LIMIT 1", (record.name, *hashes, *hashes)) as cursor:
-        other = await cursor.fetchone()
+def _put(conn: sqlite3.Connection, record: KeyRecord, hashes: tuple[str, ...]) -> int:
+    other = conn.execute("SELECT name FROM mux_keys WHERE name != ? AND (key_hash IN (?, ?) "
+                         "OR previous_hash IN (?, ?)) LIMIT 1", (record.name, *hashes, *hashes)).fetchone()
     if other is not None:
         raise KeyHashInUse(record.name, other[0])
-    await db.execute("INSERT OR REPLACE INTO mux_keys (name, key_hash, previous_hash, record) VALUES (?, ?, ?, ?)",
-                     (record.name, record.key_hash, record.previous_hash, _encode(record)))
-    return True
+    conn.execute("INSERT OR REPLACE INTO mux_keys (name, key_hash, previous_hash, record) VALUES (?, ?, ?, ?)",
+                 (record.name, record.key_hash, record.previous_hash, _encode(record)))
+    return _bump(conn)
 
 
-async def _delete(db: aiosqlite.Connection, name: str) -> bool:
-    cursor = await db.execute("DELETE FROM mux_keys WHERE name = ?", (name,))
-    return cursor.rowcount > 0
+def _delete(conn: sqlite3.Connection, name: str) -> int:
+    if conn.execute("DELETE FROM mux_keys WHERE name = ?", (name,)).rowcount == 0:
+        return 0
+    return _bump(conn)
+
+
+def _bump(conn: sqlite3.Connection) -> int:
+    """Grow the revision with the change; answer the new revision."""
+    conn.execute("UPDATE mux_keys_meta SET revision = revision + 1 WHERE id = 1")
+    return conn.execute("SELECT revision FROM mux_keys_meta WHERE id = 1").fetchone()[0]

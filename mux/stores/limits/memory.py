@@ -8,30 +8,19 @@ from __future__ import annotations
 import time
 
 from mux.money import gcra
+from mux.stores.lifecycle import Lifecycle
 from mux.stores.limits import UNLIMITED, Clock, RateDecision, check, drain_time_us, state_of
 
 SWEEP_EVERY_US = 60_000_000
 
 
-class MemoryRateLimitStore:
+class MemoryRateLimitStore(Lifecycle):
     """Rate-limit state of one process. Answers as ``RateLimitStore``."""
 
     def __init__(self, *, clock: Clock = time.time) -> None:
         self._clock = clock
         self._buckets: dict[str, tuple[int, int, int]] = {}  # "r|scope" / "t|scope" -> (level, at_us, empty_us)
         self._next_sweep = 0
-
-    async def open(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def __aenter__(self) -> "MemoryRateLimitStore":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        pass
 
     async def acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
         check(rpm, tpm, tokens)

@@ -80,55 +80,30 @@ return 1
 """
 
 
-class RedisRateLimitStore:
+class RedisRateLimitStore(redis_server.RedisBacked):
     """Rate-limit state in the Redis database at ``url`` (or on ``client``). Answers as ``RateLimitStore``."""
+
+    _name = "the Redis rate-limit store"
 
     def __init__(self, url: str | None = None, *, client: Redis | None = None, clock: Clock | None = None,
                  prefix: str = "mux:") -> None:
-        if (url is None) == (client is None):
-            raise ValueError("give a Redis url or a client, not both")
-        self._url = url
-        self._given = client
-        self._redis: Redis | None = None
+        super().__init__(url, client)
         self._clock = clock
         self._prefix = prefix + "rl:"
         # A bucket's key expires once it has drained, plus this slack. Redis expires keys on its own clock, so a
         # store given another clock keeps them an hour longer, for that clock to reach.
         self._slack_ms = 1000 if clock is None else 3_600_000
 
-    async def open(self) -> None:
-        if self._redis is not None:
-            return
-        redis = self._given if self._given is not None else redis_server.client(self._url)  # type: ignore[arg-type]
-        try:
-            await redis_server.ping(redis)
-        except BaseException:
-            if self._given is None:
-                await redis.aclose()
-            raise
+    def _load(self, redis: Redis) -> None:
         self._acquire = Lua(redis, ACQUIRE)
         self._correct = Lua(redis, CORRECT)
-        self._redis = redis
-
-    async def close(self) -> None:
-        redis, self._redis = self._redis, None
-        if redis is not None and self._given is None:
-            await redis.aclose()
-
-    async def __aenter__(self) -> "RedisRateLimitStore":
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     def _now(self) -> str:
         return "" if self._clock is None else str(int(self._clock() * 1_000_000))
 
     async def acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
         check(rpm, tpm, tokens)
-        if self._redis is None:
-            raise RuntimeError("the Redis rate-limit store is not open")
+        self._check_open()
         if rpm is None and tpm is None:
             return UNLIMITED
         p = self._prefix
@@ -142,6 +117,5 @@ class RedisRateLimitStore:
         if tpm is None or token_delta == 0:
             return
         check(None, tpm, 0)
-        if self._redis is None:
-            raise RuntimeError("the Redis rate-limit store is not open")
+        self._check_open()
         await self._correct([self._prefix + "t:" + scope_key], [tpm, token_delta, self._now(), self._slack_ms])

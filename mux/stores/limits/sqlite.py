@@ -10,8 +10,6 @@ from __future__ import annotations
 import sqlite3
 import time
 
-import aiosqlite
-
 from mux.money import gcra
 from mux.stores import sqlite_file
 from mux.stores.limits import UNLIMITED, Clock, RateDecision, check, drain_time_us, state_of
@@ -30,37 +28,16 @@ _READ = "SELECT level, at FROM mux_rate WHERE k = ?"
 _WRITE = "INSERT OR REPLACE INTO mux_rate(k, level, at, empty_at) VALUES (?, ?, ?, ?)"
 
 
-class SqliteRateLimitStore:
+class SqliteRateLimitStore(sqlite_file.SqliteBacked):
     """Rate-limit state in the SQLite file ``path``. Answers as ``RateLimitStore``."""
+
+    _name = "the SQLite rate-limit store"
 
     def __init__(self, path: str, *, clock: Clock = time.time,
                  busy_timeout_s: float = sqlite_file.BUSY_TIMEOUT_S) -> None:
-        self._path = path
+        super().__init__(path, SCHEMA, busy_timeout_s=busy_timeout_s)
         self._clock = clock
-        self._busy = busy_timeout_s
-        self._db: aiosqlite.Connection | None = None
         self._next_sweep = 0  # touched only in the connection's thread
-
-    async def open(self) -> None:
-        if self._db is None:
-            self._db = await sqlite_file.connect(self._path, SCHEMA, busy_timeout_s=self._busy)
-
-    async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
-
-    async def __aenter__(self) -> "SqliteRateLimitStore":
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _conn(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("the SQLite rate-limit store is not open")
-        return self._db
 
     async def acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
         check(rpm, tpm, tokens)

@@ -11,6 +11,7 @@ import time
 from typing import Sequence
 
 from mux.money.periods import window as period_window
+from mux.stores.lifecycle import Lifecycle
 from mux.stores.spend import DEFAULT_RETAIN_S, Admission, BudgetWindow, Clock, check_reservation as _check, counter_key, decide, plan
 
 HELD, LAPSED, SETTLED, RELEASED = 0, 1, 2, 3
@@ -29,7 +30,7 @@ class _Hold:
         self.resets = resets
 
 
-class MemorySpendStore:
+class MemorySpendStore(Lifecycle):
     """Spend state of one process. Reads and writes only its own dicts; answers as ``SpendStore``."""
 
     def __init__(self, *, clock: Clock = time.time, retain_s: float = DEFAULT_RETAIN_S) -> None:
@@ -40,19 +41,6 @@ class MemorySpendStore:
         self._expiries: list[tuple[float, str]] = []  # live holds by expiry
         self._forgets: list[tuple[float, str]] = []  # every hold by the time it is forgotten
         self._drops: list[tuple[float, str]] = []  # counters by the time their period is long past
-
-    async def open(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def __aenter__(self) -> "MemorySpendStore":
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def reserve(
         self, request_id: str, windows: Sequence[BudgetWindow], amount_nano: int, ttl_s: float

@@ -136,50 +136,26 @@ return 1
 _SETTLED, _RELEASED = 2, 3
 
 
-class RedisSpendStore:
+class RedisSpendStore(redis_server.RedisBacked):
     """Spend state in the Redis database at ``url`` (or on the given ``client``). Answers as ``SpendStore``.
 
     Without ``clock``, reservation expiry follows the server's clock; with one (tests), it follows ``clock``.
     """
 
+    _name = "the Redis spend store"
+
     def __init__(self, url: str | None = None, *, client: Redis | None = None, clock: Clock | None = None,
                  prefix: str = "mux:", retain_s: float = DEFAULT_RETAIN_S) -> None:
-        if (url is None) == (client is None):
-            raise ValueError("give a Redis url or a client, not both")
-        self._url = url
-        self._given = client
-        self._redis: Redis | None = None
+        super().__init__(url, client)
         self._clock = clock
         self._prefix = prefix
         self._retain = retain_s
 
-    async def open(self) -> None:
-        if self._redis is not None:
-            return
-        redis = self._given if self._given is not None else redis_server.client(self._url)  # type: ignore[arg-type]
-        try:
-            await redis_server.ping(redis)
-        except BaseException:
-            if self._given is None:
-                await redis.aclose()
-            raise
+    def _load(self, redis: Redis) -> None:
         self._reserve = Lua(redis, RESERVE)
         self._finish = Lua(redis, FINISH)
         self._usage = Lua(redis, USAGE)
         self._add = Lua(redis, ADD)
-        self._redis = redis
-
-    async def close(self) -> None:
-        redis, self._redis = self._redis, None
-        if redis is not None and self._given is None:
-            await redis.aclose()
-
-    async def __aenter__(self) -> "RedisSpendStore":
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     def _now(self) -> tuple[float, str]:
         """Answer the epoch time for periods and the time argument of the scripts ('' = the server's)."""
@@ -192,8 +168,7 @@ class RedisSpendStore:
         self, request_id: str, windows: Sequence[BudgetWindow], amount_nano: int, ttl_s: float
     ) -> Admission:
         check_reservation(amount_nano, ttl_s, self._retain)
-        if self._redis is None:
-            raise RuntimeError("the Redis spend store is not open")
+        self._check_open()
         if not windows:
             return Admission(True, [])
         now, now_arg = self._now()
@@ -225,13 +200,11 @@ class RedisSpendStore:
         return await self._end(request_id, 0, _RELEASED)
 
     async def _end(self, request_id: str, actual: int, state: int) -> bool:
-        if self._redis is None:
-            raise RuntimeError("the Redis spend store is not open")
+        self._check_open()
         return await self._finish([self._prefix + "q:" + request_id], [request_id, actual, state]) == 1
 
     async def usage(self, window: BudgetWindow) -> tuple[int, int]:
-        if self._redis is None:
-            raise RuntimeError("the Redis spend store is not open")
+        self._check_open()
         now, now_arg = self._now()
         start, _ = period_window(window.period, now)
         c = counter_key(window.scope_key, window.period, start)
@@ -239,8 +212,7 @@ class RedisSpendStore:
         return spent, reserved
 
     async def add_spend(self, window: BudgetWindow, nano: int, at: float | None = None) -> None:
-        if self._redis is None:
-            raise RuntimeError("the Redis spend store is not open")
+        self._check_open()
         now, _ = self._now()
         start, resets = period_window(window.period, now if at is None else at)
         keep = self._keep_ms(resets, now)

@@ -13,7 +13,6 @@ import sqlite3
 import time
 from typing import Sequence
 
-import aiosqlite
 import msgspec
 
 from mux.money.periods import window as period_window
@@ -53,38 +52,17 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(list[tuple[str, float | None]]).decode
 
 
-class SqliteSpendStore:
+class SqliteSpendStore(sqlite_file.SqliteBacked):
     """Spend state in the SQLite file ``path``. Answers as ``SpendStore``."""
+
+    _name = "the SQLite spend store"
 
     def __init__(self, path: str, *, clock: Clock = time.time, retain_s: float = DEFAULT_RETAIN_S,
                  busy_timeout_s: float = sqlite_file.BUSY_TIMEOUT_S) -> None:
-        self._path = path
+        super().__init__(path, SCHEMA, busy_timeout_s=busy_timeout_s)
         self._clock = clock
         self._retain = retain_s
-        self._busy = busy_timeout_s
-        self._db: aiosqlite.Connection | None = None
         self._next_cleanup = 0.0  # touched only in the connection's thread
-
-    async def open(self) -> None:
-        if self._db is None:
-            self._db = await sqlite_file.connect(self._path, SCHEMA, busy_timeout_s=self._busy)
-
-    async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
-
-    async def __aenter__(self) -> "SqliteSpendStore":
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _conn(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("the SQLite spend store is not open")
-        return self._db
 
     async def reserve(
         self, request_id: str, windows: Sequence[BudgetWindow], amount_nano: int, ttl_s: float
