@@ -72,7 +72,7 @@ def build(source: str, layers: int | None, log_path: str):
     config = mux.parse_config({"providers": [{"name": "openai", "type": "openai", "base_url": "http://127.0.0.1:9/v1",
                                               "api_key": API_KEY, "models": ["gpt-4o-mini"]}]})
     mux.configure_logging(stream=open(log_path, "ab"), secrets=[API_KEY])  # noqa: SIM115
-    chosen = mux.stack if layers is None else (lambda config, **kw: mux.stack(config, **kw)[:layers])
+    chosen = mux.stack if layers is None else (lambda config, *args, **kw: mux.stack(config, *args, **kw)[:layers])
     return mux.build_app(config, transport=CannedTransport(), layers=chosen), mux
 
 

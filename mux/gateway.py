@@ -56,7 +56,11 @@ _DERIVED = frozenset({"ingress", "matched", "body", "request", "fields", "trace"
 
 def check_stack(layers: list[Layer], terminal: Any = Dispatch) -> None:
     """Raise ``StackError`` if a layer (or the terminal) reads a context field that no layer outside it writes,
-    or reads after the inner app answered (``reads_after``) a field that no layer of the stack writes."""
+    or reads after the inner app answered (``reads_after``) a field that no layer of the stack writes.
+
+    A layer declares what it needs: ``reads`` (before calling inward), ``reads_after`` (once the inner app
+    answered) and ``writes``; what it only uses when present (``uses``) is documentation, never required, so
+    every stack that works passes."""
     written = set(_DERIVED)
     for cls, _ in layers:
         missing = set(getattr(cls, "reads", ())) - written

@@ -19,7 +19,8 @@ from mux.sse import frame
 
 class ErrorLayer:
     reads: frozenset[str] = frozenset()
-    reads_after = frozenset({"request_id"})
+    reads_after: frozenset[str] = frozenset()
+    uses = frozenset({"request_id", "ingress"})  # read when present, never required
     writes: frozenset[str] = frozenset()
 
     def __init__(self, app: ASGIApp, *, logger: Any = None) -> None:

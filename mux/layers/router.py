@@ -23,7 +23,8 @@ _encoder = msgspec.json.Encoder()
 
 
 class RouterLayer:
-    reads: frozenset[str] = frozenset()  # mlx (end user, session) is used when present
+    reads: frozenset[str] = frozenset()
+    uses = frozenset({"mlx"})  # the end user and session, for sticky strategies, when present
     writes = frozenset({"plan"})
 
     def __init__(self, app: ASGIApp, *, routing: LiveRouting, max_body_bytes: int = 10 * 1024 * 1024) -> None:

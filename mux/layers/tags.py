@@ -1,7 +1,8 @@
 """TagsLayer: collects the request's annotations into ``ctx.mlx``.
 
 On any HTTP request it reads the headers ``x-mux-tags: k=v,k=v``, ``x-mux-end-user`` and ``x-session-id``; on
-a request to an LLM front door (``mux.ingress``) it also reads and validates the body fields ``mlx:tags``, ``mlx:end_user``, ``mlx:cache``, ``mlx:trace``, ``user``, ``metadata``
+a request to an LLM front door (``mux.ingress``) it also reads and validates the body fields ``mlx:tags``,
+``mlx:end_user``, ``mlx:cache``, ``mlx:trace``, ``user``, ``metadata``
 and ``session_id`` (an embeddings body has only ``user``). So the layer also works on an app's own routes,
 with no chat body. Writes ``ctx.mlx``. Answers 400 for malformed values, naming the parameter or header.
 

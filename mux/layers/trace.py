@@ -59,7 +59,8 @@ class RequestIds:
 
 class TraceLayer:
     reads: frozenset[str] = frozenset()
-    reads_after = frozenset({"outcome", "request", "mlx", "plan", "trace"})
+    reads_after: frozenset[str] = frozenset()
+    uses = frozenset({"outcome", "request", "mlx", "plan", "trace"})  # read when present, after answering
     writes = frozenset({"request_id"})
 
     def __init__(self, app: ASGIApp, *, logger: Any = None, prefixes: tuple[str, ...] | None = None) -> None:
