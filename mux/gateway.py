@@ -160,7 +160,7 @@ def _build(config: Config, fallback: ASGIApp | None, transport: Transport | None
     dispatch = Dispatch(routing=resources.routing, transport=resources.transport,
                         max_body_bytes=config.server.max_body_bytes)
     endpoints = Endpoints(dispatch=dispatch, routing=resources.routing, fallback=fallback,
-                          admin_token=config.server.admin_token, logger=logger)
+                          admin_token=config.server.admin_token, ledger=resources.ledger, logger=logger)
     return Gateway(compose(chosen, endpoints), resources)
 
 
