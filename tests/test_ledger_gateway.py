@@ -153,13 +153,20 @@ def test_every_outcome_leaves_exactly_one_row_per_request_and_a_replay_adds_none
             record = fake_openai.last
             assert fake_openai.wait_done(record, timeout=5)
 
+        fake_openai.script(Reply(stall_s=3))  # a plain request whose client gives up before any answer
+        with pytest.raises(openai.APITimeoutError), sdk(url) as impatient:
+            impatient.with_options(timeout=0.3).chat.completions.create(model=MODEL, messages=HELLO)
+        assert fake_openai.wait_done(fake_openai.last, timeout=5)
+
         assert httpx.get(url + "/healthz").status_code == 200  # not an LLM request: no row
     rows = rows_of(ledger)
 
-    assert len(rows) == len(seen) == 12
-    assert {r.request_id: r.status for r in rows} == seen
+    assert len(rows) == 13 and len(seen) == 12
+    (gone,) = [r for r in rows if r.request_id not in seen]  # its client never saw its id
+    assert (gone.status, gone.error_code, gone.stream, gone.ttfb_ms) == (499, "client_disconnected", False, None)
+    assert {r.request_id: r.status for r in rows if r is not gone} == seen
     assert Counter(r.status for r in rows)[502] == 2 and Counter(r.status for r in rows)[200] == 4
-    by_status = {r.status: r for r in rows}
+    by_status = {r.status: r for r in rows if r is not gone}
     assert by_status[404].error_code == "model_not_found" and by_status[400].error_code is not None
     assert by_status[499].error_code == "client_disconnected" and by_status[499].stream
     assert all(r.request_body is None and r.response_body is None for r in rows)
@@ -179,7 +186,7 @@ def test_every_outcome_leaves_exactly_one_row_per_request_and_a_replay_adds_none
         return writer.stats
 
     stats = asyncio.run(replay())
-    assert stats.duplicates == 12 and stats.written == 0 and count_of(ledger) == 12
+    assert stats.duplicates == 13 and stats.written == 0 and count_of(ledger) == 13
 
 
 # --- the generation lookup ---------------------------------------------------------------------------------------
