@@ -7,6 +7,11 @@ an ASGI app for ``uvicorn app:app``, configured by the file named in ``MUX_CONFI
 SIGHUP reloads the config file. With ``--workers N`` the workers share the routing state file (a temporary
 one that lasts as long as the gateway when the config names none), and a reload or rollback made by any of
 them, or SIGHUP to the supervisor, is served by every worker within a second.
+
+SIGTERM (and SIGINT) is a graceful shutdown, run by uvicorn (with ``--workers N``, the supervisor passes it to
+every worker): it stops accepting connections, lets the requests in flight finish, then runs the lifespan
+shutdown, where the gateway closes its resources; the ledger writer writes every queued row before the process
+exits (``ledger.shutdown_timeout_s`` at most).
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ def create_app() -> mux.Gateway:
     the gateway starts); a bad file is logged and the running config keeps serving."""
     path = os.environ.get("MUX_CONFIG") or None
     config = load(path)
-    mux.configure_logging(level=os.environ.get("MUX_LOG_LEVEL", "info"),
-                          secrets=[p.api_key for p in config.providers])
+    secrets = [p.api_key for p in config.providers] + (config.ledger.secrets if config.ledger else [])
+    mux.configure_logging(level=os.environ.get("MUX_LOG_LEVEL", "info"), secrets=secrets)
     gateway = mux.build_app(config, source=lambda: load(path))
     if hasattr(signal, "SIGHUP"):
         gateway.reload_on(signal.SIGHUP)

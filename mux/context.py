@@ -11,11 +11,13 @@ ingress        first matcher   the front door of the request (``mux.ingress``), 
 body           first reader    the raw body, read once (``body_of``), replayed to inner apps
 request        first decoder   the validated request view the ingress decoded (chat or embeddings)
 fields         first decoder   the body's top-level fields as raw JSON, for forwarding
-key            AuthLayer       the virtual key that authenticated the request
+key            AuthLayer       the virtual key that authenticated the request (``KeyRecord``: name, team)
+budget         BudgetLayer     the budget's outcome, a short string: ``reserved``, ``refused:<scope>``, …
+ratelimit      RateLimitLayer  the rate limit's outcome, a short string: ``admitted``, ``refused:<scope>``, …
 mlx            TagsLayer       tags, end user, cache controls, trace flag, session id
 plan           RouterLayer     the ordered targets to attempt (``mux.routing.plan.Plan``)
-outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status (the first
-                               decoder writes the status and error of a body it refuses)
+outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status, response id (the
+                               first decoder writes the status and error of a body it refuses)
 trace          anyone          decision-trace events, in order: ``Attempt`` and ``Note`` Structs
 =============  ==============  ====================================================================
 
@@ -106,6 +108,8 @@ class Outcome(Struct, gc=False):
     stream_id: str | None = None  # the id of the stream's chunks, for the chunks mux adds at its end
     attempts: int = 0
     cache: str | None = None  # "hit" | "miss" | "skip"
+    response_id: str | None = None  # the answer's ``id`` (chatcmpl-…), as the client saw it
+    finish_reason: str | None = None  # the answer's (first choice's) finish_reason
 
 
 class Context(Struct, gc=False):  # gc=False here and above: no context is part of a reference cycle
@@ -117,6 +121,8 @@ class Context(Struct, gc=False):  # gc=False here and above: no context is part 
     request: Any = None  # the ingress's validated view: ChatRequest or EmbeddingsRequest
     fields: dict[str, msgspec.Raw] | None = None
     key: Any = None  # the authenticating key record (AuthLayer)
+    budget: str | None = None  # the budget's outcome: "reserved", "refused:acme-tenant", "warned", … (BudgetLayer)
+    ratelimit: str | None = None  # the rate limit's outcome: "admitted", "refused:acme-tenant", … (RateLimitLayer)
     mlx: Mlx | None = None
     plan: Plan | None = None
     outcome: Outcome = msgspec.field(default_factory=Outcome)

@@ -1,10 +1,11 @@
 """The terminal router of the gateway: every LLM front door (``mux.ingress``) to Dispatch, ``/v1/models``,
-``/healthz``, ``/admin/*``; any other path goes to the wrapped app (``mux.wrap``) or answers 404 in OpenAI's
-error shape. Paths are matched relative to the mount point (``root_path``)."""
+``/v1/generation`` (``mux.generation``), ``/healthz``, ``/admin/*``; any other path goes to the wrapped app
+(``mux.wrap``) or answers 404 in OpenAI's error shape. Paths are matched relative to the mount point
+(``root_path``)."""
 
 from __future__ import annotations
 
-from typing import Any, Awaitable
+from typing import TYPE_CHECKING, Any, Awaitable
 
 import msgspec
 
@@ -14,8 +15,13 @@ from mux.asgi import ASGIApp, Receive, Scope, Send, answer_lifespan, send_error,
 from mux.config import Config
 from mux.context import route_path
 from mux.errors import MethodNotAllowed, NotFound
+from mux.generation import PATHS as GENERATION_PATHS
+from mux.generation import Generation
 from mux.ingress import ingress_for
 from mux.routing.live import LiveRouting
+
+if TYPE_CHECKING:
+    from mux.ledger import LedgerWriter
 
 MODELS_PATHS = frozenset({"/v1/models", "/api/v1/models"})
 HEALTH_PATH = "/healthz"
@@ -39,11 +45,12 @@ class Endpoints:
     """Routes by exact path; reads nothing of the context."""
 
     def __init__(self, *, dispatch: ASGIApp, routing: LiveRouting, fallback: ASGIApp | None = None,
-                 admin_token: str | None = None, logger: Any = None) -> None:
+                 admin_token: str | None = None, ledger: LedgerWriter | None = None, logger: Any = None) -> None:
         self.dispatch = dispatch
         self.routing = routing
         self.fallback = fallback
-        self.admin = Admin(routing=routing, token=admin_token, logger=logger)
+        self.admin = Admin(routing=routing, token=admin_token, ledger=ledger, logger=logger)
+        self.generation = Generation(ledger=ledger, admin_token=admin_token)
         self._models: tuple[Config, bytes] | None = None
 
     def models(self) -> bytes:
@@ -69,6 +76,8 @@ class Endpoints:
             return send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
         if path in MODELS_PATHS and method in ("GET", "HEAD"):
             return send_json(send, 200, self.models())
+        if path in GENERATION_PATHS:
+            return self.generation(scope, receive, send)
         if path.startswith(ADMIN_PREFIX):
             return self.admin(scope, receive, send)
         if path == HEALTH_PATH and method in ("GET", "HEAD"):

@@ -3,7 +3,8 @@
 The order, outermost first, and why each pair is in its order:
 
 - ErrorLayer before everything, so a bug in any layer still answers a 500 in the request's dialect.
-- TraceLayer next, so every response (denials included) carries a request id and leaves a record.
+- TraceLayer next, so every response (denials included) carries a request id and leaves a record (and, with a
+  ledger, every LLM request one ledger row: it sees the status of refusals from every layer inside it).
 - (AuthLayer) before TagsLayer: an unauthenticated request gets no further than a 401.
 - TagsLayer before rate limits, budgets and cache, which key on the end user and tags it writes.
 - (RateLimitLayer) before RouterLayer: a request over its rate is refused before any planning work.
@@ -44,7 +45,7 @@ def stack(config: Config, resources: Resources | None = None, *, logger: Any = N
     limit = config.server.max_body_bytes
     return [
         (ErrorLayer, {"logger": logger}),
-        (TraceLayer, {"logger": logger, "prefixes": prefixes}),
+        (TraceLayer, {"logger": logger, "prefixes": prefixes, "ledger": resources.ledger}),
         (TagsLayer, {"max_body_bytes": limit}),
         (RouterLayer, {"routing": resources.routing, "max_body_bytes": limit}),
     ]
@@ -163,7 +164,7 @@ def _build(config: Config, fallback: ASGIApp | None, transport: Transport | None
     dispatch = Dispatch(routing=resources.routing, transport=resources.transport,
                         max_body_bytes=config.server.max_body_bytes)
     endpoints = Endpoints(dispatch=dispatch, routing=resources.routing, fallback=fallback,
-                          admin_token=config.server.admin_token, logger=logger)
+                          admin_token=config.server.admin_token, ledger=resources.ledger, logger=logger)
     return Gateway(compose(chosen, endpoints), resources)
 
 

@@ -2,7 +2,9 @@
 
 ``Resources`` owns the upstream transport, the live routing state (its version store) and whatever else the
 stack shares (state stores, ledger writer, meters): each is registered under a name, opened in registration
-order and closed in reverse. A resource that fails to open stops startup with a message naming it (the ones
+order and closed in reverse. With a ``ledger:`` section, the ledger store opens (and creates its schema)
+before its writer starts, and at shutdown the writer writes every queued row (``ledger.shutdown_timeout_s`` at
+most) before the store closes. A resource that fails to open stops startup with a message naming it (the ones
 already open are closed again); a failure while closing is reported and the others still close. Layers and
 handlers receive the resources they need injected; none reads env or globals.
 """
@@ -10,7 +12,8 @@ handlers receive the resources they need injected; none reads env or globals.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import structlog
 
@@ -19,6 +22,10 @@ from mux.engine.transport import AiohttpTransport, Transport
 from mux.routing.live import LiveRouting
 from mux.routing.sync import RoutingSync
 from mux.routing.versions import MemoryVersions, SQLiteVersions, Versions
+
+if TYPE_CHECKING:
+    from mux.config.schema import LedgerConfig
+    from mux.ledger import LedgerWriter
 
 
 class Resource(Protocol):
@@ -36,7 +43,8 @@ class Resources:
 
     def __init__(self, config: Config, *, transport: Transport | None = None, versions: Versions | None = None,
                  routing: LiveRouting | None = None, source: Callable[[], Config] | None = None,
-                 logger: Any = None) -> None:
+                 ledger: LedgerWriter | None = None, logger: Any = None) -> None:
+        """``ledger`` replaces the writer ``config.ledger`` would build (its store is opened and closed here)."""
         self.config = config
         self.transport: Transport = transport or AiohttpTransport()
         self.routing = routing or LiveRouting(config, versions=versions or open_versions(config), source=source)
@@ -46,6 +54,12 @@ class Resources:
         self._open: list[tuple[str, Any]] = []
         self._opening: asyncio.Lock | None = None
         self.opened = False
+        self.ledger: LedgerWriter | None = ledger or (open_ledger(config.ledger) if config.ledger else None)
+        if self.ledger is not None:
+            writer = self.ledger
+            timeout = config.ledger.shutdown_timeout_s if config.ledger else None
+            self.add("ledger store", Hooks(writer.store.open, writer.store.close))
+            self.add("ledger writer", Hooks(_started(writer), partial(writer.aclose, timeout)))
 
     def add(self, name: str, resource: Any) -> Any:
         """Register ``resource`` (anything with ``open``/``aclose``; either may be absent) and answer it."""
@@ -93,6 +107,29 @@ class Resources:
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 self.logger.error("resource_close_failed", resource=name, error=f"{type(exc).__name__}: {exc}")
         return failures
+
+
+class Hooks:
+    """A resource made of two coroutine functions (for objects whose lifecycle methods have other names)."""
+
+    def __init__(self, open: Callable[[], Awaitable[None]], aclose: Callable[[], Awaitable[None]]) -> None:
+        self.open = open
+        self.aclose = aclose
+
+
+def _started(writer: LedgerWriter) -> Callable[[], Awaitable[None]]:
+    async def start() -> None:
+        writer.start()  # on the serving loop: the flusher is a task of it
+    return start
+
+
+def open_ledger(config: LedgerConfig) -> LedgerWriter:
+    """The (unstarted) ledger writer over the (unopened) store the ``ledger:`` section names."""
+    from mux.ledger import LedgerWriter, store_from_url
+
+    store = store_from_url(config.store, schema=config.schema)
+    return LedgerWriter(store, batch_rows=config.batch_rows, flush_ms=config.flush_ms, max_queue=config.max_queue,
+                        store_bodies=config.store_bodies)
 
 
 def open_versions(config: Config) -> Versions:

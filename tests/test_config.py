@@ -73,3 +73,24 @@ def test_zero_config_enables_each_provider_whose_key_is_set_at_its_real_base_url
 def test_provider_repr_never_shows_the_api_key():
     config = config_from_env({"OPENAI_API_KEY": "sk-secret-123"})
     assert "sk-secret-123" not in repr(config) and "sk-secret-123" not in repr(config.providers[0])
+
+
+def test_the_ledger_is_off_unless_configured_and_its_section_refuses_unknown_keys_and_bad_stores():
+    assert parse_config({}).ledger is None
+    ledger = parse_config({"ledger": {}}).ledger
+    assert ledger is not None and ledger.store == "sqlite:///mux.db" and ledger.store_bodies is False
+    assert (ledger.batch_rows, ledger.flush_ms, ledger.max_queue) == (500, 5.0, 100_000)
+    with pytest.raises(ConfigError, match="ledger: Object contains unknown field `store_body`"):
+        parse_config({"ledger": {"store_body": True}})
+    with pytest.raises(ConfigError, match="ledger: store must be sqlite:///FILE or postgresql://"):
+        parse_config({"ledger": {"store": "mysql://db/ledger"}})
+    with pytest.raises(ConfigError, match="ledger.batch_rows"):
+        parse_config({"ledger": {"batch_rows": 0}})
+    with pytest.raises(ConfigError, match="ledger.schema"):
+        parse_config({"ledger": {"store": "postgresql://db/x", "schema": "a; DROP TABLE x"}})
+
+
+def test_ledger_repr_hides_the_store_password_and_names_it_as_a_secret():
+    ledger = parse_config({"ledger": {"store": "postgresql://mux:s3cr%40t@db:5432/mux"}}).ledger
+    assert "s3cr" not in repr(ledger) and "postgresql://mux:***@db:5432/mux" in repr(ledger)
+    assert set(ledger.secrets) == {"s3cr%40t", "s3cr@t"}

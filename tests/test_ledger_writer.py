@@ -171,3 +171,43 @@ def test_rows_submitted_before_start_are_written_by_aclose(backend):
         return await count(store)
 
     assert backend.run(scenario) == 7
+
+
+def test_flush_writes_a_partial_batch_at_once_and_answers_when_it_is_stored(backend):
+    rows = mixed_rows(3, start=NOW, span_s=1, prefix="flush")
+
+    async def scenario(store):
+        writer = LedgerWriter(store, batch_rows=1000, flush_ms=60_000)  # a batch would wait a minute to fill
+        idle = await writer.flush(timeout=0.01)
+        writer.start()
+        for row in rows:
+            writer.submit(row)
+        began = asyncio.get_running_loop().time()
+        flushed = await writer.flush(timeout=5)
+        took = asyncio.get_running_loop().time() - began
+        stored = await count(store)
+        again = await writer.flush(timeout=0)
+        await writer.aclose()
+        return idle, flushed, took, stored, again
+
+    idle, flushed, took, stored, again = backend.run(scenario)
+    assert idle is True  # nothing was submitted: nothing to wait for
+    assert flushed is True and stored == 3 and took < 1 and again is True
+
+
+def test_flush_gives_up_waiting_at_its_timeout_and_the_rows_are_still_written(backend):
+    rows = mixed_rows(2, start=NOW, span_s=1, prefix="slow")
+
+    async def scenario(store):
+        gated = Gated(store)
+        writer = LedgerWriter(gated, flush_ms=1)
+        writer.start()
+        for row in rows:
+            writer.submit(row)
+        timed_out = await writer.flush(timeout=0.05)
+        gated.gate.set()
+        flushed = await writer.flush(timeout=5)
+        await writer.aclose()
+        return timed_out, flushed, await count(store)
+
+    assert backend.run(scenario) == (False, True, 2)

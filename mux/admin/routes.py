@@ -4,7 +4,8 @@
 - ``POST /admin/reload``: re-read the config source and serve it from the next request on (in-flight
   requests finish on the plan they had); a bad config answers 400 and the old one keeps serving;
 - ``POST /admin/routes/{name}/rollback`` with ``{"version": N}``: serve an earlier recorded version;
-- ``GET /admin/health``: breaker state and recent latency per target.
+- ``GET /admin/health``: breaker state and recent latency per target;
+- ``GET /admin/requests`` and ``GET /admin/analytics``: the request ledger (``mux.admin.analytics``).
 
 Reloads and rollbacks are recorded in the routing state, so every worker sharing it follows (see
 ``mux.live``). What reads or writes the version store runs in a thread: it may wait on another process.
@@ -14,16 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
 
+from mux.admin import analytics
 from mux.asgi import Receive, Scope, Send, header, read_body, send_error, send_json
 from mux.config import ConfigError
 from mux.context import route_path
 from mux.errors import InvalidRequest, MethodNotAllowed, NotFound, Unauthorized
 from mux.routing.live import LiveRouting
+
+if TYPE_CHECKING:
+    from mux.ledger import LedgerWriter
 
 PREFIX = "/admin/"
 
@@ -33,8 +38,10 @@ class _Rollback(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Admin:
-    def __init__(self, *, routing: LiveRouting, token: str | None, logger: Any = None) -> None:
+    def __init__(self, *, routing: LiveRouting, token: str | None, ledger: LedgerWriter | None = None,
+                 logger: Any = None) -> None:
         self.routing = routing
+        self.ledger = ledger
         self.token = token.encode() if token else None
         self.logger = logger or structlog.get_logger("mux.admin")
 
@@ -49,7 +56,7 @@ class Admin:
             body = await self._handle(scope, receive, path, method)
         except ConfigError as exc:
             return await send_error(send, InvalidRequest(str(exc), code="invalid_config"))
-        except (InvalidRequest, NotFound, MethodNotAllowed) as exc:
+        except (InvalidRequest, NotFound, MethodNotAllowed, analytics.LedgerUnavailable) as exc:
             return await send_error(send, exc)
         await send_json(send, 200, msgspec.json.encode(body))
 
@@ -60,6 +67,8 @@ class Admin:
             health = self.routing.health
             return {"targets": {label: {"state": health.state(label), "consecutive_failures": h.failures,
                                         "latency_ms": h.latency_ms} for label, h in health.targets.items()}}
+        if path in analytics.PATHS and method == "GET":
+            return await analytics.answer(self.ledger, path, scope)
         if path == "/admin/reload":
             _require_post(method, path)
             versions = await asyncio.to_thread(self.routing.reload)

@@ -7,6 +7,7 @@ serves. Reading, interpolating and cross-checking a file is ``mux.config.load``.
 from __future__ import annotations
 
 from typing import Annotated, Any, Callable, Literal, Mapping
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -113,12 +114,49 @@ class HealthConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     latency_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.3  # EWMA weight of the newest latency
 
 
+class LedgerConfig(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The request ledger (``mux.ledger``): one row per LLM request, written in batches off the request path.
+    Off unless the config has a ``ledger:`` section (``ledger: {}`` is the embedded SQLite default)."""
+
+    store: str = "sqlite:///mux.db"  # or postgresql://user:password@host:5432/db
+    schema: Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] = "public"  # PostgreSQL schema
+    store_bodies: bool = False  # keep the request and response bodies too
+    batch_rows: Annotated[int, Meta(ge=1, le=10_000)] = 500  # rows per write at most
+    flush_ms: Annotated[float, Meta(gt=0, le=60_000)] = 5.0  # the longest a row waits for its batch to fill
+    max_queue: Annotated[int, Meta(ge=1)] = 100_000  # rows waiting at most; beyond, rows are dropped and counted
+    shutdown_timeout_s: PositiveSeconds = 30.0  # at shutdown, rows not written by then are counted lost and logged
+
+    def __post_init__(self) -> None:
+        if not (self.store.startswith(("postgresql://", "postgres://"))
+                or (self.store.startswith("sqlite:///") and len(self.store) > len("sqlite:///"))):
+            raise ValueError("store must be sqlite:///FILE or postgresql://…")
+
+    def __repr__(self) -> str:
+        return f"LedgerConfig(store={masked_url(self.store)!r}, schema={self.schema!r}, store_bodies={self.store_bodies})"
+
+    @property
+    def secrets(self) -> list[str]:
+        """The password in the store URL, as written and decoded, if any (to keep out of logs)."""
+        password = urlsplit(self.store).password
+        return [password, unquote(password)] if password else []
+
+
+def masked_url(url: str) -> str:
+    """Answer ``url`` with the password of its user info replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    user, at, host = rest.rpartition("@")
+    if not at or ":" not in user:
+        return url
+    return f"{scheme}{sep}{user.split(':', 1)[0]}:***@{host}"
+
+
 class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     providers: list[ProviderConfig] = []
     catalog: dict[str, ModelInfo] = {}  # "<provider name or type>/<model>": limits, abilities, prices
     routes: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$")], RouteConfig] = {}
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    ledger: LedgerConfig | None = None  # the request ledger; off when absent
 
     def provider(self, name: str) -> ProviderConfig | None:
         """Answer the provider called ``name``, if configured."""

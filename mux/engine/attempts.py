@@ -36,6 +36,7 @@ class StreamEnd(msgspec.Struct, gc=False):
     payloads: list[bytes]
     error: MuxError | None = None
     ttfb_ms: float | None = None
+    last: bytes | None = None  # the last payload already sent (for its finish_reason)
 
 
 async def run_attempts(ctx: Context, plan: Plan, build: Build, once: Once, health: Health, rng: random.Random,

@@ -2,7 +2,8 @@
 the request's ingress.
 
 Reads ``ctx.ingress``, ``ctx.request``/``ctx.fields`` (decoding the body itself if no layer did), ``ctx.plan``
-(planning itself if no RouterLayer ran) and ``ctx.mlx``; writes ``ctx.outcome``; the attempts append the
+(planning itself if no RouterLayer ran) and ``ctx.mlx``; writes ``ctx.outcome`` (with the answer's ``id`` and
+``finish_reason``, peeked from the answer or the stream's last chunk); the attempts append the
 decision-trace events. The attempt policy is ``mux.engine.attempts``; one attempt on the wire is
 ``mux.engine.exchange``; provider knowledge stays in the adapters.
 
@@ -18,6 +19,8 @@ import random
 from functools import partial
 from time import perf_counter, time
 from typing import Any, Awaitable
+
+import msgspec
 
 from mux.asgi import ClientWatch, Receive, Scope, Send, send_json
 from mux.catalog import Catalog
@@ -110,6 +113,8 @@ class Dispatch:
                 _failed(outcome, error)
                 return await deny(scope, send, error)
             outcome.status = 200
+            if ingress.operation == "chat":
+                _peek_answer(outcome, completion.body)
             replace: dict[str, Any] = {}
             usage = with_total(completion.usage, outcome) if outcome.cost_usd is not None else None
             if usage is not None:
@@ -168,6 +173,7 @@ class Dispatch:
             _failed(outcome, error)
             return await deny(scope, send, error)
         payloads = end.payloads
+        outcome.finish_reason = _finish_reason(payloads[-1] if payloads else end.last)
         model = outcome.model or target.model
         if end.error is None:
             outcome.status = 200
@@ -194,7 +200,7 @@ class Dispatch:
 
         def started(translator: Any) -> None:
             answered_by(outcome, target, translator.model)
-            outcome.stream_id = translator.id
+            outcome.stream_id = outcome.response_id = translator.id
 
         end = await relay_stream(self.transport, upstream, provider, adapter, translator, encoder, send, timeout_s,
                                  started)
@@ -217,6 +223,44 @@ def _built(ctx: Context, target: Target, upstream: UpstreamRequest) -> UpstreamR
 
 def end_id(ctx: Context) -> str:
     return ctx.outcome.stream_id or f"chatcmpl-{ctx.request_id or 'mux'}"
+
+
+class _ChoicePeek(msgspec.Struct, gc=False):
+    finish_reason: str | None = None
+
+
+class _AnswerPeek(msgspec.Struct, gc=False):
+    id: str | None = None
+    choices: list[_ChoicePeek] = []
+
+
+_answer_peek = msgspec.json.Decoder(_AnswerPeek)
+
+
+def _peek(body: bytes | None) -> _AnswerPeek | None:
+    if not body:
+        return None
+    try:
+        return _answer_peek.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+
+
+def _first_finish(answer: _AnswerPeek | None) -> str | None:
+    return next((c.finish_reason for c in answer.choices if c.finish_reason), None) if answer else None
+
+
+def _peek_answer(outcome: Outcome, body: bytes) -> None:
+    """Record the ``id`` and ``finish_reason`` of an OpenAI-shaped chat answer."""
+    answer = _peek(body)
+    if answer is not None:
+        outcome.response_id = answer.id
+        outcome.finish_reason = _first_finish(answer)
+
+
+def _finish_reason(chunk: bytes | None) -> str | None:
+    """The ``finish_reason`` of a stream's last chunk (translators end a stream with its finishing chunk)."""
+    return _first_finish(_peek(chunk))
 
 
 def _failed(outcome: Outcome, error: MuxError) -> None:

@@ -63,6 +63,7 @@ async def relay_stream(transport: Transport, upstream: UpstreamRequest, provider
     response = None
     error: MuxError | None = None
     payloads: list[bytes] = []
+    last: bytes | None = None
     try:
         async with Deadline(min(deadline, now + first_byte_s)) as timer:
             response = await transport.send(upstream, provider)
@@ -78,6 +79,7 @@ async def relay_stream(transport: Transport, upstream: UpstreamRequest, provider
                         started(translator)
                         await send({"type": "http.response.start", "status": 200, "headers": encoder.headers})
                     await send({"type": "http.response.body", "body": encoder.chunks(payloads), "more_body": True})
+                    last = payloads[-1]
                     payloads = []
                 if ttfb_ms is not None:
                     phase = "next chunk"
@@ -99,4 +101,4 @@ async def relay_stream(transport: Transport, upstream: UpstreamRequest, provider
         ttfb_ms = round((perf_counter() - begun) * 1000, 3)
         started(translator)
         await send({"type": "http.response.start", "status": 200, "headers": encoder.headers})
-    return StreamEnd(payloads=payloads, error=error, ttfb_ms=ttfb_ms)
+    return StreamEnd(payloads=payloads, error=error, ttfb_ms=ttfb_ms, last=last)

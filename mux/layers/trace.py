@@ -1,7 +1,10 @@
-"""TraceLayer: the request id, the ``x-mux-*`` response headers, and one log record per request.
+"""TraceLayer: the request id, the ``x-mux-*`` response headers, one log record per request, and one ledger row
+per LLM request.
 
 Writes ``ctx.request_id``. Reads ``ctx.outcome``, ``ctx.request``, ``ctx.mlx``, ``ctx.plan`` and
-``ctx.trace`` (after the inner app ran, for the record; at ``http.response.start``, for the headers).
+``ctx.trace`` (after the inner app ran, for the record; at ``http.response.start``, for the headers), and for
+the ledger row ``ctx.key``, ``ctx.budget`` and ``ctx.ratelimit`` when a layer wrote them (they are optional, so
+not declared in ``reads_after``).
 
 Headers, added to every response it sees: ``x-mux-request-id``; and where known when the response starts
 ``x-mux-provider``, ``x-mux-model-used``, ``x-mux-cost-usd``, ``x-mux-latency-ms``, ``x-mux-config``,
@@ -9,21 +12,33 @@ Headers, added to every response it sees: ``x-mux-request-id``; and where known 
 cost arrives in the final usage chunk). The record is one structured log event ``request`` with id, method,
 path, status, model asked and used, provider, latency, time to first byte, tokens, cost, end user, tags,
 session, error code and the decision trace; it is written even when an inner app raises.
+
+With a ``ledger`` (``mux.ledger.LedgerWriter``), every request to an LLM front door (``mux.ingress``: answered,
+refused, failed, cancelled) also leaves one ``LedgerRow``, built from the same facts as the log record and
+handed to ``ledger.submit`` (synchronous, never waits). Its ``status`` is the HTTP status sent (when nothing
+was sent, the outcome's: 499 for a client that went away), except that a stream cut after its first byte
+records the in-band error's status (499 when the client went away), and a request whose inner app raised
+records 500 (499 when it was cancelled).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from time import perf_counter
-from typing import Any, Awaitable
+from time import perf_counter, time
+from typing import TYPE_CHECKING, Any, Awaitable
 
 import msgspec
 import structlog
 
 from mux.asgi import ASGIApp, Message, Receive, Scope, Send
 from mux.context import Context, context_of, route_path
+from mux.ingress import ingress_of
+from mux.ledger.row import LedgerRow, nano_usd
 from mux.routing.decision import decision_trace
+
+if TYPE_CHECKING:
+    from mux.ledger import LedgerWriter
 
 
 class _ErrorPeek(msgspec.Struct):
@@ -63,12 +78,16 @@ class TraceLayer:
     uses = frozenset({"outcome", "request", "mlx", "plan", "trace"})  # read when present, after answering
     writes = frozenset({"request_id"})
 
-    def __init__(self, app: ASGIApp, *, logger: Any = None, prefixes: tuple[str, ...] | None = None) -> None:
-        """``prefixes`` limits the layer to paths starting with one of them (``None``: every HTTP request)."""
+    def __init__(self, app: ASGIApp, *, logger: Any = None, prefixes: tuple[str, ...] | None = None,
+                 ledger: LedgerWriter | None = None) -> None:
+        """``prefixes`` limits the layer to paths starting with one of them (``None``: every HTTP request);
+        ``ledger`` receives one row per LLM request (``None``: no ledger)."""
         self.app = app
         self.logger = logger or structlog.get_logger("mux.requests")
         self.prefixes = prefixes
         self.new_id = RequestIds()
+        self.ledger = ledger
+        self._keep_bodies = ledger is not None and ledger.store_bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self.prefixes is not None and not route_path(scope).startswith(self.prefixes)):
@@ -78,6 +97,7 @@ class TraceLayer:
         status = 0
         first_byte: float | None = None
         error_code: str | None = None
+        sent: list[bytes] | None = [] if self._keep_bodies else None
 
         def traced_send(message: Message) -> Awaitable[None]:  # returns send's awaitable: no extra coroutine
             nonlocal status, first_byte, error_code
@@ -94,6 +114,8 @@ class TraceLayer:
                     first_byte = perf_counter()
                     if status >= 400:
                         error_code = error_code_of(body)
+                if sent is not None and body:
+                    sent.append(body)
             return send(message)
 
         failure: str | None = None
@@ -103,7 +125,10 @@ class TraceLayer:
             failure = type(exc).__name__
             raise
         finally:
-            self.logger.info("request", **record(ctx, scope, status or ctx.outcome.status or 500, first_byte, error_code, failure))
+            fields = record(ctx, scope, status or ctx.outcome.status or 500, first_byte, error_code, failure)
+            self.logger.info("request", **fields)
+            if self.ledger is not None and ingress_of(scope) is not None:
+                self.ledger.submit(ledger_row(ctx, fields, status, error_code, failure, sent))
 
 
 def response_headers(ctx: Context, now: float) -> list[tuple[bytes, bytes]]:
@@ -192,3 +217,56 @@ def record(ctx: Context, scope: Scope, status: int, first_byte: float | None, er
     if ctx.plan is not None or ctx.trace:
         fields["trace"] = decision_trace(ctx.plan, ctx.trace)
     return fields
+
+
+def ledger_row(ctx: Context, fields: dict[str, Any], sent_status: int, error_code: str | None, failure: str | None,
+               sent: list[bytes] | None = None) -> LedgerRow:
+    """Answer the request's ledger row from its context and its log record's ``fields`` (latency, first byte,
+    stream flag, decision trace); ``sent_status`` is the status sent (0: none), ``error_code`` the one peeked
+    from an error body, ``failure`` the name of the exception the inner app raised, ``sent`` the response body
+    chunks when bodies are kept."""
+    outcome, mlx, plan, key, request, usage = ctx.outcome, ctx.mlx, ctx.plan, ctx.key, ctx.request, ctx.outcome.usage
+    status = sent_status or outcome.status or 500
+    code = outcome.error_type or error_code
+    if failure is not None:
+        cancelled = failure == "CancelledError"
+        status = 499 if cancelled else status if status >= 400 else 500
+        code = "cancelled" if cancelled else code or "internal_error"
+    elif outcome.status is not None and outcome.status >= 400 > status:  # a stream cut after its first byte
+        status = outcome.status
+    latency_ms = fields["latency_ms"]
+    return LedgerRow(
+        request_id=ctx.request_id,
+        created_at=time() - latency_ms / 1000,
+        response_id=outcome.response_id,
+        key_name=key.name if key is not None else None,
+        team=key.team if key is not None else None,
+        end_user=mlx.end_user if mlx is not None else None,
+        tags=mlx.tags if mlx is not None else {},
+        session_id=mlx.session_id if mlx is not None else None,
+        model_requested=request.model if request is not None else plan.requested if plan is not None else None,
+        model_used=outcome.model,
+        provider=outcome.provider,
+        route=plan.route if plan is not None else None,
+        route_version=plan.route_version if plan is not None else None,
+        strategy=plan.strategy if plan is not None else None,
+        status=status,
+        error_code=code if status >= 400 else None,
+        attempts=outcome.attempts,
+        prompt_tokens=usage.prompt_tokens if usage is not None else 0,
+        completion_tokens=usage.completion_tokens if usage is not None else 0,
+        cached_tokens=usage.cached_tokens if usage is not None else 0,
+        cache_write_tokens=usage.cache_write_tokens if usage is not None else 0,
+        reasoning_tokens=usage.reasoning_tokens if usage is not None else 0,
+        cost_nano=nano_usd(outcome.cost_usd),
+        latency_ms=latency_ms,
+        ttfb_ms=fields.get("ttfb_ms"),
+        stream=fields.get("stream", False),
+        cache_status=outcome.cache,
+        budget_outcome=ctx.budget,
+        rate_limit_outcome=ctx.ratelimit,
+        finish_reason=outcome.finish_reason,
+        trace=fields.get("trace"),
+        request_body=ctx.body if sent is not None else None,
+        response_body=b"".join(sent) if sent else None,
+    )

@@ -20,6 +20,9 @@ shutdown, after the server has finished its requests; rows submitted while it ru
 ``timeout``, it gives up when the time is spent (a store that stays down must not hold a process forever):
 the unwritten rows are counted in ``stats.lost`` and logged. Without one, it waits for the store.
 
+``flush()`` writes the rows submitted so far without waiting for a batch to fill and returns when they are in
+the store (a lookup right after a request finds its row); with ``timeout``, it gives up waiting, never the rows.
+
 Rows never carry bodies unless the writer was built with ``store_bodies=True`` (``ledger.store_bodies``):
 without it, ``submit`` strips ``request_body`` and ``response_body``. ``submit`` must be called on the event
 loop's thread.
@@ -80,6 +83,8 @@ class LedgerWriter:
         self._finished = False
         self._submitted = self._written = self._duplicates = self._dropped = self._lost = 0
         self._write_errors = self._batches = self._max_depth = 0
+        self._settled = 0  # rows taken by the store (written or already there), in submission order
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # flush() calls: (rows to settle, future)
         self._last_drop_log = -_DROP_LOG_EVERY_S
 
     # the request path
@@ -116,6 +121,36 @@ class LedgerWriter:
                            batches=self._batches, queue_depth=len(self._queue), in_flight=len(self._in_flight),
                            max_queue_depth=self._max_depth)
 
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Write every row submitted before the call now (not waiting for a batch to fill); answer ``True``
+        once they are all in the store, ``False`` when ``timeout`` (seconds) passed first or the writer is not
+        running. The rows stay queued either way."""
+        target = self._submitted
+        if self._settled >= target:
+            return True
+        if self._task is None or self._task.done():
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (target, waiter)
+        self._waiters.append(entry)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+        return self._settled >= target
+
+    def _settle(self, rows: int) -> None:
+        self._settled += rows
+        if self._waiters:
+            for target, waiter in [w for w in self._waiters if w[0] <= self._settled]:
+                self._waiters.remove((target, waiter))
+                if not waiter.done():
+                    waiter.set_result(None)
+
     # lifecycle
 
     def start(self) -> None:
@@ -143,6 +178,9 @@ class LedgerWriter:
             self._in_flight = ()
             self._logger.error("ledger_rows_lost", lost=lost, timeout_s=timeout)
         self._finished = True
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # the flusher
 
@@ -156,8 +194,8 @@ class LedgerWriter:
                 wake.clear()
                 await wake.wait()
                 continue
-            if len(queue) < self._batch_rows and not self._closing:
-                wake.clear()  # submit sets it again when the batch fills
+            if len(queue) < self._batch_rows and not self._closing and not self._waiters:
+                wake.clear()  # submit sets it again when the batch fills, flush() when it is asked for
                 try:
                     async with asyncio.timeout(self._flush_s):
                         await wake.wait()
@@ -184,4 +222,5 @@ class LedgerWriter:
             self._written += written
             self._duplicates += len(batch) - written
             self._batches += 1
+            self._settle(len(batch))
             return
