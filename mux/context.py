@@ -11,7 +11,7 @@ ingress        first matcher   the front door of the request (``mux.ingress``), 
 body           first reader    the raw body, read once (``body_of``), replayed to inner apps
 request        first decoder   the validated request view the ingress decoded (chat or embeddings)
 fields         first decoder   the body's top-level fields as raw JSON, for forwarding
-key            AuthLayer       the virtual key that authenticated the request
+key            AuthLayer       the virtual key (``KeyRecord``) that authenticated the request
 mlx            TagsLayer       tags, end user, cache controls, trace flag, session id
 plan           RouterLayer     the ordered targets to attempt (``mux.routing.plan.Plan``)
 outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status (the first
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
 
     from mux.ingress import Ingress
+    from mux.keys.model import KeyRecord
     from mux.routing.plan import Plan
     from mux.wire.openai import CacheControl, Usage
 
@@ -116,7 +117,7 @@ class Context(Struct, gc=False):  # gc=False here and above: no context is part 
     body: bytes | None = None
     request: Any = None  # the ingress's validated view: ChatRequest or EmbeddingsRequest
     fields: dict[str, msgspec.Raw] | None = None
-    key: Any = None  # the authenticating key record (AuthLayer)
+    key: KeyRecord | None = None  # the authenticating virtual key (AuthLayer); None while no key exists
     mlx: Mlx | None = None
     plan: Plan | None = None
     outcome: Outcome = msgspec.field(default_factory=Outcome)

@@ -1,6 +1,6 @@
 """Reading a configuration: YAML with ``${ENV}`` interpolation, zero-config from the environment, and the
-checks a Struct cannot express (provider types, names, base URLs, routes). Every error names the key path
-(``providers[0].timeout_s``).
+checks a Struct cannot express (provider types, names, base URLs, routes, keys, the state URL). Every error
+names the key path (``providers[0].timeout_s``, ``keys[1].key``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 import msgspec
 
+from mux.keys.spec import check_specs
 from mux.providers import ADAPTERS
 from mux.config.schema import Config, ConfigError, ProviderConfig, RouteConfig
 
@@ -101,7 +102,34 @@ def validated(config: Config) -> Config:
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}.base_url: must start with http:// or https://")
     _check_routes(config)
+    try:
+        check_specs(config.keys)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    check_state(config, config.server.workers)
     return config
+
+
+_STATE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def check_state(config: Config, workers: int) -> None:
+    """Raise ``ConfigError`` when ``state`` is not ``memory``, ``sqlite:///path`` or ``redis://host:port/db``,
+    or is ``memory`` while ``workers`` processes would each hold their own copy."""
+    url = config.state
+    if url == "memory":
+        if workers > 1:
+            raise ConfigError(
+                f"state: 'memory' keeps keys (and budgets and rate limits) in one process's memory, so each of "
+                f"the {workers} workers would have its own: a key revoked or a budget spent in one would not "
+                "count in the others. Use sqlite:///path (the workers of one machine) or redis://host:port/db.")
+        return
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return
+    if url.startswith(_STATE_SCHEMES):
+        return
+    scheme = url.partition("://")[0] if "://" in url else url[:20]  # never echo a URL's password
+    raise ConfigError(f"state: unknown state '{scheme}': expected memory, sqlite:///path or redis://host:port/db")
 
 
 def _check_routes(config: Config) -> None:
