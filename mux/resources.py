@@ -103,7 +103,9 @@ class Resources:
 
 def needs_state(config: Config) -> bool:
     """Whether the config needs its ``state`` store: keys configured, or an admin token (which can make keys).
-    A plain config opens nothing, so it creates no file."""
+    A plain config opens nothing, so it creates no file. Whatever else comes to live in the state (budgets,
+    rate limits) belongs here too: the stack holds AuthLayer, the writer of ``ctx.key``, exactly when this
+    is true."""
     return bool(config.keys) or bool(config.server.admin_token)
 
 
