@@ -51,8 +51,9 @@ def test_the_documented_keys_config_parses():
     ({"keys": [{"name": "a", "key": "short"}]}, "keys[0].key: Expected `str` of length >= 16"),
     ({"keys": [{"name": "a", "key": "k" * 16, "rmp": 5}]}, "keys[0]: Object contains unknown field `rmp`"),
     ({"keys": [{"name": "a", "key": "k" * 16, "budget_period": "year"}]}, "keys[0].budget_period"),
-    ({"state": "postgres://u:hunter2@db/x"}, "state: unknown state 'postgres'"),
-    ({"state": "sqlite:///"}, "state: unknown state"),
+    ({"state": "postgres://u:hunter2@db/x"}, "state: unsupported state 'postgres://…'"),
+    ({"state": "sqlite:///"}, "state: state 'sqlite:///' names no file"),
+    ({"state": "redis://:hunter2@localhost/zero"}, "state: state redis://… has database 'zero'"),
     ({"server": {"key_secrets": "x"}}, "server: Object contains unknown field `key_secrets`"),
     ({"state": "memory", "server": {"workers": 2}}, "state: 'memory' keeps keys"),
 ])

@@ -14,6 +14,7 @@ import msgspec
 
 from mux.keys.spec import check_specs
 from mux.providers import ADAPTERS
+from mux.stores.state_url import MemoryState, parse_state_url
 from mux.config.schema import Config, ConfigError, ProviderConfig, RouteConfig
 
 _ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
@@ -110,26 +111,18 @@ def validated(config: Config) -> Config:
     return config
 
 
-_STATE_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 def check_state(config: Config, workers: int) -> None:
-    """Raise ``ConfigError`` when ``state`` is not ``memory``, ``sqlite:///path`` or ``redis://host:port/db``,
-    or is ``memory`` while ``workers`` processes would each hold their own copy."""
-    url = config.state
-    if url == "memory":
-        if workers > 1:
-            raise ConfigError(
-                f"state: 'memory' keeps keys (and budgets and rate limits) in one process's memory, so each of "
-                f"the {workers} workers would have its own: a key revoked or a budget spent in one would not "
-                "count in the others. Use sqlite:///path (the workers of one machine) or redis://host:port/db.")
-        return
-    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-        return
-    if url.startswith(_STATE_SCHEMES):
-        return
-    scheme = url.partition("://")[0] if "://" in url else url[:20]  # never echo a URL's password
-    raise ConfigError(f"state: unknown state '{scheme}': expected memory, sqlite:///path or redis://host:port/db")
+    """Raise ``ConfigError`` when ``state`` is not ``memory``, ``sqlite:///path`` or ``redis://host:port/db``
+    (``mux.stores.state_url``), or is ``memory`` while ``workers`` processes would each hold their own copy."""
+    try:
+        state = parse_state_url(config.state)
+    except ValueError as exc:
+        raise ConfigError(f"state: {exc}") from None
+    if isinstance(state, MemoryState) and workers > 1:
+        raise ConfigError(
+            f"state: 'memory' keeps keys (and budgets and rate limits) in one process's memory, so each of "
+            f"the {workers} workers would have its own: a key revoked or a budget spent in one would not "
+            "count in the others. Use sqlite:///path (the workers of one machine) or redis://host:port/db.")
 
 
 def _check_routes(config: Config) -> None:
