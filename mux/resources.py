@@ -2,9 +2,10 @@
 
 ``Resources`` owns the upstream transport, the live routing state (its version store), the key store with
 its lookup cache (``keys``, when the config needs state) and whatever else the stack shares (ledger writer,
-meters): each is registered under a name, opened in registration order and closed in reverse. A resource that fails to open stops startup with a message naming it (the ones
-already open are closed again); a failure while closing is reported and the others still close. Layers and
-handlers receive the resources they need injected; none reads env or globals.
+meters): each is registered under a name, opened in registration order and closed in reverse. A resource
+that fails to open stops startup with a message naming it (the ones already open are closed again); a
+failure while closing is reported and the others still close. Layers and handlers receive the resources they
+need injected; none reads env or globals.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from mux.config import Config
 from mux.engine.transport import AiohttpTransport, Transport
 from mux.keys.cache import KeyCache
 from mux.keys.spec import load_config_keys
-from mux.stores.keys import KeyStore, key_store
 from mux.routing.live import LiveRouting
 from mux.routing.sync import RoutingSync
 from mux.routing.versions import MemoryVersions, SQLiteVersions, Versions
+from mux.stores.keys import KeyStore, key_store
 
 
 class Resource(Protocol):

@@ -14,5 +14,6 @@ from .schema import (
 
 __all__ = [
     "CascadeConfig", "Config", "ConfigError", "HealthConfig", "ProviderConfig", "RouteConfig", "RouteTarget",
-    "ServerConfig", "check_state", "config_from_env", "interpolate", "load_config", "load_validator", "parse_config", "validated",
+    "ServerConfig", "check_state", "config_from_env", "interpolate", "load_config", "load_validator",
+    "parse_config", "validated",
 ]
