@@ -32,6 +32,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 import mux
+from mux.config import check_state
 from mux.routing.versions import SQLiteVersions
 
 STATE_ENV = "MUX_STATE_PATH"
@@ -47,6 +48,13 @@ def load(path: str | None) -> mux.Config:
     return config
 
 
+def secrets_of(config: mux.Config) -> list[str | None]:
+    """Answer what the log must never show: provider keys, configured virtual keys, the admin token and the
+    key secret."""
+    return [*(p.api_key for p in config.providers), *(k.key for k in config.keys), config.server.admin_token,
+            config.server.key_secret, *(config.ledger.secrets if config.ledger else [])]
+
+
 def create_app() -> mux.Gateway:
     """The ASGI app for ``uvicorn app:app`` (and for each worker of ``python app.py --workers N``).
 
@@ -54,8 +62,7 @@ def create_app() -> mux.Gateway:
     the gateway starts); a bad file is logged and the running config keeps serving."""
     path = os.environ.get("MUX_CONFIG") or None
     config = load(path)
-    secrets = [p.api_key for p in config.providers] + (config.ledger.secrets if config.ledger else [])
-    mux.configure_logging(level=os.environ.get("MUX_LOG_LEVEL", "info"), secrets=secrets)
+    mux.configure_logging(level=os.environ.get("MUX_LOG_LEVEL", "info"), secrets=secrets_of(config))
     gateway = mux.build_app(config, source=lambda: load(path))
     if hasattr(signal, "SIGHUP"):
         gateway.reload_on(signal.SIGHUP)
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load(args.config)
+        check_state(config, args.workers or config.server.workers)  # memory state is not shared by workers
     except mux.ConfigError as exc:
         print(f"mux: bad configuration: {exc}", file=sys.stderr)
         return 2
@@ -135,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if workers == 1:
             uvicorn.run(**options)
         else:
-            mux.configure_logging(level=os.environ.get("MUX_LOG_LEVEL", "info"),
-                                  secrets=[p.api_key for p in config.providers])
+            mux.configure_logging(level=os.environ.get("MUX_LOG_LEVEL", "info"), secrets=secrets_of(config))
             assert state_path is not None  # several workers always have one (above)
             sys.path.insert(0, options.pop("app_dir"))  # as uvicorn.run does
             _supervise(uvicorn.Config(**options), path, state_path)

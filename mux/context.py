@@ -11,7 +11,7 @@ ingress        first matcher   the front door of the request (``mux.ingress``), 
 body           first reader    the raw body, read once (``body_of``), replayed to inner apps
 request        first decoder   the validated request view the ingress decoded (chat or embeddings)
 fields         first decoder   the body's top-level fields as raw JSON, for forwarding
-key            AuthLayer       the virtual key that authenticated the request (``KeyRecord``: name, team)
+key            AuthLayer       the virtual key (``KeyRecord``) that authenticated the request
 budget         BudgetLayer     the budget's outcome, a short string: ``reserved``, ``refused:<scope>``, …
 ratelimit      RateLimitLayer  the rate limit's outcome, a short string: ``admitted``, ``refused:<scope>``, …
 mlx            TagsLayer       tags, end user, cache controls, trace flag, session id
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
 
     from mux.ingress import Ingress
+    from mux.keys.model import KeyRecord
     from mux.routing.plan import Plan
     from mux.wire.openai import CacheControl, Usage
 
@@ -120,7 +121,7 @@ class Context(Struct, gc=False):  # gc=False here and above: no context is part 
     body: bytes | None = None
     request: Any = None  # the ingress's validated view: ChatRequest or EmbeddingsRequest
     fields: dict[str, msgspec.Raw] | None = None
-    key: Any = None  # the authenticating key record (AuthLayer)
+    key: KeyRecord | None = None  # the authenticating virtual key (AuthLayer); None while no key exists
     budget: str | None = None  # the budget's outcome: "reserved", "refused:acme-tenant", "warned", … (BudgetLayer)
     ratelimit: str | None = None  # the rate limit's outcome: "admitted", "refused:acme-tenant", … (RateLimitLayer)
     mlx: Mlx | None = None

@@ -1,11 +1,11 @@
 """The terminal router of the gateway: every LLM front door (``mux.ingress``) to Dispatch, ``/v1/models``,
-``/v1/generation`` (``mux.generation``), ``/healthz``, ``/admin/*``; any other path goes to the wrapped app
-(``mux.wrap``) or answers 404 in OpenAI's error shape. Paths are matched relative to the mount point
-(``root_path``)."""
+``/v1/generation`` (``mux.generation``), ``/healthz`` (the process answers), ``/readyz`` (its resources are
+open: 200, else 503), ``/admin/*``; any other path goes to the wrapped app (``mux.wrap``) or answers 404 in
+OpenAI's error shape. Paths are matched relative to the mount point (``root_path``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import msgspec
 
@@ -22,11 +22,15 @@ from mux.routing.live import LiveRouting
 
 if TYPE_CHECKING:
     from mux.ledger import LedgerWriter
+    from mux.admin.keys import KeyAdmin
 
 MODELS_PATHS = frozenset({"/v1/models", "/api/v1/models"})
 HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
 
 _HEALTH_BODY = b'{"status":"ok"}'
+_READY_BODY = b'{"status":"ready"}'
+_NOT_READY_BODY = b'{"status":"not_ready"}'
 
 
 def models_body(config: Config) -> bytes:
@@ -45,12 +49,15 @@ class Endpoints:
     """Routes by exact path; reads nothing of the context."""
 
     def __init__(self, *, dispatch: ASGIApp, routing: LiveRouting, fallback: ASGIApp | None = None,
-                 admin_token: str | None = None, ledger: LedgerWriter | None = None, logger: Any = None) -> None:
+                 admin_token: str | None = None, ledger: LedgerWriter | None = None, logger: Any = None,
+                 keys: KeyAdmin | None = None, ready: Callable[[], bool] | None = None) -> None:
+        """``ready`` answers whether the shared resources are open (``/readyz``); none: always ready."""
         self.dispatch = dispatch
         self.routing = routing
         self.fallback = fallback
-        self.admin = Admin(routing=routing, token=admin_token, ledger=ledger, logger=logger)
+        self.admin = Admin(routing=routing, token=admin_token, ledger=ledger, logger=logger, keys=keys)
         self.generation = Generation(ledger=ledger, admin_token=admin_token)
+        self.ready = ready
         self._models: tuple[Config, bytes] | None = None
 
     def models(self) -> bytes:
@@ -82,6 +89,10 @@ class Endpoints:
             return self.admin(scope, receive, send)
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
             return send_json(send, 200, _HEALTH_BODY)
+        if path == READY_PATH and method in ("GET", "HEAD"):
+            if self.ready is None or self.ready():
+                return send_json(send, 200, _READY_BODY)
+            return send_json(send, 503, _NOT_READY_BODY)
         if self.fallback is not None:
             return self.fallback(scope, receive, send)
         return send_error(send, NotFound(f"No endpoint {method} {path}."))

@@ -62,6 +62,22 @@ class Unauthorized(MuxError):
     code = "invalid_api_key"
 
 
+class Forbidden(MuxError):
+    """A genuine credential that may not do this (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class Conflict(MuxError):
+    """The request conflicts with the state of what it names (409)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class BudgetExceeded(MuxError):
     status = 402
     type = "insufficient_quota"

@@ -5,7 +5,10 @@ The order, outermost first, and why each pair is in its order:
 - ErrorLayer before everything, so a bug in any layer still answers a 500 in the request's dialect.
 - TraceLayer next, so every response (denials included) carries a request id and leaves a record (and, with a
   ledger, every LLM request one ledger row: it sees the status of refusals from every layer inside it).
-- (AuthLayer) before TagsLayer: an unauthenticated request gets no further than a 401.
+- AuthLayer (present when keys can exist: keys configured or an admin token set) after TraceLayer, so a
+  401/403 is logged with its request id, and before TagsLayer and everything else: an unauthenticated
+  request gets no further than a 401 (its body is never read, no planning work is done), and the layers
+  inside it (rate limits, budgets) can key on ``ctx.key``.
 - TagsLayer before rate limits, budgets and cache, which key on the end user and tags it writes.
 - (RateLimitLayer) before RouterLayer: a request over its rate is refused before any planning work.
 - RouterLayer before (CacheLayer, BudgetLayer): the cache key needs the resolved target, and the budget
@@ -17,11 +20,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from mux.admin.keys import KeyAdmin
 from mux.asgi import API_PREFIXES, ASGIApp, Message, Receive, Scope, Send
 from mux.config import Config
 from mux.endpoints import Endpoints
 from mux.engine.dispatch import Dispatch
 from mux.engine.transport import Transport
+from mux.layers.auth import DEFAULT_PREFIXES, AuthLayer
 from mux.layers.errors import ErrorLayer
 from mux.layers.router import RouterLayer
 from mux.layers.tags import TagsLayer
@@ -43,12 +48,28 @@ def stack(config: Config, resources: Resources | None = None, *, logger: Any = N
     if resources is None:
         resources = Resources(config, routing=routing)
     limit = config.server.max_body_bytes
-    return [
+    layers: list[Layer] = [
         (ErrorLayer, {"logger": logger}),
         (TraceLayer, {"logger": logger, "prefixes": prefixes, "ledger": resources.ledger}),
+    ]
+    if resources.keys is not None:
+        layers.append((AuthLayer, {"cache": resources.keys.cache, "prefixes": prefixes or DEFAULT_PREFIXES,
+                                   "resolve": _resolver(resources.routing), "max_body_bytes": limit,
+                                   "admin_token": config.server.admin_token,
+                                   "logger": logger}))
+    layers += [
         (TagsLayer, {"max_body_bytes": limit}),
         (RouterLayer, {"routing": resources.routing, "max_body_bytes": limit}),
     ]
+    return layers
+
+
+def _resolver(routing: LiveRouting) -> Callable[[str], tuple[str, ...]]:
+    """Answer the ``provider/model`` a bare model name resolves to under the config in force (for AuthLayer's
+    model allow-lists)."""
+    def resolve(name: str) -> tuple[str, ...]:
+        return (routing.resolver.resolve(name).label,)
+    return resolve
 
 
 # Fields any layer or the terminal may produce by decoding the body on first use (see mux.ingress.request_of).
@@ -163,8 +184,13 @@ def _build(config: Config, fallback: ASGIApp | None, transport: Transport | None
     check_stack(chosen)
     dispatch = Dispatch(routing=resources.routing, transport=resources.transport,
                         max_body_bytes=config.server.max_body_bytes)
+    keys = None
+    if resources.keys is not None:
+        keys = KeyAdmin(store=resources.keys.store, cache=resources.keys.cache, secret=resources.keys.secret,
+                        logger=logger)
     endpoints = Endpoints(dispatch=dispatch, routing=resources.routing, fallback=fallback,
-                          admin_token=config.server.admin_token, ledger=resources.ledger, logger=logger)
+                          admin_token=config.server.admin_token, ledger=resources.ledger, logger=logger,
+                          keys=keys, ready=lambda: resources.opened)
     return Gateway(compose(chosen, endpoints), resources)
 
 

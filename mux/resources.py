@@ -1,12 +1,13 @@
 """The shared resources of one gateway, with a lifecycle: opened at lifespan startup, closed at shutdown.
 
-``Resources`` owns the upstream transport, the live routing state (its version store) and whatever else the
-stack shares (state stores, ledger writer, meters): each is registered under a name, opened in registration
-order and closed in reverse. With a ``ledger:`` section, the ledger store opens (and creates its schema)
-before its writer starts, and at shutdown the writer writes every queued row (``ledger.shutdown_timeout_s`` at
-most) before the store closes. A resource that fails to open stops startup with a message naming it (the ones
-already open are closed again); a failure while closing is reported and the others still close. Layers and
-handlers receive the resources they need injected; none reads env or globals.
+``Resources`` owns the upstream transport, the live routing state (its version store), the key store with
+its lookup cache (``keys``, when the config needs state) and whatever else the stack shares (ledger writer,
+meters): each is registered under a name, opened in registration order and closed in reverse. With a
+``ledger:`` section, the ledger store opens (and creates its schema) before its writer starts, and at shutdown
+the writer writes every queued row (``ledger.shutdown_timeout_s`` at most) before the store closes. A resource
+that fails to open stops startup with a message naming it (the ones already open are closed again); a failure
+while closing is reported and the others still close. Layers and handlers receive the resources they need
+injected; none reads env or globals.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import structlog
 
 from mux.config import Config
 from mux.engine.transport import AiohttpTransport, Transport
+from mux.keys.cache import KeyCache
+from mux.keys.spec import load_config_keys
 from mux.routing.live import LiveRouting
 from mux.routing.sync import RoutingSync
 from mux.routing.versions import MemoryVersions, SQLiteVersions, Versions
+from mux.stores.keys import KeyStore, key_store
 
 if TYPE_CHECKING:
     from mux.config.schema import LedgerConfig
@@ -60,6 +64,9 @@ class Resources:
             timeout = config.ledger.shutdown_timeout_s if config.ledger else None
             self.add("ledger store", Hooks(writer.store.open, writer.store.close))
             self.add("ledger writer", Hooks(_started(writer), partial(writer.aclose, timeout)))
+        self.keys: Keys | None = None
+        if needs_state(config):
+            self.keys = self.add("key store", Keys(config, logger=self.logger))
 
     def add(self, name: str, resource: Any) -> Any:
         """Register ``resource`` (anything with ``open``/``aclose``; either may be absent) and answer it."""
@@ -130,6 +137,40 @@ def open_ledger(config: LedgerConfig) -> LedgerWriter:
     store = store_from_url(config.store, schema=config.schema)
     return LedgerWriter(store, batch_rows=config.batch_rows, flush_ms=config.flush_ms, max_queue=config.max_queue,
                         store_bodies=config.store_bodies)
+
+
+def needs_state(config: Config) -> bool:
+    """Whether the config needs its ``state`` store: keys configured, or an admin token (which can make keys).
+    A plain config opens nothing, so it creates no file. Whatever else comes to live in the state (budgets,
+    rate limits) belongs here too: the stack holds AuthLayer, the writer of ``ctx.key``, exactly when this
+    is true."""
+    return bool(config.keys) or bool(config.server.admin_token)
+
+
+class Keys:
+    """The key store named by ``config.state`` and the ``KeyCache`` in front of it, as one resource: opening
+    it opens the store and makes it hold exactly the config's keys (``load_config_keys``)."""
+
+    def __init__(self, config: Config, *, store: KeyStore | None = None, logger: Any = None) -> None:
+        self.store = store or key_store(config.state)
+        self.secret = config.server.key_secret
+        self.cache = KeyCache(self.store, secret=self.secret)
+        self.specs = list(config.keys)
+        self.logger = logger or structlog.get_logger("mux.resources")
+
+    async def open(self) -> None:
+        await self.store.open()
+        try:
+            loaded = await load_config_keys(self.store, self.specs, secret=self.secret)
+        except BaseException:
+            await self.store.close()
+            raise
+        self.cache.clear()
+        if loaded["put"] or loaded["deleted"]:
+            self.logger.info("config_keys_loaded", put=loaded["put"], deleted=loaded["deleted"])
+
+    async def aclose(self) -> None:
+        await self.store.close()
 
 
 def open_versions(config: Config) -> Versions:

@@ -37,6 +37,7 @@ from tests.servers import free_port, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "admin-token-for-ledger-tests"
+KEYS = {"alice": "sk-virtual-alice-0123456789", "bob": "sk-virtual-bob-0123456789"}
 MODEL = "openai/gpt-4o-mini"
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -58,17 +59,22 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str,
         asyncio.run(_pg(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
 
 
-def config_of(fake_url: str, ledger: dict[str, Any], **ledger_options: Any) -> mux.Config:
+def config_of(fake_url: str, ledger: dict[str, Any], keys: bool = False, **ledger_options: Any) -> mux.Config:
     data = gateway_config(fake_url)
     data["ledger"] = {**ledger, **ledger_options}
     data["server"] = {"admin_token": ADMIN_TOKEN}
+    data["state"] = "memory"  # the admin token opens the key store: keep it out of the working tree
+    if keys:
+        data["keys"] = [{"name": name, "key": key, "team": f"t-{name}"} for name, key in KEYS.items()]
     return mux.parse_config(data)
 
 
 @contextmanager
-def gateway(fake_url: str, ledger: dict[str, Any], *, layers: Any = mux.stack, **options: Any) -> Iterator[str]:
-    """Serve a gateway with ``ledger``; yield its URL. Leaving the block shuts it down (and so flushes)."""
-    app = mux.build_app(config_of(fake_url, ledger, **options), layers=layers)
+def gateway(fake_url: str, ledger: dict[str, Any], *, layers: Any = mux.stack, keys: bool = False,
+            **options: Any) -> Iterator[str]:
+    """Serve a gateway with ``ledger`` (and the virtual keys ``KEYS`` if asked); yield its URL. Leaving the block
+    shuts it down (and so flushes)."""
+    app = mux.build_app(config_of(fake_url, ledger, keys, **options), layers=layers)
     with serve(app) as url:
         yield url
 
@@ -244,55 +250,26 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-class FakeAuth:
-    """Stands in for the AuthLayer: ``x-test-key: NAME`` authenticates as the key NAME of team ``t-NAME``;
-    it also records a budget and a rate-limit outcome, as those layers will."""
-
-    reads: frozenset[str] = frozenset()
-    reads_after: frozenset[str] = frozenset()
-    writes = frozenset({"key", "budget", "ratelimit"})
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            name = dict(scope["headers"]).get(b"x-test-key")
-            if name is not None:
-                ctx = context_of(scope)
-                ctx.key = KeyRecord(name=name.decode(), key_hash="0" * 64, created_at=0, team=f"t-{name.decode()}")
-                ctx.budget, ctx.ratelimit = "reserved", "admitted"
-        await self.app(scope, receive, send)
-
-
-def with_fake_auth(config: mux.Config, resources: Any, **options: Any) -> list:
-    layers = mux.stack(config, resources, **options)
-    return [layers[0], layers[1], (FakeAuth, {}), *layers[2:]]
-
-
 def test_a_key_reads_its_own_generations_only_and_the_admin_reads_all(fake_openai, ledger):
-    with gateway(fake_openai.base_url, ledger, layers=with_fake_auth) as url, \
-            sdk(url, **{"x-test-key": "alice"}) as alice, sdk(url, **{"x-test-key": "bob"}) as bob, \
-            sdk(url) as anonymous, sdk(url, key=ADMIN_TOKEN) as admin:
+    with gateway(fake_openai.base_url, ledger, keys=True) as url, sdk(url, key=KEYS["alice"]) as alice, \
+            sdk(url, key=KEYS["bob"]) as bob, sdk(url) as stranger, sdk(url, key=ADMIN_TOKEN) as admin:
         mine = alice.chat.completions.create(model=MODEL, messages=HELLO)
-        open_one = anonymous.chat.completions.create(model=MODEL, messages=HELLO)
+        theirs = bob.chat.completions.create(model=MODEL, messages=HELLO)
 
         assert generation(alice, mine.id)["id"] == mine.id
         with pytest.raises(openai.NotFoundError):
             generation(bob, mine.id)
         with pytest.raises(openai.NotFoundError):
-            generation(anonymous, mine.id)
-        with pytest.raises(openai.NotFoundError):
-            generation(alice, open_one.id)
-        assert generation(anonymous, open_one.id)["id"] == open_one.id
-        assert generation(admin, mine.id)["id"] == mine.id and generation(admin, open_one.id)["id"] == open_one.id
+            generation(alice, theirs.id)
+        with pytest.raises(openai.AuthenticationError):
+            generation(stranger, mine.id)  # no valid key: refused before any lookup
+        assert generation(admin, mine.id)["id"] == mine.id and generation(admin, theirs.id)["id"] == theirs.id
         listed = admin_get(url, "/admin/requests", key="alice").json()["data"]
 
     assert [r["response_id"] for r in listed] == [mine.id]
-    assert listed[0]["team"] == "t-alice" and listed[0]["budget_outcome"] == "reserved"
-    assert listed[0]["rate_limit_outcome"] == "admitted"
+    assert listed[0]["team"] == "t-alice"
     rows = {r.response_id: r for r in rows_of(ledger)}
-    assert rows[mine.id].key_name == "alice" and rows[open_one.id].key_name is None
+    assert rows[mine.id].key_name == "alice" and rows[theirs.id].key_name == "bob"
 
 
 # --- analytics and the request list ------------------------------------------------------------------------------

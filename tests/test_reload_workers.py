@@ -143,6 +143,7 @@ def test_two_workers_both_serve_a_reload_a_rollback_and_a_sighup_within_a_second
             f"providers:\n  - {{name: openai, type: openai, base_url: '{fake_openai.base_url}', "
             f"api_key: {FAKE_OPENAI_KEY}, models: [gpt-4o-mini, gpt-4o]}}\n"
             f"server: {{admin_token: {ADMIN}}}\n"  # and no state_path: app.py gives the workers a temporary one
+            f"state: 'sqlite:///{tmp_path / 'keys.db'}'\n"  # the key store an admin token opens, not the default file
             f"routes:\n  production: {{targets: [{targets}]}}\n")
 
     def admin(path: str, **kwargs) -> httpx.Response:

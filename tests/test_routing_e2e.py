@@ -46,6 +46,7 @@ def config(base_url: str, **routes_override) -> dict:
         "routes": routes,
         "health": {"breaker_failures": 3, "breaker_cooldown_s": 0.5, "backoff_base_ms": 1, "backoff_max_ms": 5},
         "server": {"admin_token": ADMIN},
+        "state": "memory",
     }
 
 

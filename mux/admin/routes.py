@@ -6,6 +6,7 @@
 - ``POST /admin/routes/{name}/rollback`` with ``{"version": N}``: serve an earlier recorded version;
 - ``GET /admin/health``: breaker state and recent latency per target;
 - ``GET /admin/requests`` and ``GET /admin/analytics``: the request ledger (``mux.admin.analytics``).
+- ``/admin/keys*``: virtual keys (``mux.admin.keys``), when the gateway has a key store.
 
 Reloads and rollbacks are recorded in the routing state, so every worker sharing it follows (see
 ``mux.live``). What reads or writes the version store runs in a thread: it may wait on another process.
@@ -24,13 +25,15 @@ from mux.admin import analytics
 from mux.asgi import Receive, Scope, Send, header, read_body, send_error, send_json
 from mux.config import ConfigError
 from mux.context import route_path
-from mux.errors import InvalidRequest, MethodNotAllowed, NotFound, Unauthorized
+from mux.errors import InvalidRequest, MethodNotAllowed, MuxError, NotFound, Unauthorized
 from mux.routing.live import LiveRouting
 
 if TYPE_CHECKING:
     from mux.ledger import LedgerWriter
+    from mux.admin.keys import KeyAdmin
 
 PREFIX = "/admin/"
+KEYS_PREFIX = "/admin/keys"
 
 
 class _Rollback(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,11 +42,12 @@ class _Rollback(msgspec.Struct, forbid_unknown_fields=True):
 
 class Admin:
     def __init__(self, *, routing: LiveRouting, token: str | None, ledger: LedgerWriter | None = None,
-                 logger: Any = None) -> None:
+                 logger: Any = None, keys: KeyAdmin | None = None) -> None:
         self.routing = routing
         self.ledger = ledger
         self.token = token.encode() if token else None
         self.logger = logger or structlog.get_logger("mux.admin")
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = route_path(scope), scope["method"]
@@ -52,13 +56,17 @@ class Admin:
         given = header(scope, b"authorization") or b""
         if not hmac.compare_digest(given, b"Bearer " + self.token):
             return await send_error(send, Unauthorized("Admin endpoints need 'Authorization: Bearer <admin_token>'."))
+        status = 200
         try:
-            body = await self._handle(scope, receive, path, method)
+            if self.keys is not None and (path == KEYS_PREFIX or path.startswith(KEYS_PREFIX + "/")):
+                status, body = await self.keys.handle(scope, receive, path, method)
+            else:
+                body = await self._handle(scope, receive, path, method)
         except ConfigError as exc:
             return await send_error(send, InvalidRequest(str(exc), code="invalid_config"))
-        except (InvalidRequest, NotFound, MethodNotAllowed, analytics.LedgerUnavailable) as exc:
+        except MuxError as exc:
             return await send_error(send, exc)
-        await send_json(send, 200, msgspec.json.encode(body))
+        await send_json(send, status, msgspec.json.encode(body))
 
     async def _handle(self, scope: Scope, receive: Receive, path: str, method: str) -> Any:
         if path == "/admin/routes" and method == "GET":

@@ -1,6 +1,6 @@
 """Gateway configuration: its shape (``schema``) and how a file or the environment becomes one (``load``)."""
 
-from .load import config_from_env, interpolate, load_config, load_validator, parse_config, validated
+from .load import check_state, config_from_env, interpolate, load_config, load_validator, parse_config, validated
 from .schema import (
     CascadeConfig,
     Config,
@@ -14,5 +14,6 @@ from .schema import (
 
 __all__ = [
     "CascadeConfig", "Config", "ConfigError", "HealthConfig", "ProviderConfig", "RouteConfig", "RouteTarget",
-    "ServerConfig", "config_from_env", "interpolate", "load_config", "load_validator", "parse_config", "validated",
+    "ServerConfig", "check_state", "config_from_env", "interpolate", "load_config", "load_validator",
+    "parse_config", "validated",
 ]

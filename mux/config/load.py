@@ -1,6 +1,6 @@
 """Reading a configuration: YAML with ``${ENV}`` interpolation, zero-config from the environment, and the
-checks a Struct cannot express (provider types, names, base URLs, routes). Every error names the key path
-(``providers[0].timeout_s``).
+checks a Struct cannot express (provider types, names, base URLs, routes, keys, the state URL). Every error
+names the key path (``providers[0].timeout_s``, ``keys[1].key``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from typing import Any, Callable, Mapping
 
 import msgspec
 
+from mux.keys.spec import check_specs
 from mux.providers import ADAPTERS
+from mux.stores.state_url import MemoryState, parse_state_url
 from mux.config.schema import Config, ConfigError, ProviderConfig, RouteConfig
 
 _ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
@@ -101,7 +103,26 @@ def validated(config: Config) -> Config:
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}.base_url: must start with http:// or https://")
     _check_routes(config)
+    try:
+        check_specs(config.keys)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    check_state(config, config.server.workers)
     return config
+
+
+def check_state(config: Config, workers: int) -> None:
+    """Raise ``ConfigError`` when ``state`` is not ``memory``, ``sqlite:///path`` or ``redis://host:port/db``
+    (``mux.stores.state_url``), or is ``memory`` while ``workers`` processes would each hold their own copy."""
+    try:
+        state = parse_state_url(config.state)
+    except ValueError as exc:
+        raise ConfigError(f"state: {exc}") from None
+    if isinstance(state, MemoryState) and workers > 1:
+        raise ConfigError(
+            f"state: 'memory' keeps keys (and budgets and rate limits) in one process's memory, so each of "
+            f"the {workers} workers would have its own: a key revoked or a budget spent in one would not "
+            "count in the others. Use sqlite:///path (the workers of one machine) or redis://host:port/db.")
 
 
 def _check_routes(config: Config) -> None:

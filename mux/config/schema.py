@@ -13,7 +13,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from mux.catalog.models import ModelInfo
+from mux.keys.spec import KeySpec
 
+DEFAULT_STATE = "sqlite:///mux-state.db"
 PositiveSeconds = Annotated[float, Meta(gt=0)]
 ProviderName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
@@ -60,6 +62,13 @@ class ServerConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     access_log: bool = False
     admin_token: str | None = None  # enables /admin/* with "Authorization: Bearer <token>"
     state_path: str | None = None  # SQLite file keeping route versions across restarts (default: memory)
+    key_secret: str | None = None  # keys are stored as HMAC-SHA256(key_secret, sha256(key)); else sha256(key)
+
+    def __repr__(self) -> str:
+        hidden = {"admin_token", "key_secret"}
+        fields = ", ".join(f"{f}={'***' if f in hidden and getattr(self, f) else getattr(self, f)!r}"
+                           for f in self.__struct_fields__)
+        return f"ServerConfig({fields})"
 
     @property
     def max_body_bytes(self) -> int:
@@ -157,6 +166,8 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     ledger: LedgerConfig | None = None  # the request ledger; off when absent
+    keys: list[KeySpec] = []  # virtual keys (mux.keys.spec); more are made through /admin/keys
+    state: str = DEFAULT_STATE  # where keys (and budgets, limits) live: memory, sqlite:///path, redis://host:port/db
 
     def provider(self, name: str) -> ProviderConfig | None:
         """Answer the provider called ``name``, if configured."""

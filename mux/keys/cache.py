@@ -113,6 +113,16 @@ class KeyCache:
             self._count = (fetched_at, count)
         return count > 0
 
+    def known_empty(self) -> bool:
+        """Whether the store is known to hold no key, answered without I/O: ``any_keys`` found none within
+        ``ttl_s`` and the revision was read within ``check_every_s``, so the bounds above hold. ``False``
+        means "ask ``any_keys``", not "keys exist"."""
+        count = self._count
+        if count is None or count[1]:
+            return False
+        now = self._clock()
+        return now - count[0] < self.ttl_s and now - self._verified_at < self.check_every_s
+
     async def authenticate(self, raw_key: str | None) -> KeyRecord:
         """Answer the record of the key a request presents (``mux.keys.decide.key_from_headers``); raise the
         denial's ``MuxError`` (401 or 403, see ``mux.keys.decide``) or ``KeyStoreUnavailable`` (503)."""

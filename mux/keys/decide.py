@@ -18,17 +18,9 @@ from typing import Iterable
 
 from msgspec import Struct
 
-from mux.errors import MuxError, Unauthorized
+from mux.errors import Forbidden, MuxError, Unauthorized
 from mux.keys.hashing import same_hash
 from mux.keys.model import KeyRecord
-
-
-class Forbidden(MuxError):
-    """A genuine key that may not do this (403)."""
-
-    status = 403
-    type = "permission_error"
-    code = "permission_denied"
 
 
 class Denial(Struct, frozen=True):

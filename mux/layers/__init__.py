@@ -6,12 +6,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mux.layers.auth import AuthLayer
     from mux.layers.errors import ErrorLayer
     from mux.layers.router import RouterLayer
     from mux.layers.tags import TagsLayer
     from mux.layers.trace import TraceLayer
 
 _HOMES = {
+    "AuthLayer": "mux.layers.auth",
     "ErrorLayer": "mux.layers.errors",
     "RouterLayer": "mux.layers.router",
     "TagsLayer": "mux.layers.tags",
