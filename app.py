@@ -108,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     if path:
         os.environ["MUX_CONFIG"] = path
     workers = args.workers or config.server.workers
+    if workers > 1 and config.state == "memory":
+        print(f"mux: state 'memory' cannot serve {workers} workers: each worker would keep its own budgets, rate "
+              "limits and keys, so every cap would count once per worker. Use the default "
+              "'sqlite:///mux-state.db' (shared by the workers of one machine) or 'redis://host:port/db'.",
+              file=sys.stderr)
+        return 2
     state_path, scratch = config.server.state_path, None
     if workers > 1 and not state_path:  # the workers need one state file to follow each other's reloads
         scratch = tempfile.mkdtemp(prefix="mux-state-")

@@ -13,7 +13,11 @@ request        first decoder   the validated request view the ingress decoded (c
 fields         first decoder   the body's top-level fields as raw JSON, for forwarding
 key            AuthLayer       the virtual key that authenticated the request
 mlx            TagsLayer       tags, end user, cache controls, trace flag, session id
-plan           RouterLayer     the ordered targets to attempt (``mux.routing.plan.Plan``)
+plan           RouterLayer     the ordered targets to attempt (``mux.routing.plan.Plan``); a budget's
+                               ``downgrade`` action replaces it (BudgetLayer) with its route's plan
+ratelimit      RateLimitLayer  the rate-limit outcome: ``ok``, ``limited`` (429) or ``fail_open``
+budget         BudgetLayer     the budget outcome: ``ok``, ``warn``, ``downgrade``, ``blocked`` (402),
+                               ``unavailable`` (503) or ``fail_open``
 outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status
 trace          anyone          decision-trace events, in order: ``Attempt`` and ``Note`` Structs
 =============  ==============  ====================================================================
@@ -118,6 +122,8 @@ class Context(Struct, gc=False):  # gc=False here and above: no context is part 
     key: Any = None  # the authenticating key record (AuthLayer)
     mlx: Mlx | None = None
     plan: Plan | None = None
+    ratelimit: str | None = None  # RateLimitLayer's outcome (None: no limit applied)
+    budget: str | None = None  # BudgetLayer's outcome (None: no budget applied)
     outcome: Outcome = msgspec.field(default_factory=Outcome)
     trace: list[TraceEvent] = []
 

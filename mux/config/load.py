@@ -14,6 +14,7 @@ import msgspec
 
 from mux.providers import ADAPTERS
 from mux.config.schema import Config, ConfigError, ProviderConfig, RouteConfig
+from mux.stores.state_url import parse_state_url
 
 _ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
@@ -101,7 +102,42 @@ def validated(config: Config) -> Config:
         if not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}.base_url: must start with http:// or https://")
     _check_routes(config)
+    _check_budgets_and_limits(config)
     return config
+
+
+# ---- budgets, rate limits and their state ----------------------------------------------------------------
+
+
+def _check_budgets_and_limits(config: Config) -> None:
+    """Refuse a bad ``state`` URL, repeated budget or rate-limit names, a downgrade without a known ``@route``
+    to serve through, ``to`` on another action, and a rate limit with neither ``rpm`` nor ``tpm``."""
+    try:
+        parse_state_url(config.state)
+    except ValueError as exc:
+        raise ConfigError(f"state: {exc}") from None
+    names: set[str] = set()
+    for index, budget in enumerate(config.budgets):
+        where = f"budgets[{index}]"
+        if budget.name in names:
+            raise ConfigError(f"{where}.name: budget name '{budget.name}' is used twice")
+        names.add(budget.name)
+        if budget.action == "downgrade":
+            if not budget.to:
+                raise ConfigError(f"{where}.to: action 'downgrade' needs the route to serve through, e.g. '@cheap'")
+            if not budget.to.startswith("@") or budget.to[1:] not in config.routes:
+                known = ", ".join("@" + r for r in config.routes) or "none"
+                raise ConfigError(f"{where}.to: no route named '{budget.to}' (routes: {known})")
+        elif budget.to is not None:
+            raise ConfigError(f"{where}.to: only for action 'downgrade'")
+    names = set()
+    for index, limit in enumerate(config.rate_limits):
+        where = f"rate_limits[{index}]"
+        if limit.name in names:
+            raise ConfigError(f"{where}.name: rate limit name '{limit.name}' is used twice")
+        names.add(limit.name)
+        if limit.rpm is None and limit.tpm is None:
+            raise ConfigError(f"{where}: set rpm, tpm or both")
 
 
 def _check_routes(config: Config) -> None:
