@@ -154,17 +154,24 @@ def usd_text(nano: int) -> str:
     return text
 
 
+def left_nano(window: WindowUsage, back_nano: int = 0) -> int:
+    """Answer what ``window`` has left (negative when past its cap), with ``back_nano`` of this request's
+    reservation known to be unused."""
+    return window.cap_nano - window.spent_nano - window.reserved_nano + back_nano
+
+
 def tightest(windows: Sequence[WindowUsage]) -> WindowUsage:
     """Answer the window with the least left (enforced windows first among equals)."""
-    return min(windows, key=lambda w: (w.remaining_nano, not w.enforce))
+    return min(windows, key=lambda w: (left_nano(w), not w.enforce))
 
 
-def warnings(applied: Sequence[Applied], windows: Sequence[WindowUsage]) -> list[str]:
-    """Answer ``<name> <percent>%`` for each budget at or past its ``warn_at``, and each ``warn`` or
-    downgraded budget past its cap."""
+def warnings(applied: Sequence[Applied], windows: Sequence[WindowUsage], back_nano: int = 0) -> list[str]:
+    """Answer ``<name> <percent>%`` for each budget at or past its ``warn_at``, and each budget that does not
+    refuse (``warn``, or downgraded) past its cap, counting ``back_nano`` of this request's reservation as
+    unused."""
     out = []
     for a, w in zip(applied, windows):
-        used = w.spent_nano + w.reserved_nano
+        used = w.cap_nano - left_nano(w, back_nano)
         threshold = a.rule.warn_at
         if (threshold is not None and used >= threshold * w.cap_nano) or (not w.enforce and used > w.cap_nano):
             pct = math.floor(100 * used / w.cap_nano) if w.cap_nano else 100
@@ -220,10 +227,10 @@ def refusal(refused: WindowUsage, worst: WorstCase, room: int, now: float) -> Bu
 
 def budget_headers(window: WindowUsage, back_nano: int, warned: list[str]) -> list[tuple[bytes, bytes]]:
     """Answer the ``x-mux-budget-*`` headers for ``window`` with ``back_nano`` of this request's reservation
-    known to be unused."""
+    known to be unused, and the ``warned`` budgets."""
     reset = iso(window.resets_at) or "never"
     headers = [(b"x-mux-budget-name", window.name.encode()),
-               (b"x-mux-budget-remaining-usd", usd_text(window.remaining_nano + back_nano).encode()),
+               (b"x-mux-budget-remaining-usd", usd_text(left_nano(window, back_nano)).encode()),
                (b"x-mux-budget-reset", reset.encode())]
     if warned:
         headers.append((b"x-mux-budget-warning", ", ".join(warned).encode()))
@@ -345,9 +352,6 @@ class BudgetLayer:
     async def _serve(self, ctx: Context, scope: Scope, receive: Receive, send: Send, request_id: str,
                      admission: Admission, worst: WorstCase, applied: list[Applied]) -> None:
         """Run the inner app with the budget headers, then settle or release the reservation."""
-        warned = warnings(applied, admission.windows)
-        if warned and ctx.budget == "ok":
-            ctx.budget = "warn"
         shown = tightest(admission.windows)
         answered = False
 
@@ -357,6 +361,9 @@ class BudgetLayer:
                 answered = 200 <= message["status"] < 300
                 cost = ctx.outcome.cost_usd
                 back = max(0, worst.nano - to_nano(cost)) if cost is not None else 0
+                warned = warnings(applied, admission.windows, back)
+                if warned and ctx.budget == "ok":
+                    ctx.budget = "warn"
                 message = {**message, "headers": [*message.get("headers", ()),
                                                   *budget_headers(shown, back, warned)]}
             return send(message)

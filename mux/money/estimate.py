@@ -11,8 +11,8 @@ text that tokenizes densely (code, non-Latin scripts) can take more tokens than 
 model's maximum output in the catalog; without either, the model's maximum output, else ``DEFAULT_MAX_OUTPUT``
 (4096) — times ``n`` choices. Embeddings have no output.
 
-**Worst case of a plan** (``worst_case``): each target's prompt estimate at the input price (the cache-write
-price when higher: the worst the prompt can cost) plus its output bound at the output price. A cascade may
+**Worst case of a plan** (``worst_case``): each target's prompt estimate at the highest of its input,
+cached-input and cache-write prices (the worst any prompt token can cost) plus its output bound at the output price. A cascade may
 pay for an answer at every target it escalates through, so its worst case is the **sum** over its targets; any
 other plan (a single target, a fallback, weighted, latency, cost) is answered by one attempt — failed attempts
 report no usage and cost nothing — so its worst case is the **max** over its targets. Retries at one target
@@ -147,7 +147,7 @@ def target_cost(label: str, info: ModelInfo | None, prompt: int, request: Any) -
     output = output_bound(request, info)
     if price is None:
         return TargetCost(label, 0, 0, output, 0, False)
-    prompt_price = max(price.input, price.cache_write or 0.0)  # USD per million tokens
+    prompt_price = max(price.input, price.cache_write or 0.0, price.cached_input or 0.0)  # USD per million
     prompt_nano = to_nano(prompt * prompt_price / 1_000_000)
     choices = 1 if type(request) is EmbeddingsRequest else (request.n or 1)
     unit = math.ceil(price.output * 1000 * choices - 1e-9)  # nano-USD per max_tokens unit
