@@ -14,8 +14,10 @@ import httpx
 import openai
 import pytest
 
-from mux.layers.budget import usd_text
+import mux
+from mux.layers.budget import BudgetLayer, usd_text
 from mux.money.units import to_nano
+from mux.stores.spend.memory import MemorySpendStore
 
 from .budget_helpers import (
     HI, INPROCESS_DB, Recorder, chat, config, gateway, headers_of, key, redis_state, status_of, usd, wait_until,
@@ -269,3 +271,40 @@ def test_unreachable_redis_fails_budgets_closed_with_503_naming_the_cause_unless
     assert status_of(unbudgeted) == 200
     assert len(fake_openai.chat_requests) == 2
     assert log.named("budget_state_unavailable")[0][2]["action"] == "fail_open"
+
+
+# ---- the hot path -----------------------------------------------------------------------------------------------
+
+
+class Counting(MemorySpendStore):
+    calls = 0
+
+    async def reserve(self, *args):
+        Counting.calls += 1
+        return await super().reserve(*args)
+
+
+def test_a_request_no_budget_applies_to_costs_no_store_call_and_a_gateway_counting_nothing_opens_no_state(
+        fake_openai, tmp_path):
+    cfg = config(fake_openai.base_url, state=f"sqlite:///{tmp_path}/never.db", server={"admin_token": "t"},
+                 budgets=[{"name": "acme", "scope": {"tag": {"tenant": "acme"}}, "usd": 1}])
+    resources = mux.Resources(cfg)
+    resources.spend = Counting()
+    Counting.calls = 0
+    with gateway(cfg, resources=resources) as (_, client, _app):
+        assert status_of(chat(client, max_tokens=MAX)) == 200
+        assert Counting.calls == 0
+        assert status_of(chat(client, max_tokens=MAX, headers={"x-mux-tags": "tenant=acme"})) == 200
+        assert Counting.calls == 1
+    idle = config(fake_openai.base_url, state=f"sqlite:///{tmp_path}/idle.db", server={"admin_token": "t"})
+    with gateway(idle) as (_, client, app):
+        assert BudgetLayer in [type(layer) for layer in layers_of(app.app)]  # present: keys could exist
+        assert status_of(chat(client, max_tokens=MAX)) == 200
+        assert not app.resources.spend.opened and not app.resources.limits.opened
+    assert not (tmp_path / "idle.db").exists()
+
+
+def layers_of(app):
+    while hasattr(app, "app"):
+        yield app
+        app = app.app

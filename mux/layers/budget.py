@@ -393,3 +393,7 @@ class BudgetLayer:
                                       error=str(exc))
                     return
                 await asyncio.sleep(delay)
+            except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
+                self.logger.error("budget_settle_failed", request_id=request_id, amount_nano=amount,
+                                  error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+                return

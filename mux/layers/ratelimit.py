@@ -273,6 +273,7 @@ class RateLimitLayer:
             if bucket.tpm is not None:
                 try:
                     await self.store.correct(bucket.key, bucket.tpm, delta)
-                except StoreUnavailable as exc:
-                    self.logger.warning("rate_limit_correction_skipped", bucket=bucket.name, error=str(exc))
+                except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
+                    self.logger.warning("rate_limit_correction_skipped", bucket=bucket.name,
+                                        error=f"{type(exc).__name__}: {exc}")
                     return
