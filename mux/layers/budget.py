@@ -41,7 +41,7 @@ import math
 import uuid
 from datetime import datetime, timezone
 from time import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import msgspec
 import structlog
@@ -55,10 +55,12 @@ from mux.money.estimate import WorstCase, worst_case
 from mux.money.scopes import Scope as Who
 from mux.money.scopes import key_scope
 from mux.money.units import to_nano, to_usd
-from mux.routing.live import LiveRouting
-from mux.routing.plan import Plan
 from mux.stores import StoreUnavailable
 from mux.stores.spend import Admission, BudgetWindow, SpendStore, WindowUsage
+
+if TYPE_CHECKING:
+    from mux.routing.live import LiveRouting
+    from mux.routing.plan import Plan
 
 SLACK_S = 2.0  # added to a plan's longest time: the store calls before and after its attempts
 MAX_TTL_S = 43_200.0  # below the stores' retain_s (a day), so a late settle is still recorded

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import math
 from time import monotonic
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import structlog
 from msgspec import Struct
@@ -48,9 +48,11 @@ from mux.ingress import deny, ingress_of, with_request
 from mux.money.estimate import prompt_tokens
 from mux.money.scopes import Scope as Who
 from mux.money.scopes import key_scope
-from mux.routing.live import LiveRouting
 from mux.stores import StoreUnavailable
 from mux.stores.limits import LimitState, RateDecision, RateLimitStore
+
+if TYPE_CHECKING:
+    from mux.routing.live import LiveRouting
 
 WARN_EVERY_S = 10.0
 
