@@ -268,8 +268,6 @@ class BudgetLayer:
     def _rules_for(self, budgets: Sequence[Any]) -> list[Rule]:
         if budgets is not self._source:
             self._rules, self._source = compile_budgets(budgets), budgets
-            if any(r.action == "downgrade" for r in self._rules) and self.routing is None:
-                raise ValueError("a downgrade budget needs the routing state to re-plan through its route")
         return self._rules
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
