@@ -1,13 +1,16 @@
-"""ASGI plumbing shared by layers and endpoints: route matching, bounded body reading, JSON and error replies.
+"""ASGI plumbing shared by layers and endpoints: route matching, bounded body reading, JSON and error replies,
+and the watch that cancels work for a client that went away.
 
 Nothing here knows a layer; every layer may use it.
 """
 
 from __future__ import annotations
 
+import asyncio
+from types import TracebackType
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 
-from mux.errors import BodyTooLarge, InvalidRequest, MuxError
+from mux.errors import BodyTooLarge, ClientDisconnected, InvalidRequest, MuxError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,7 +32,8 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """Read the whole request body; refuse with ``BodyTooLarge`` once it passes ``limit`` bytes.
+    """Read the whole request body; refuse with ``BodyTooLarge`` once it passes ``limit`` bytes, and raise
+    ``ClientDisconnected`` if the client goes away before the body is complete.
 
     A ``Content-Length`` over the limit is refused before anything is read; without one, reading stops at
     the first chunk that passes the limit."""
@@ -43,7 +47,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             raise _too_large(limit)
     message = await receive()
     body = message.get("body", b"")
-    if not message.get("more_body", False):
+    if not message.get("more_body", False) and message["type"] == "http.request":
         if len(body) > limit:
             raise _too_large(limit)
         return body
@@ -51,7 +55,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     size = len(body)
     while True:
         if message["type"] == "http.disconnect":
-            raise InvalidRequest("Client disconnected before the body was complete.", code="client_disconnected")
+            raise ClientDisconnected("The client disconnected before its request body was complete.")
         if size > limit:
             raise _too_large(limit)
         if not message.get("more_body", False):
@@ -80,6 +84,88 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+class ClientWatch:
+    """While entered, a client that goes away (``http.disconnect``) cancels the task that entered it — and so
+    whatever it awaits, such as an upstream request, whose connection is then freed. On exit that
+    cancellation is absorbed and ``gone`` is true; any other cancellation goes on.
+
+    The watch (a task awaiting ``receive``) starts within ``WATCH_AFTER_S`` of entering, from a timer shared
+    by every watch entered in that window, so work that ends sooner costs no task and no timer of its own; a
+    client gone before the watch starts is noticed when it does. A plain ``with`` block around the awaited
+    work: it adds no coroutine frame to the request's await chain. ``receive`` must be one whose body was
+    already read (e.g. ``replaying``): messages before the disconnect are dropped."""
+
+    __slots__ = ("_cancelled", "_finished", "_receive", "_task", "_watch", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Task | None = None
+        self._watch: asyncio.Task | None = None
+        self._finished = False
+        self._cancelled = False  # this watch cancelled the task
+        self.gone = False
+
+    def __enter__(self) -> ClientWatch:
+        self._task = task = asyncio.current_task()
+        _enlist(self, task.get_loop())  # type: ignore[union-attr]
+        return self
+
+    def _start(self) -> None:
+        if self._finished:
+            return
+        loop = self._task.get_loop()  # type: ignore[union-attr]
+        self._watch = watch = loop.create_task(_disconnected(self._receive))
+        watch.add_done_callback(self._client_gone)
+
+    def _client_gone(self, watch: asyncio.Task) -> None:
+        if not self._finished and not watch.cancelled() and watch.exception() is None:
+            self._cancelled = True
+            self._task.cancel()  # type: ignore[union-attr]
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> bool:
+        self._finished = True
+        watch = self._watch
+        if watch is None:  # the common case: done before its watch started
+            return False
+        watch.cancel()
+        task: asyncio.Task = self._task  # type: ignore[assignment]
+        if kind is asyncio.CancelledError and self._cancelled and task.uncancel() == 0:
+            self.gone = True  # the only cancellation was this watch's
+            return True
+        return False
+
+
+WATCH_AFTER_S = 0.1
+_batch: tuple[asyncio.AbstractEventLoop, list[ClientWatch]] | None = None  # the watches the next timer starts
+
+
+def _enlist(watch: ClientWatch, loop: asyncio.AbstractEventLoop) -> None:
+    """Have ``watch`` started by the pending timer of its loop, or by a new one ``WATCH_AFTER_S`` from now."""
+    global _batch
+    batch = _batch
+    if batch is None or batch[0] is not loop:  # (a batch only ever holds watches of its own loop)
+        batch = _batch = (loop, [])
+        loop.call_later(WATCH_AFTER_S, _start_batch, batch)
+    batch[1].append(watch)
+
+
+def _start_batch(batch: tuple[asyncio.AbstractEventLoop, list[ClientWatch]]) -> None:
+    global _batch
+    if _batch is batch:
+        _batch = None
+    for watch in batch[1]:
+        watch._start()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 async def answer_lifespan(receive: Receive, send: Send) -> None:
     """Answer a lifespan scope that has nothing to start or stop: startup and shutdown complete at once."""
     while True:
@@ -104,6 +190,8 @@ async def send_json(send: Send, status: int, body: bytes, headers: Iterable[tupl
 async def send_error(send: Send, error: MuxError, request_id: str = "", *, body: bytes | None = None) -> None:
     """Send ``error`` with its status and headers, and the request id if known; ``body`` is the error rendered
     in the request's dialect (default: OpenAI's error shape)."""
+    if isinstance(error, ClientDisconnected):  # the client is gone: nothing to send
+        return
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers]
     if request_id:
         headers.append((b"x-mux-request-id", request_id.encode()))

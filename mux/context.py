@@ -18,7 +18,8 @@ plan           RouterLayer     the ordered targets to attempt (``mux.routing.pla
 ratelimit      RateLimitLayer  the rate-limit outcome: ``ok``, ``limited`` (429) or ``fail_open``
 budget         BudgetLayer     the budget outcome: ``ok``, ``warn``, ``downgrade``, ``blocked`` (402),
                                ``unavailable`` (503) or ``fail_open``
-outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status
+outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status (the first
+                               decoder writes the status and error of a body it refuses)
 trace          anyone          decision-trace events, in order: ``Attempt`` and ``Note`` Structs
 =============  ==============  ====================================================================
 

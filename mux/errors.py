@@ -106,10 +106,31 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class ClientDisconnected(MuxError):
+    """The client went away before its answer: nothing is sent (there is no one to send it to); the request's
+    record is marked with status 499 (nginx's "client closed request") and this code."""
+
+    status = 499
+    type = "client_disconnected"
+    code = "client_disconnected"
+
+
 class NoRouteAvailable(MuxError):
     status = 503
     type = "upstream_error"
     code = "no_route_available"
+
+
+def retry_after_s(error: MuxError) -> float | None:
+    """Answer the error's ``Retry-After`` in seconds, when it carries one in seconds (not an HTTP date)."""
+    for name, value in error.headers:
+        if name == "retry-after":
+            try:
+                seconds = float(value)
+            except ValueError:
+                return None
+            return seconds if 0 <= seconds < float("inf") else None  # (NaN fails both)
+    return None
 
 
 _error_encoder = msgspec.json.Encoder()

@@ -1,4 +1,5 @@
-"""The router's pure decisions: strategies, stickiness, precedence of request fields, breakers and budgets."""
+"""The router's pure decisions: strategies, stickiness, precedence of request fields and the retry budget
+(breakers and panic routing: tests/test_health.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mux.config import ConfigError, HealthConfig, parse_config
-from mux.errors import NoRouteAvailable
-from mux.routing.health import Health, RetryBudget
+from mux.config import ConfigError, parse_config
+from mux.routing.health import RetryBudget
 from mux.routing.live import LiveRouting
 from mux.routing.plan import weighted_order
 from mux.wire import decode_request
@@ -161,34 +161,6 @@ def test_sort_by_price_and_max_price_use_the_price_catalog():
     plan = live.router.plan(request(**base, provider={"max_price": {"prompt": 1.0}}))
     assert labels(plan) == ["b/gpt-4o-mini"]
     assert {s.reason for s in plan.skipped} == {"prompt price above provider.max_price"}
-
-
-def test_open_breaker_skips_its_target_and_admits_a_probe_after_the_cooldown():
-    now = [0.0]
-    health = Health(HealthConfig(breaker_failures=2, breaker_cooldown_s=10), clock=lambda: now[0])
-    health.record("a/m", False)
-    assert health.state("a/m") == "closed"
-    health.record("a/m", False)
-    assert health.state("a/m") == "open" and not health.admit("a/m")
-    now[0] = 10.5
-    assert health.state("a/m") == "half_open"
-    assert health.admit("a/m") and not health.admit("a/m")  # one probe at a time
-    health.record("a/m", False)  # the probe failed: open again for a full cooldown
-    assert health.state("a/m") == "open"
-    now[0] = 21.0
-    assert health.admit("a/m")
-    health.record("a/m", True, 50)
-    assert health.state("a/m") == "closed"
-
-
-def test_plan_skips_targets_with_open_breakers_and_refuses_when_none_is_left():
-    live = routing({"r": {"targets": [{"model": "a/m"}, {"model": "b/m"}]}}, breaker_failures=1)
-    live.health.record("a/m", False)
-    plan = live.router.plan(request(model="@r"))
-    assert labels(plan) == ["b/m"] and plan.skipped[0].reason == "circuit open"
-    live.health.record("b/m", False)
-    with pytest.raises(NoRouteAvailable, match="circuit open"):
-        live.router.plan(request(model="@r"))
 
 
 @settings(max_examples=50, deadline=None)

@@ -100,10 +100,12 @@ class RouteConfig(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class HealthConfig(Struct, kw_only=True, forbid_unknown_fields=True):
-    """Shared health: circuit breakers, retry budget and backoff."""
+    """Shared health: circuit breakers, rate-limit cooling, retry budget and backoff (README: "Health")."""
 
     breaker_failures: Annotated[int, Meta(ge=1)] = 5  # consecutive failures that open a target's breaker
     breaker_cooldown_s: PositiveSeconds = 30.0  # open time before a half-open probe
+    cooldown_429_s: Annotated[float, Meta(ge=0)] = 1.0  # a 429 without Retry-After cools its target this long
+    cooldown_429_max_s: Annotated[float, Meta(ge=0)] = 60.0  # the longest a Retry-After cools a target
     retry_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.2  # retries allowed per recent request
     retry_floor_per_s: Annotated[float, Meta(ge=0)] = 2.0  # retries always allowed per second
     backoff_base_ms: Annotated[int, Meta(ge=0)] = 50

@@ -6,8 +6,9 @@ Reads ``ctx.ingress``, ``ctx.request``/``ctx.fields`` (decoding the body itself 
 decision-trace events. The attempt policy is ``mux.engine.attempts``; one attempt on the wire is
 ``mux.engine.exchange``; provider knowledge stays in the adapters.
 
-Streams: nothing is sent until an attempt yields its first chunk. A client that disconnects cancels the
-upstream request and frees its connection.
+Streams: nothing is sent until an attempt yields its first chunk. A client that disconnects, streamed or not,
+cancels the upstream request and frees its connection; nothing more is sent and ``ctx.outcome`` says 499
+``client_disconnected``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from functools import partial
 from time import perf_counter, time
 from typing import Any, Awaitable
 
-from mux.asgi import Receive, Scope, Send, send_json
+from mux.asgi import ClientWatch, Receive, Scope, Send, send_json
 from mux.catalog import Catalog
 from mux.config.schema import CascadeConfig
 from mux.context import Context, Note, Outcome
@@ -27,7 +28,7 @@ from mux.engine.cascade import Cascade
 from mux.engine.exchange import exchange, relay_stream
 from mux.engine.settle import answered_by, charge, with_total
 from mux.engine.transport import Transport
-from mux.errors import InvalidRequest, MuxError, NotFound
+from mux.errors import ClientDisconnected, InvalidRequest, MuxError, NotFound
 from mux.ingress import Ingress, deny, ingress_of, with_request
 from mux.providers import ADAPTERS, Adapter, Call, Completion, UpstreamRequest
 from mux.providers.base import EmbeddingCall
@@ -35,6 +36,9 @@ from mux.routing.decision import decision_trace
 from mux.routing.live import LiveRouting
 from mux.routing.plan import Plan, Target
 from mux.wire.openai import ChatRequest, EmbeddingsRequest, trace_chunk, usage_chunk
+
+
+_GONE = ClientDisconnected("The client went away before its answer was complete.")
 
 
 class Dispatch:
@@ -70,36 +74,56 @@ class Dispatch:
                 return deny(scope, send, error)
         ingress: Ingress = ctx.ingress  # type: ignore[assignment]  (set: ingress_of answered it)
         if ingress.operation == "embeddings":
-            return self._complete(ctx, ingress, plan, scope, send, partial(self._embed_once, ctx, request))
+            build = partial(self._build_embeddings, ctx, request)
+            return self._complete(ctx, ingress, plan, scope, receive, send, build, partial(self._embed_once, ctx))
         if request.stream:
             return self._stream(ctx, ingress, request, plan, scope, receive, send)
-        return self._complete(ctx, ingress, plan, scope, send, partial(self._chat_once, ctx, request),
-                              partial(self._check, request))
+        return self._complete(ctx, ingress, plan, scope, receive, send, partial(self._build_chat, ctx, request),
+                              partial(self._chat_once, ctx), partial(self._check, request))
+
+    # --- preparing an attempt: the adapter builds the upstream request, or refuses it -------------------
+
+    def _build_chat(self, ctx: Context, request: ChatRequest, target: Target) -> tuple[Call, UpstreamRequest]:
+        call = _call(ctx, request, target, self.routing.catalog)
+        return call, _built(ctx, target, self.adapters[target.provider.type].build_request(target.provider, call))
+
+    def _build_embeddings(self, ctx: Context, request: EmbeddingsRequest,
+                          target: Target) -> tuple[EmbeddingCall, UpstreamRequest]:
+        provider = target.provider
+        adapter: Any = self.adapters[provider.type]
+        if not hasattr(adapter, "build_embeddings"):
+            raise InvalidRequest(f"Provider '{provider.name}' (type {provider.type}) does not serve embeddings.",
+                                 param="model", code="unsupported_operation")
+        call = EmbeddingCall(request=request, fields=ctx.fields or {}, model=target.model)
+        return call, _built(ctx, target, adapter.build_embeddings(provider, call))
 
     # --- non-streamed ----------------------------------------------------------------------------------
 
-    async def _complete(self, ctx: Context, ingress: Ingress, plan: Plan, scope: Scope, send: Send, once: Any,
-                        check: Any = None) -> None:
+    async def _complete(self, ctx: Context, ingress: Ingress, plan: Plan, scope: Scope, receive: Receive, send: Send,
+                        build: Any, once: Any, check: Any = None) -> None:
+        """Answer the plan's completion; a client that goes away cancels the upstream request."""
         outcome = ctx.outcome
-        try:
-            _, completion = await run_attempts(ctx, plan, once, self.routing.health, self.rng, check)
-        except MuxError as error:
-            _failed(outcome, error)
-            return await deny(scope, send, error)
-        outcome.status = 200
-        replace: dict[str, Any] = {}
-        usage = with_total(completion.usage, outcome) if outcome.cost_usd is not None else None
-        if usage is not None:
-            replace["usage"] = usage
-        if ctx.mlx is not None and ctx.mlx.trace:
-            replace["mlx:trace"] = decision_trace(plan, ctx.trace)
-        await send_json(send, 200, ingress.answer(completion.body, replace))
+        with ClientWatch(receive):  # a ``with`` block, not a coroutine: no frame added to the request
+            try:
+                _, completion = await run_attempts(ctx, plan, build, once, self.routing.health, self.rng, check)
+            except MuxError as error:
+                _failed(outcome, error)
+                return await deny(scope, send, error)
+            outcome.status = 200
+            replace: dict[str, Any] = {}
+            usage = with_total(completion.usage, outcome) if outcome.cost_usd is not None else None
+            if usage is not None:
+                replace["usage"] = usage
+            if ctx.mlx is not None and ctx.mlx.trace:
+                replace["mlx:trace"] = decision_trace(plan, ctx.trace)
+            return await send_json(send, 200, ingress.answer(completion.body, replace))
+        _failed(outcome, _GONE)  # reached only when the watch absorbed the client's going away
 
-    async def _chat_once(self, ctx: Context, request: ChatRequest, target: Target, timeout_s: float) -> Completion:
+    async def _chat_once(self, ctx: Context, target: Target, prepared: tuple[Call, UpstreamRequest],
+                         timeout_s: float) -> Completion:
+        call, upstream = prepared
         provider = target.provider
         adapter = self.adapters[provider.type]
-        call = _call(ctx, request, target, self.routing.catalog)
-        upstream = _built(ctx, target, adapter.build_request(provider, call))
         status, headers, body = await exchange(self.transport, upstream, provider, timeout_s)
         if status >= 400:
             raise adapter.parse_error(provider, status, body, headers)
@@ -107,15 +131,11 @@ class Dispatch:
         charge(ctx.outcome, self.routing.catalog, target, completion.model, completion.usage)
         return completion
 
-    async def _embed_once(self, ctx: Context, request: EmbeddingsRequest, target: Target,
+    async def _embed_once(self, ctx: Context, target: Target, prepared: tuple[EmbeddingCall, UpstreamRequest],
                           timeout_s: float) -> Completion:
+        call, upstream = prepared
         provider = target.provider
         adapter: Any = self.adapters[provider.type]
-        if not hasattr(adapter, "build_embeddings"):
-            raise InvalidRequest(f"Provider '{provider.name}' (type {provider.type}) does not serve embeddings.",
-                                 param="model", code="unsupported_operation")
-        call = EmbeddingCall(request=request, fields=ctx.fields or {}, model=target.model)
-        upstream = _built(ctx, target, adapter.build_embeddings(provider, call))
         status, headers, body = await exchange(self.transport, upstream, provider, timeout_s)
         if status >= 400:
             raise adapter.parse_error(provider, status, body, headers)
@@ -130,35 +150,20 @@ class Dispatch:
 
     async def _stream(self, ctx: Context, ingress: Ingress, request: ChatRequest, plan: Plan, scope: Scope,
                       receive: Receive, send: Send) -> None:
-        """Stream the plan's answer; a client that goes away cancels this task, and so the upstream request."""
+        """Stream the plan's answer; a client that goes away cancels the upstream request."""
         ctx.outcome.streamed = True
-        task = asyncio.current_task()
-        finished = False
-
-        def client_gone(watch: asyncio.Future) -> None:
-            if not finished and not watch.cancelled():
-                task.cancel()  # type: ignore[union-attr]
-
-        watch = asyncio.ensure_future(_disconnected(receive))
-        watch.add_done_callback(client_gone)
-        try:
-            await self._stream_attempts(ctx, ingress, request, plan, scope, send)
-        except asyncio.CancelledError:
-            if not (watch.done() and not watch.cancelled()) or task.uncancel() > 0:  # type: ignore[union-attr]
-                raise
-            ctx.outcome.status = 499
-            ctx.outcome.error_type = "client_disconnected"
-        finally:
-            finished = True
-            watch.cancel()
+        with ClientWatch(receive):
+            return await self._stream_attempts(ctx, ingress, request, plan, scope, send)
+        _failed(ctx.outcome, _GONE)  # reached only when the watch absorbed the client's going away
 
     async def _stream_attempts(self, ctx: Context, ingress: Ingress, request: ChatRequest, plan: Plan, scope: Scope,
                                send: Send) -> None:
         outcome = ctx.outcome
         encoder = ingress.stream()
-        once = partial(self._stream_once, ctx, request, encoder, send)
+        once = partial(self._stream_once, ctx, encoder, send)
         try:
-            target, end = await run_attempts(ctx, plan, once, self.routing.health, self.rng)
+            target, end = await run_attempts(ctx, plan, partial(self._build_chat, ctx, request), once,
+                                             self.routing.health, self.rng)
         except MuxError as error:
             _failed(outcome, error)
             return await deny(scope, send, error)
@@ -179,12 +184,11 @@ class Dispatch:
             tail += encoder.fail(end.error)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def _stream_once(self, ctx: Context, request: ChatRequest, encoder: Any, send: Send, target: Target,
-                           timeout_s: float) -> StreamEnd:
+    async def _stream_once(self, ctx: Context, encoder: Any, send: Send, target: Target,
+                           prepared: tuple[Call, UpstreamRequest], timeout_s: float) -> StreamEnd:
+        call, upstream = prepared
         provider = target.provider
         adapter = self.adapters[provider.type]
-        call = _call(ctx, request, target, self.routing.catalog)
-        upstream = _built(ctx, target, adapter.build_request(provider, call))
         translator = adapter.stream_translator(provider, call)
         outcome = ctx.outcome
 
@@ -220,9 +224,3 @@ def _failed(outcome: Outcome, error: MuxError) -> None:
     outcome.error_type = error.code
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Return once the client has gone away."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return

@@ -118,7 +118,8 @@ def with_request(scope: Scope, receive: Receive, send: Send, limit: int, then: T
     When a layer outside already decoded the request, ``then`` is called at once and its awaitable returned:
     the caller adds no coroutine frame to the request (a resumed coroutine pays for every frame of its await
     chain, so frames that only pass a request inward are worth avoiding). Otherwise the body is read and
-    decoded first; a bad body is answered with its 400 in the request's dialect."""
+    decoded first; a bad body is answered with its 400 in the request's dialect (a client gone before its body
+    was complete, with nothing), and the error is written to ``ctx.outcome``."""
     ctx = context_of(scope)
     if ctx.request is not None:
         return then(ctx, ctx.request, scope, receive, send)
@@ -129,5 +130,6 @@ async def _decoded_then(ctx: Context, scope: Scope, receive: Receive, send: Send
     try:
         request, receive = await request_of(scope, receive, limit)
     except MuxError as error:
+        ctx.outcome.status, ctx.outcome.error_type = error.status, error.code
         return await deny(scope, send, error)
     await then(ctx, request, scope, receive, send)

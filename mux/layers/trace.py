@@ -102,7 +102,7 @@ class TraceLayer:
             failure = type(exc).__name__
             raise
         finally:
-            self.logger.info("request", **record(ctx, scope, status or 500, first_byte, error_code, failure))
+            self.logger.info("request", **record(ctx, scope, status or ctx.outcome.status or 500, first_byte, error_code, failure))
 
 
 def response_headers(ctx: Context, now: float) -> list[tuple[bytes, bytes]]:

@@ -1,7 +1,7 @@
 """The decision trace: what the router planned and what happened to each attempt, as one JSON document.
 
-Built from ``ctx.plan`` (RouterLayer) and ``ctx.trace`` (the ``Attempt`` and ``Note`` events Dispatch and
-the layers append); returned under
+Built from ``ctx.plan`` (RouterLayer; its ``notes`` are the router's policy notes, such as panic routing) and
+``ctx.trace`` (the ``Attempt`` and ``Note`` events Dispatch and the layers append); returned under
 ``mlx:trace`` when a request asks for it, answered alone for ``x-mux-dry-run: true``, and kept in every
 request's log record. The schema is documented in the README ("Decision trace").
 """
@@ -23,7 +23,7 @@ TRACE_SCHEMA_VERSION = 1
 def decision_trace(plan: Plan | None, events: list[TraceEvent], *, dry_run: bool = False) -> dict[str, Any]:
     """Answer the decision trace for a plan (may be ``None`` when planning failed) and the trace events."""
     attempts: list[Attempt] = []
-    notes: list[Any] = []
+    notes: list[Any] = [msgspec.to_builtins(n) for n in plan.notes] if plan is not None and plan.notes else []
     for event in events:
         if type(event) is Attempt:
             attempts.append(event)
@@ -66,13 +66,19 @@ def _decision(plan: Plan | None, attempts: list[Attempt], dry_run: bool) -> dict
     for attempt in reversed(attempts):
         if attempt.status in ("ok", "partial"):
             failed = sum(1 for a in attempts if a.status in ("error", "escalated"))
+            skipped = sum(1 for a in attempts if a.status == "skipped")
             if attempt.status == "partial":
                 reason = "the stream failed after its first byte; nothing can be retried once sent"
             elif failed:
                 reason = f"answered after {failed} failed or escalated attempt{'s' if failed > 1 else ''}"
+            elif skipped:
+                reason = f"answered after skipping {skipped} target{'s' if skipped > 1 else ''}"
             else:
                 reason = (plan.reason if plan is not None and plan.reason else "first candidate answered")
             return {"target": attempt.target, "reason": reason}
+    tried = [a for a in attempts if a.status != "skipped"]
+    if tried:
+        return {"target": None, "reason": f"every attempt failed; the last with {tried[-1].error}"}
     if attempts:
-        return {"target": None, "reason": f"every attempt failed; the last with {attempts[-1].error}"}
+        return {"target": None, "reason": f"every target was skipped; the last: {attempts[-1].reason}"}
     return {"target": None, "reason": "no attempt was made"}

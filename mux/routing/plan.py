@@ -15,11 +15,15 @@ anything else is ``model_not_found``; a name whose provider type is known but no
 1. candidates: ``model`` (expanded if a route), then ``models`` in order, then ``fallbacks`` in order; a
    target already listed is not repeated;
 2. filters: OpenRouter's ``provider.only`` / ``provider.ignore`` (provider names), ``provider.max_price``
-   (USD per million tokens, ``prompt`` / ``completion``), then targets whose breaker is open; each skip is
-   in the trace with its reason;
-3. order: ``provider.sort`` (or ``route: "sort"``, by price) sorts all candidates; otherwise
+   (USD per million tokens, ``prompt`` / ``completion``), the model catalog's abilities and limits; each skip
+   is in the trace with its reason. None left: ``no_route_available`` (or a 400 when abilities were lacking);
+3. breakers: targets whose breaker is open (or half-open with its probe in flight) are skipped, unless every
+   candidate's is: then the one whose cooldown ends first is kept ("panic routing", a policy note in the
+   trace) and is sent the request as its probe — health orders and skips, it never refuses;
+4. order: ``provider.sort`` (or ``route: "sort"``, by price) sorts all candidates; otherwise
    ``provider.order`` and then ``routing.prefer`` move the named providers to the front, in their order;
-4. length: ``provider.allow_fallbacks: false`` or ``routing.allow_fallbacks: false`` keep the first
+   then targets cooled by a recent 429 move after the others (their order kept);
+5. length: ``provider.allow_fallbacks: false`` or ``routing.allow_fallbacks: false`` keep the first
    candidate only; ``routing.max_provider_tries`` (and a route's ``max_attempts``) cap the attempts.
 """
 
@@ -27,11 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Callable
+from typing import Any, Callable
 
 from msgspec import Struct
 
 from mux.catalog.models import Catalog, ModelInfo
+from mux.context import Note
 from mux.config import CascadeConfig, Config, ProviderConfig, RouteConfig
 from mux.errors import InvalidRequest, ModelNotFound, NoRouteAvailable, ProviderNotConfigured
 from mux.routing.health import Health
@@ -77,6 +82,8 @@ class Plan(Struct, gc=False):
     variant: str | None = None
     skipped: list[Skip] = []
     reason: str = ""
+    notes: list[Note] = []  # the router's policy notes, for the decision trace's events
+    panic: str | None = None  # the label kept although its breaker is open: every candidate's was
 
 
 class Resolver:
@@ -212,6 +219,7 @@ class Router:
                 return plan
             plan = Plan(targets=[self.resolver.resolve(model)], requested=model)  # one target: nothing to order
             self._filter(plan, request)
+            self._breakers(plan)
         else:
             selection = Selection(end_user, session, self.health, self.rng, self.catalog)
             names = [n for n in [model, *(request.models or ()), *(request.fallbacks or ())] if n]
@@ -223,6 +231,7 @@ class Router:
                         seen.add(target.label)
                         plan.targets.append(target)
             self._filter(plan, request)
+            self._breakers(plan)
             self._order(plan, request)
             self._limit(plan, request)
         if not plan.targets:
@@ -244,8 +253,8 @@ class Router:
         return plan
 
     def _single(self, model: str, request: ChatRequest) -> Plan | None:
-        """The plan of a request for one plain model that passes every filter, or ``None`` (then the general
-        path decides, and explains any skip)."""
+        """The plan of a request for one plain model that passes every filter and whose breaker is closed, or
+        ``None`` (then the general path decides, and explains any skip or panic)."""
         known = self._singles.get(model)
         if known is None:
             target = self.resolver.resolve(model)
@@ -253,7 +262,7 @@ class Router:
             if len(self._singles) < 10_000:
                 self._singles[model] = known
         target, info = known
-        if request.provider is not None or self.health.state(target.label) != "closed":
+        if request.provider is not None or not self.health.closed(target.label):
             return None
         if info is not None and Needs.of(request).unmet(info) is not None:
             return None
@@ -337,8 +346,6 @@ class Router:
             if reason is None and info is not None:
                 reason = needs.unmet(info)
                 unable += reason is not None
-            if reason is None and self.health.state(target.label) == "open":
-                reason = "circuit open"
             if reason is None:
                 kept.append(target)
             else:
@@ -348,6 +355,31 @@ class Router:
             reasons = "; ".join(f"{s.target} {s.reason}" for s in plan.skipped)
             raise InvalidRequest(f"No target can serve this request: {reasons}.", param="model",
                                  code="no_capable_target")
+
+    def _breakers(self, plan: Plan) -> None:
+        """Skip the targets whose breaker is open (or whose half-open probe is in flight) while another
+        candidate is left; when none is, keep the one whose cooldown ends first (panic routing)."""
+        health = self.health
+        reasons = [health.blocked(t.label) for t in plan.targets]
+        if not any(reasons):
+            return
+        if all(reasons):
+            chosen = min(plan.targets, key=lambda t: health.reopens_at(t.label))  # ties: the first in order
+            plan.panic = chosen.label
+            how = ("as its half-open probe" if health.blocked(chosen.label) == "circuit open"
+                   else "alongside its half-open probe in flight")
+            plan.notes.append(Note("policy", target=chosen.label,
+                                   note=f"every candidate's circuit is open: sending to {chosen.label}, whose "
+                                        f"cooldown ends first, {how}"))
+        else:
+            chosen = None
+        kept = []
+        for target, reason in zip(plan.targets, reasons, strict=True):
+            if reason is None or target is chosen:
+                kept.append(target)
+            else:
+                plan.skipped.append(Skip(target.label, reason))
+        plan.targets = kept
 
     def _order(self, plan: Plan, request: ChatRequest) -> None:
         prefs = request.provider
@@ -367,6 +399,12 @@ class Router:
                     rank = {name: i for i, name in enumerate(preferred)}
                     plan.targets.sort(key=lambda t: rank.get(t.provider.name, len(rank)))
             # (later ``sort`` calls are stable: provider.order wins over routing.prefer)
+        if len(plan.targets) > 1:
+            cooled = [t.label for t in plan.targets if self.health.cooled(t.label)]
+            if cooled and len(cooled) < len(plan.targets):
+                plan.targets.sort(key=lambda t: t.label in cooled)  # stable: each group keeps its order
+                plan.notes.append(Note("policy", note=f"rate limited (429), tried after the others: "
+                                                      f"{', '.join(cooled)}"))
 
     def _limit(self, plan: Plan, request: ChatRequest) -> None:
         allow = True
