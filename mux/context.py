@@ -12,10 +12,12 @@ body           first reader    the raw body, read once (``body_of``), replayed t
 request        first decoder   the validated request view the ingress decoded (chat or embeddings)
 fields         first decoder   the body's top-level fields as raw JSON, for forwarding
 key            AuthLayer       the virtual key (``KeyRecord``) that authenticated the request
-budget         BudgetLayer     the budget's outcome, a short string: ``reserved``, ``refused:<scope>``, …
-ratelimit      RateLimitLayer  the rate limit's outcome, a short string: ``admitted``, ``refused:<scope>``, …
 mlx            TagsLayer       tags, end user, cache controls, trace flag, session id
-plan           RouterLayer     the ordered targets to attempt (``mux.routing.plan.Plan``)
+plan           RouterLayer     the ordered targets to attempt (``mux.routing.plan.Plan``); a budget's
+                               ``downgrade`` action replaces it (BudgetLayer) with its route's plan
+ratelimit      RateLimitLayer  the rate-limit outcome: ``ok``, ``limited`` (429) or ``fail_open``
+budget         BudgetLayer     the budget outcome: ``ok``, ``warn``, ``downgrade``, ``blocked`` (402),
+                               ``unavailable`` (503) or ``fail_open``
 outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status, response id (the
                                first decoder writes the status and error of a body it refuses)
 trace          anyone          decision-trace events, in order: ``Attempt`` and ``Note`` Structs
@@ -122,10 +124,10 @@ class Context(Struct, gc=False):  # gc=False here and above: no context is part 
     request: Any = None  # the ingress's validated view: ChatRequest or EmbeddingsRequest
     fields: dict[str, msgspec.Raw] | None = None
     key: KeyRecord | None = None  # the authenticating virtual key (AuthLayer); None while no key exists
-    budget: str | None = None  # the budget's outcome: "reserved", "refused:acme-tenant", "warned", … (BudgetLayer)
-    ratelimit: str | None = None  # the rate limit's outcome: "admitted", "refused:acme-tenant", … (RateLimitLayer)
     mlx: Mlx | None = None
     plan: Plan | None = None
+    ratelimit: str | None = None  # RateLimitLayer's outcome (None: no limit applied)
+    budget: str | None = None  # BudgetLayer's outcome (None: no budget applied)
     outcome: Outcome = msgspec.field(default_factory=Outcome)
     trace: list[TraceEvent] = []
 

@@ -10,9 +10,14 @@ The order, outermost first, and why each pair is in its order:
   request gets no further than a 401 (its body is never read, no planning work is done), and the layers
   inside it (rate limits, budgets) can key on ``ctx.key``.
 - TagsLayer before rate limits, budgets and cache, which key on the end user and tags it writes.
-- (RateLimitLayer) before RouterLayer: a request over its rate is refused before any planning work.
+- (RateLimitLayer) after TagsLayer and (AuthLayer), whose end user, tags and key it counts by, and before
+  RouterLayer: a request over its rate is refused before any planning work, and before its budget is touched.
 - RouterLayer before (CacheLayer, BudgetLayer): the cache key needs the resolved target, and the budget
-  reserves the worst case over the targets the plan may try, so both need the plan.
+  reserves the worst case over the targets the plan may try (summed for a cascade), so both need the plan.
+- (CacheLayer) before (BudgetLayer): a cache hit spends nothing, so it reserves nothing.
+- (BudgetLayer) innermost, right around the terminal: it reserves only for requests that will reach a
+  provider, settles after the terminal returned (after a stream's last byte), and a ``downgrade`` replaces the
+  plan with nothing left between it and Dispatch to act on the old one.
 - Dispatch, the terminal handler, executes the plan.
 """
 
@@ -27,7 +32,9 @@ from mux.endpoints import Endpoints
 from mux.engine.dispatch import Dispatch
 from mux.engine.transport import Transport
 from mux.layers.auth import DEFAULT_PREFIXES, AuthLayer
+from mux.layers.budget import BudgetLayer
 from mux.layers.errors import ErrorLayer
+from mux.layers.ratelimit import RateLimitLayer
 from mux.layers.router import RouterLayer
 from mux.layers.tags import TagsLayer
 from mux.layers.trace import TraceLayer
@@ -48,6 +55,7 @@ def stack(config: Config, resources: Resources | None = None, *, logger: Any = N
     if resources is None:
         resources = Resources(config, routing=routing)
     limit = config.server.max_body_bytes
+    limits_on, budgets_on = counting(config)
     layers: list[Layer] = [
         (ErrorLayer, {"logger": logger}),
         (TraceLayer, {"logger": logger, "prefixes": prefixes, "ledger": resources.ledger}),
@@ -59,9 +67,26 @@ def stack(config: Config, resources: Resources | None = None, *, logger: Any = N
                                    "logger": logger}))
     layers += [
         (TagsLayer, {"max_body_bytes": limit}),
-        (RouterLayer, {"routing": resources.routing, "max_body_bytes": limit}),
     ]
+    # ---- rate limits ----
+    if limits_on:
+        layers.append((RateLimitLayer, {"store": resources.limits, "routing": resources.routing,
+                                        "max_body_bytes": limit, "logger": logger}))
+    layers.append((RouterLayer, {"routing": resources.routing, "max_body_bytes": limit}))
+    # ---- budgets ----
+    if budgets_on:
+        layers.append((BudgetLayer, {"store": resources.spend, "routing": resources.routing,
+                                     "max_body_bytes": limit, "logger": logger}))
     return layers
+
+
+def counting(config: Config) -> tuple[bool, bool]:
+    """Answer whether the stack needs the RateLimitLayer and the BudgetLayer: when the config has rate limits
+    (budgets), or when virtual keys may exist — in the config, or made through the admin API — since a key
+    may carry its own ``rpm``/``tpm`` (``budget_usd``). A gateway started with neither needs a restart to
+    get its first; after that, a reload applies edits to ``budgets:`` and ``rate_limits:``."""
+    keys = bool(getattr(config, "keys", None)) or config.server.admin_token is not None
+    return keys or bool(config.rate_limits), keys or bool(config.budgets)
 
 
 def _resolver(routing: LiveRouting) -> Callable[[str], tuple[str, ...]]:

@@ -26,6 +26,10 @@ from mux.routing.live import LiveRouting
 from mux.routing.sync import RoutingSync
 from mux.routing.versions import MemoryVersions, SQLiteVersions, Versions
 from mux.stores.keys import KeyStore, key_store
+from mux.stores.limits import limit_store
+from mux.stores.ondemand import OnDemand
+from mux.stores.spend import spend_store
+from mux.stores.state_url import parse_state_url
 
 if TYPE_CHECKING:
     from mux.config.schema import LedgerConfig
@@ -67,6 +71,20 @@ class Resources:
         self.keys: Keys | None = None
         if needs_state(config):
             self.keys = self.add("key store", Keys(config, logger=self.logger))
+        self._budget_state(config)
+
+    # ---- budget and rate-limit state (BudgetLayer, RateLimitLayer) ----
+
+    def _budget_state(self, config: Config) -> None:
+        """The spend and rate-limit stores on the ``state`` backend, each opened when first needed: at startup
+        when budgets (or rate limits) are configured, else by the first request a key's own limits apply to.
+        Nothing is created or connected for a gateway that never counts."""
+        state = parse_state_url(config.state)
+        prefix = config.state_prefix
+        self.spend = self.add("budget state", OnDemand(spend_store(state, prefix=prefix), name="budget state",
+                                                       eager=bool(config.budgets), logger=self.logger))
+        self.limits = self.add("rate-limit state", OnDemand(limit_store(state, prefix=prefix), name="rate-limit state",
+                                                            eager=bool(config.rate_limits), logger=self.logger))
 
     def add(self, name: str, resource: Any) -> Any:
         """Register ``resource`` (anything with ``open``/``aclose``; either may be absent) and answer it."""

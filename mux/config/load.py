@@ -16,6 +16,7 @@ from mux.keys.spec import check_specs
 from mux.providers import ADAPTERS
 from mux.stores.state_url import MemoryState, parse_state_url
 from mux.config.schema import Config, ConfigError, ProviderConfig, RouteConfig
+from mux.stores.state_url import parse_state_url
 
 _ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
@@ -108,6 +109,7 @@ def validated(config: Config) -> Config:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     check_state(config, config.server.workers)
+    _check_budgets_and_limits(config)
     return config
 
 
@@ -123,6 +125,36 @@ def check_state(config: Config, workers: int) -> None:
             f"state: 'memory' keeps keys (and budgets and rate limits) in one process's memory, so each of "
             f"the {workers} workers would have its own: a key revoked or a budget spent in one would not "
             "count in the others. Use sqlite:///path (the workers of one machine) or redis://host:port/db.")
+
+
+# ---- budgets, rate limits and their state ----------------------------------------------------------------
+
+
+def _check_budgets_and_limits(config: Config) -> None:
+    """Refuse repeated budget or rate-limit names, a downgrade without a known ``@route``
+    to serve through, ``to`` on another action, and a rate limit with neither ``rpm`` nor ``tpm``."""
+    names: set[str] = set()
+    for index, budget in enumerate(config.budgets):
+        where = f"budgets[{index}]"
+        if budget.name in names:
+            raise ConfigError(f"{where}.name: budget name '{budget.name}' is used twice")
+        names.add(budget.name)
+        if budget.action == "downgrade":
+            if not budget.to:
+                raise ConfigError(f"{where}.to: action 'downgrade' needs the route to serve through, e.g. '@cheap'")
+            if not budget.to.startswith("@") or budget.to[1:] not in config.routes:
+                known = ", ".join("@" + r for r in config.routes) or "none"
+                raise ConfigError(f"{where}.to: no route named '{budget.to}' (routes: {known})")
+        elif budget.to is not None:
+            raise ConfigError(f"{where}.to: only for action 'downgrade'")
+    names = set()
+    for index, limit in enumerate(config.rate_limits):
+        where = f"rate_limits[{index}]"
+        if limit.name in names:
+            raise ConfigError(f"{where}.name: rate limit name '{limit.name}' is used twice")
+        names.add(limit.name)
+        if limit.rpm is None and limit.tpm is None:
+            raise ConfigError(f"{where}: set rpm, tpm or both")
 
 
 def _check_routes(config: Config) -> None:

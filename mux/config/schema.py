@@ -159,6 +159,48 @@ def masked_url(url: str) -> str:
     return f"{scheme}{sep}{user.split(':', 1)[0]}:***@{host}"
 
 
+# ---- budgets and rate limits (BudgetLayer, RateLimitLayer) -----------------------------------------------
+
+LimitName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+ScopeValue = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class ScopeConfig(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Whom a budget or a rate limit applies to. Each field set must match (all of them); ``"*"`` matches any
+    value and gives each value its own counter. No field at all: every request, one shared counter."""
+
+    key: ScopeValue | None = None  # a virtual key's name
+    end_user: ScopeValue | None = None  # mlx:end_user, x-mux-end-user or user
+    tag: Annotated[dict[ScopeValue, ScopeValue], Meta(min_length=1)] | None = None  # tag -> value
+    team: ScopeValue | None = None  # the virtual key's team
+
+
+class BudgetConfig(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A spend cap in USD over a calendar period (UTC). ``action``: ``block`` refuses with 402, ``warn`` only
+    reports (headers), ``downgrade`` serves the requests that do not fit through the route ``to``."""
+
+    name: LimitName
+    usd: Annotated[float, Meta(ge=0)]
+    period: Literal["day", "week", "month", "total"] = "total"
+    scope: ScopeConfig = msgspec.field(default_factory=ScopeConfig)
+    warn_at: Annotated[float, Meta(gt=0, le=1)] | None = None  # fraction of the cap that adds a warning header
+    action: Literal["block", "warn", "downgrade"] = "block"
+    to: str | None = None  # downgrade: the "@route" that serves requests over the cap
+    fail_open: bool = False  # serve, unbudgeted, while the state store is unreachable (default: 503)
+
+
+class RateLimitConfig(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Requests (``rpm``) and tokens (``tpm``) per minute for a scope; at least one of them."""
+
+    name: LimitName
+    scope: ScopeConfig = msgspec.field(default_factory=ScopeConfig)
+    rpm: Annotated[int, Meta(ge=1)] | None = None
+    tpm: Annotated[int, Meta(ge=1)] | None = None
+
+
+# ---- the whole file -------------------------------------------------------------------------------------
+
+
 class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     providers: list[ProviderConfig] = []
     catalog: dict[str, ModelInfo] = {}  # "<provider name or type>/<model>": limits, abilities, prices
@@ -167,7 +209,11 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     ledger: LedgerConfig | None = None  # the request ledger; off when absent
     keys: list[KeySpec] = []  # virtual keys (mux.keys.spec); more are made through /admin/keys
-    state: str = DEFAULT_STATE  # where keys (and budgets, limits) live: memory, sqlite:///path, redis://host:port/db
+    # ---- budgets, rate limits and their state ----
+    budgets: list[BudgetConfig] = []
+    rate_limits: list[RateLimitConfig] = []
+    state: str = DEFAULT_STATE  # where keys, budgets and limits live: memory, sqlite:///path, redis://host:port/db
+    state_prefix: Annotated[str, Meta(min_length=1, max_length=64)] = "mux:"  # Redis key prefix
 
     def provider(self, name: str) -> ProviderConfig | None:
         """Answer the provider called ``name``, if configured."""

@@ -7,14 +7,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mux.layers.auth import AuthLayer
+    from mux.layers.budget import BudgetLayer
     from mux.layers.errors import ErrorLayer
+    from mux.layers.ratelimit import RateLimitLayer
     from mux.layers.router import RouterLayer
     from mux.layers.tags import TagsLayer
     from mux.layers.trace import TraceLayer
 
 _HOMES = {
     "AuthLayer": "mux.layers.auth",
+    "BudgetLayer": "mux.layers.budget",
     "ErrorLayer": "mux.layers.errors",
+    "RateLimitLayer": "mux.layers.ratelimit",
     "RouterLayer": "mux.layers.router",
     "TagsLayer": "mux.layers.tags",
     "TraceLayer": "mux.layers.trace",

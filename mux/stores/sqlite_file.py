@@ -11,7 +11,9 @@ such file: ``open``, ``close``, ``async with`` and ``_conn()``.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from typing import Any, Callable, Sequence, TypeVar, Union
 
 import aiosqlite
@@ -27,26 +29,46 @@ Schema = Union[str, Callable[[sqlite3.Connection], object]]
 
 async def connect(path: str, schema: Schema, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> aiosqlite.Connection:
     """Open ``path`` (created if absent) with the shared settings and create ``schema`` if missing (a script),
-    or run it (a function of the connection, in one ``BEGIN IMMEDIATE`` transaction)."""
+    or run it (a function of the connection, in one ``BEGIN IMMEDIATE`` transaction).
+
+    Several processes may open a fresh file at once: switching it to WAL takes a lock that SQLite answers with
+    "database is locked" at once, without waiting out the busy timeout, so preparing the file is tried again
+    (a few ms apart) until ``busy_timeout_s`` has passed."""
     try:
         db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_s)
     except sqlite3.Error as e:
         raise StoreUnavailable(f"cannot open the SQLite state file {path!r}: {e}") from None
-    try:
-        await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout_s * 1000)}")
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
-        if isinstance(schema, str):
-            await db.executescript(schema)
-        else:
-            await _one_hop(db, schema, ())
-    except sqlite3.OperationalError as e:
-        await db.close()
-        raise StoreUnavailable(f"cannot prepare the SQLite state file {path!r}: {e}") from None
-    except BaseException:
-        await db.close()
-        raise
-    return db
+    deadline = time.monotonic() + busy_timeout_s
+    pause = 0.005
+    while True:
+        try:
+            await _prepare(db, schema, busy_timeout_s)
+            return db
+        except sqlite3.OperationalError as e:
+            if _locked(e) and time.monotonic() + pause < deadline:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.1)
+                continue
+            await db.close()
+            raise StoreUnavailable(f"cannot prepare the SQLite state file {path!r}: {e}") from None
+        except BaseException:
+            await db.close()
+            raise
+
+
+async def _prepare(db: aiosqlite.Connection, schema: Schema, busy_timeout_s: float) -> None:
+    await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout_s * 1000)}")
+    await db.execute("PRAGMA journal_mode = WAL")
+    await db.execute("PRAGMA synchronous = NORMAL")
+    if isinstance(schema, str):
+        await db.executescript(schema)
+    else:
+        await _one_hop(db, schema, ())
+
+
+def _locked(error: sqlite3.OperationalError) -> bool:
+    text = str(error)
+    return "locked" in text or "busy" in text
 
 
 async def run(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:

@@ -1,0 +1,281 @@
+"""RateLimitLayer: requests and tokens per minute per virtual key, end user, tag or team, shared by every
+worker and replica through the state store (GCRA, ``mux.money.gcra``: no fixed window, so no 2x at a
+window's edge).
+
+Reads ``ctx.request`` (decoding it if no layer did), ``ctx.key`` and ``ctx.mlx`` when present; after the inner
+app answered, ``ctx.outcome``. Writes ``ctx.ratelimit`` (``ok``, ``limited``, ``fail_open``). Answers 429
+``rate_limit_exceeded`` itself.
+
+**Which limits apply**: a virtual key's own ``rpm``/``tpm`` (named ``key:<name>``) and every configured
+limit whose scope the request matches (``mux.money.scopes``); each limit keeps one bucket per scope key.
+They are taken one by one, the narrowest scope first (end user, key, tags, team, everything); when one
+refuses, the tokens the earlier ones took are given back, but their request count stays taken (it only makes
+them refuse sooner).
+
+**Tokens** are the prompt estimate (``mux.money.estimate.prompt_tokens``) up front; once the inner app has
+returned (after a stream's last byte), each token limit is corrected by the real usage over every attempt
+(prompt and completion tokens) minus the estimate. A request that failed without usage gives its estimate
+back; one answered without usage keeps it.
+
+**Headers**, in OpenAI's naming and format, on every limited answer and on the 429: ``x-ratelimit-limit-
+requests``, ``x-ratelimit-remaining-requests``, ``x-ratelimit-reset-requests`` and the ``-tokens`` three,
+for the limit with the least left of each kind. OpenAI's rate-limit guide ("Rate limits in headers",
+platform.openai.com/docs/guides/rate-limits, found with the search tool) lists them with sample values
+``60``, ``59``, ``1s`` and ``150000``, ``149984``, ``6m0s``: the reset is "the time until the rate limit
+resets to its initial state" written as a Go duration (``12ms``, ``1s``, ``6m0s``; ``duration_text``). A
+429 adds ``Retry-After`` (whole seconds, rounded up) and ``retry-after-ms``, which the openai SDK reads
+first (``_parse_retry_after_header``); a request larger than the limit itself never fits and gets
+``x-should-retry: false`` instead.
+
+**State unreachable**: rate limits fail open — the request is served and a warning logged (at most one per
+``WARN_EVERY_S``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Sequence
+
+import structlog
+from msgspec import Struct
+
+from mux.asgi import ASGIApp, Message, Receive, Scope, Send
+from mux.context import Context, Outcome, context_of
+from mux.errors import RateLimited
+from mux.ingress import deny, ingress_of, with_request
+from mux.money.estimate import prompt_tokens
+from mux.money.scopes import Scope as Who
+from mux.money.scopes import key_scope
+from mux.stores import StoreUnavailable
+from mux.stores.limits import LimitState, RateDecision, RateLimitStore
+
+if TYPE_CHECKING:
+    from mux.routing.live import LiveRouting
+
+WARN_EVERY_S = 10.0
+
+
+# ---- pure decisions -------------------------------------------------------------------------------------
+
+
+class LimitRule(Struct, frozen=True, gc=False):
+    """One configured rate limit, compiled."""
+
+    name: str
+    scope: Any  # mux.money.scopes.Scope
+    rpm: int | None
+    tpm: int | None
+
+
+class Bucket(Struct, frozen=True, gc=False):
+    """A limit that applies to one request: its name, the store's bucket key and its limits."""
+
+    name: str
+    key: str
+    rpm: int | None
+    tpm: int | None
+    rank: int
+
+
+def compile_limits(limits: Sequence[Any]) -> list[LimitRule]:
+    """Answer the rules of ``limits`` (``mux.config.RateLimitConfig``)."""
+    return [LimitRule(c.name, Who(key=c.scope.key, team=c.scope.team, end_user=c.scope.end_user, tags=c.scope.tag),
+                      c.rpm, c.tpm) for c in limits]
+
+
+def applicable(rules: Sequence[LimitRule], key: Any, end_user: str | None, tags: dict[str, str]) -> list[Bucket]:
+    """Answer the limits that apply to a request by virtual key ``key`` (a ``KeyRecord`` or None), end user
+    ``end_user`` and ``tags``, the narrowest scope first."""
+    out: list[Bucket] = []
+    name = team = None
+    if key is not None:
+        name, team = key.name, key.team
+        if key.rpm is not None or key.tpm is not None:
+            out.append(Bucket(f"key:{name}", "key|" + key_scope(name), key.rpm, key.tpm, 1))
+    for rule in rules:
+        scope_key = rule.scope.of(name, team, end_user, tags)
+        if scope_key is not None:
+            out.append(Bucket(rule.name, f"{rule.name}|{scope_key}", rule.rpm, rule.tpm, rule.scope.rank))
+    if len(out) > 1:
+        out.sort(key=lambda b: b.rank)
+    return out
+
+
+def duration_text(seconds: float) -> str:
+    """Answer ``seconds`` as OpenAI writes a reset time, a Go duration rounded up to the millisecond:
+    ``0s``, ``12ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h0m0s``."""
+    if math.isinf(seconds):
+        return "never"
+    ms = math.ceil(seconds * 1000 - 1e-6)
+    if ms <= 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole, frac = divmod(rest, 1000)
+    sec = f"{whole}.{frac:03d}".rstrip("0") if frac else str(whole)
+    if hours:
+        return f"{hours}h{minutes}m{sec}s"
+    if minutes:
+        return f"{minutes}m{sec}s"
+    return f"{sec}s"
+
+
+def least(states: Sequence[LimitState | None]) -> LimitState | None:
+    """Answer the state with the least remaining (the longest reset among equals), None when there is none."""
+    present = [s for s in states if s is not None]
+    return min(present, key=lambda s: (s.remaining, -s.reset_s)) if present else None
+
+
+def limit_headers(requests: LimitState | None, tokens: LimitState | None) -> list[tuple[bytes, bytes]]:
+    """Answer OpenAI's ``x-ratelimit-*`` headers for a requests and a tokens limit (each may be None)."""
+    headers = []
+    for kind, state in (("requests", requests), ("tokens", tokens)):
+        if state is not None:
+            headers += [(f"x-ratelimit-limit-{kind}".encode(), str(state.limit).encode()),
+                        (f"x-ratelimit-remaining-{kind}".encode(), str(state.remaining).encode()),
+                        (f"x-ratelimit-reset-{kind}".encode(), duration_text(state.reset_s).encode())]
+    return headers
+
+
+def admitted_headers(decisions: Sequence[RateDecision]) -> list[tuple[bytes, bytes]]:
+    """Answer the headers of an admitted request: the tightest requests and tokens limit it passed."""
+    return limit_headers(least([d.requests for d in decisions]), least([d.tokens for d in decisions]))
+
+
+def refusal(bucket: Bucket, decision: RateDecision, tokens: int) -> RateLimited:
+    """Answer the 429 for ``bucket``'s refusal, in OpenAI's wording and shape (``type`` is ``requests`` or
+    ``tokens``, the kind that refused)."""
+    r, t = decision.requests, decision.tokens
+    by_tokens = t is not None and not t.admitted and (r is None or r.admitted or t.retry_after_s > r.retry_after_s)
+    state = t if by_tokens else r
+    assert state is not None
+    kind, unit = ("tokens", "TPM") if by_tokens else ("requests", "RPM")
+    wait = decision.retry_after_s
+    headers = [(k.decode(), v.decode()) for k, v in limit_headers(r, t)]
+    if math.isinf(wait):
+        message = (f"Request too large for rate limit '{bucket.name}' on tokens per min (TPM): Limit {state.limit}, "
+                   f"Requested {tokens} (estimated). Send fewer tokens.")
+        headers.append(("x-should-retry", "false"))
+    else:
+        message = (f"Rate limit reached for '{bucket.name}' on {kind} per min ({unit}): Limit {state.limit}, "
+                   f"Remaining {state.remaining}. Please try again in {duration_text(wait)}.")
+        headers += [("retry-after", str(max(1, math.ceil(wait)))), ("retry-after-ms", str(max(1, math.ceil(wait * 1000))))]
+    error = RateLimited(message, headers=headers)
+    error.type = kind
+    return error
+
+
+def real_tokens(outcome: Outcome, answered: bool) -> int | None:
+    """Answer the tokens the request really used over every attempt, 0 for a failure without usage, or None
+    when it was answered without any usage (keep the estimate)."""
+    used = [s.usage for s in outcome.spent if s.usage is not None]
+    if used:
+        return sum(u.prompt_tokens + u.completion_tokens for u in used)
+    return None if answered else 0
+
+
+# ---- the layer ------------------------------------------------------------------------------------------
+
+
+class RateLimitLayer:
+    reads: frozenset[str] = frozenset()  # key and mlx are used when present
+    reads_after = frozenset({"outcome"})
+    writes = frozenset({"ratelimit"})
+
+    def __init__(self, app: ASGIApp, *, store: RateLimitStore, limits: Sequence[Any] | None = None,
+                 routing: LiveRouting | None = None, max_body_bytes: int = 10 * 1024 * 1024,
+                 logger: Any = None) -> None:
+        """``limits`` are ``RateLimitConfig``s; without them the layer follows ``routing``'s served config (a
+        reload applies their edits), or has none. ``store`` is the rate-limit store (``mux.stores.limits``)."""
+        self.app = app
+        self.store = store
+        self.routing = routing
+        self.max_body_bytes = max_body_bytes
+        self.logger = logger or structlog.get_logger("mux.ratelimit")
+        self._given = limits
+        self._source: Any = None
+        self.rules: list[LimitRule] = []
+        self._warned_at = -math.inf
+        self._tasks: set[asyncio.Task] = set()
+        self._rules_now()
+
+    def _rules_now(self) -> list[LimitRule]:
+        limits = self._given if self._given is not None else self.routing.config.rate_limits if self.routing else ()
+        if limits is not self._source:
+            self.rules, self._source = compile_limits(limits), limits
+        return self.rules
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        if scope["type"] != "http" or ingress_of(scope) is None:
+            return self.app(scope, receive, send)
+        rules = self._rules_now()
+        key = context_of(scope).key
+        if not rules and (key is None or key.rpm is None and key.tpm is None):  # no store round trip
+            return self.app(scope, receive, send)
+        return with_request(scope, receive, send, self.max_body_bytes, self._limit)
+
+    async def _limit(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        mlx = ctx.mlx
+        buckets = applicable(self.rules, ctx.key, mlx.end_user if mlx else None, mlx.tags if mlx else {})
+        if not buckets:
+            return await self.app(scope, receive, send)
+        tokens = prompt_tokens(request) if any(b.tpm is not None for b in buckets) else 0
+        taken: list[Bucket] = []
+        decisions: list[RateDecision] = []
+        try:
+            for bucket in buckets:
+                decision = await self.store.acquire(bucket.key, bucket.rpm, bucket.tpm, tokens)
+                if not decision.admitted:
+                    self._background(self._correct(taken, -tokens))
+                    ctx.ratelimit = "limited"
+                    return await deny(scope, send, refusal(bucket, decision, tokens))
+                taken.append(bucket)
+                decisions.append(decision)
+        except StoreUnavailable as exc:
+            now = monotonic()
+            if now - self._warned_at >= WARN_EVERY_S:
+                self._warned_at = now
+                self.logger.warning("rate_limit_state_unavailable", request_id=ctx.request_id, error=str(exc),
+                                    action="fail_open")
+            ctx.ratelimit = "fail_open"
+            return await self.app(scope, receive, send)
+        ctx.ratelimit = "ok"
+        headers = admitted_headers(decisions)
+        answered = False
+
+        def limited_send(message: Message) -> Any:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = 200 <= message["status"] < 300
+                message = {**message, "headers": [*message.get("headers", ()), *headers]}
+            return send(message)
+
+        try:
+            await self.app(scope, receive, limited_send)
+        finally:
+            real = real_tokens(ctx.outcome, answered)
+            if real is not None and real != tokens:
+                await asyncio.shield(self._background(self._correct(taken, real - tokens)))
+
+    def _background(self, coro: Any) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _correct(self, buckets: Sequence[Bucket], delta: int) -> None:
+        """Add ``delta`` tokens to each token limit of ``buckets``; an unreachable store is logged and skipped."""
+        if not delta:
+            return
+        for bucket in buckets:
+            if bucket.tpm is not None:
+                try:
+                    await self.store.correct(bucket.key, bucket.tpm, delta)
+                except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
+                    self.logger.warning("rate_limit_correction_skipped", bucket=bucket.name,
+                                        error=f"{type(exc).__name__}: {exc}")
+                    return

@@ -1,0 +1,111 @@
+"""A store opened when something first needs it, and opened again after its backend comes back.
+
+``OnDemand(store)`` answers every call of the store it wraps (a ``SpendStore``, a ``RateLimitStore``), opening
+it first if needed: a gateway with no budget, no rate limit and no key with limits never creates its SQLite
+file or connects to Redis. A failed open raises ``StoreUnavailable``, and for ``retry_s`` (1 s) the next calls
+raise the same error at once instead of waiting on a dead server again; then one call tries again.
+
+As a resource (``mux.resources``): ``open()`` at startup opens the store when ``eager`` (budgets or limits are
+configured), but an unreachable backend does not stop startup — it is logged, and each layer answers as it
+documents (budgets fail closed, rate limits open) until the backend answers; ``aclose()`` closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import structlog
+
+from mux.stores import StoreUnavailable
+
+RETRY_S = 1.0
+
+
+class OnDemand:
+    """The store ``store``, opened on first use; answers the calls of ``SpendStore`` and ``RateLimitStore``."""
+
+    def __init__(self, store: Any, *, name: str, eager: bool = False, retry_s: float = RETRY_S,
+                 logger: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.name = name
+        self.eager = eager
+        self.retry_s = retry_s
+        self.logger = logger or structlog.get_logger("mux.state")
+        self._clock = clock
+        self._open = False
+        self._failure: tuple[float, StoreUnavailable] | None = None
+        self._lock: asyncio.Lock | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._open
+
+    async def ensure(self) -> Any:
+        """Answer the opened store; raise ``StoreUnavailable`` naming the cause when it cannot be opened."""
+        if self._open:
+            return self.store
+        failure = self._failure
+        if failure is not None and self._clock() - failure[0] < self.retry_s:
+            raise failure[1]
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self._open:
+                failure = self._failure
+                if failure is not None and self._clock() - failure[0] < self.retry_s:
+                    raise failure[1]
+                try:
+                    await self.store.open()
+                except StoreUnavailable as exc:
+                    self._failure = (self._clock(), exc)
+                    raise
+                except OSError as exc:
+                    error = StoreUnavailable(f"cannot open the {self.name}: {exc}")
+                    self._failure = (self._clock(), error)
+                    raise error from None
+                self._open, self._failure = True, None
+        return self.store
+
+    # ---- SpendStore ----
+
+    async def reserve(self, *args: Any) -> Any:
+        return await (await self.ensure()).reserve(*args)
+
+    async def settle(self, *args: Any) -> Any:
+        return await (await self.ensure()).settle(*args)
+
+    async def release(self, *args: Any) -> Any:
+        return await (await self.ensure()).release(*args)
+
+    async def usage(self, *args: Any) -> Any:
+        return await (await self.ensure()).usage(*args)
+
+    async def add_spend(self, *args: Any, **kwargs: Any) -> Any:
+        return await (await self.ensure()).add_spend(*args, **kwargs)
+
+    # ---- RateLimitStore ----
+
+    async def acquire(self, *args: Any) -> Any:
+        return await (await self.ensure()).acquire(*args)
+
+    async def correct(self, *args: Any) -> Any:
+        return await (await self.ensure()).correct(*args)
+
+    # ---- the resource lifecycle ----
+
+    async def open(self) -> None:
+        if not self.eager:
+            return
+        try:
+            await self.ensure()
+        except StoreUnavailable as exc:
+            self.logger.warning("state_unavailable", store=self.name, error=str(exc))
+
+    async def aclose(self) -> None:
+        if self._open:
+            self._open = False
+            await self.store.close()
+
+    close = aclose
