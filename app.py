@@ -51,8 +51,13 @@ def load(path: str | None) -> mux.Config:
 def secrets_of(config: mux.Config) -> list[str | None]:
     """Answer what the log must never show: provider keys, configured virtual keys, the admin token and the
     key secret."""
-    return [*(p.api_key for p in config.providers), *(k.key for k in config.keys), config.server.admin_token,
-            config.server.key_secret, *(config.ledger.secrets if config.ledger else [])]
+    return [
+        *(p.api_key for p in config.providers),
+        *(k.key for k in config.keys),
+        config.server.admin_token,
+        config.server.key_secret,
+        *(config.ledger.secrets if config.ledger else []),
+    ]
 
 
 def create_app() -> mux.Gateway:
@@ -115,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mux: bad configuration: {exc}", file=sys.stderr)
         return 2
     if not config.providers:
-        print("mux: no provider is configured; set OPENAI_API_KEY (or ANTHROPIC_API_KEY, GEMINI_API_KEY), "
-              "or pass --config with a providers list.", file=sys.stderr)
+        print(
+            "mux: no provider is configured; set OPENAI_API_KEY (or ANTHROPIC_API_KEY, GEMINI_API_KEY), "
+            "or pass --config with a providers list.",
+            file=sys.stderr,
+        )
     path = os.path.abspath(args.config) if args.config else None
     if path:
         os.environ["MUX_CONFIG"] = path
@@ -135,9 +143,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"mux: cannot use the state file {state_path}: {exc}", file=sys.stderr)
                 return 2
         options: dict[str, Any] = {
-            "app": "app:create_app", "factory": True, "host": args.host or config.server.host,
-            "port": args.port if args.port is not None else config.server.port, "workers": workers,
-            "loop": "uvloop", "http": "httptools", "access_log": config.server.access_log, "log_level": "warning",
+            "app": "app:create_app",
+            "factory": True,
+            "host": args.host or config.server.host,
+            "port": args.port if args.port is not None else config.server.port,
+            "workers": workers,
+            "loop": "uvloop",
+            "http": "httptools",
+            "access_log": config.server.access_log,
+            "log_level": "warning",
             "app_dir": os.path.dirname(os.path.abspath(__file__)),
         }
         if workers == 1:
@@ -157,8 +171,7 @@ def _supervise(settings: uvicorn.Config, path: str | None, state_path: str) -> N
     """Run ``settings.workers`` workers under ``Supervisor`` (what ``uvicorn.run`` does with its own)."""
     extra = {"target": uvicorn.Server(settings).run} if "target" in inspect.signature(Multiprocess).parameters else {}
     try:
-        Supervisor(settings, sockets=[settings.bind_socket()], config_path=path, state_path=state_path,
-                   **extra).run()
+        Supervisor(settings, sockets=[settings.bind_socket()], config_path=path, state_path=state_path, **extra).run()
     except KeyboardInterrupt:
         pass
 

@@ -33,6 +33,10 @@ async def chat(request: Request) -> dict:
     ctx = mux.context_of(request.scope)
     body = await request.json()
     text = f"tags={ctx.mlx.tags} end_user={ctx.mlx.end_user}"
-    return {"id": f"chatcmpl-{ctx.request_id}", "object": "chat.completion", "created": int(time.time()),
-            "model": body["model"], "choices": [{"index": 0, "finish_reason": "stop",
-                                                 "message": {"role": "assistant", "content": text}}]}
+    return {
+        "id": f"chatcmpl-{ctx.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+    }

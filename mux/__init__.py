@@ -17,11 +17,19 @@ if TYPE_CHECKING:
     from mux.resources import Resources
 
 _HOMES = {
-    "Config": "mux.config", "ConfigError": "mux.config", "config_from_env": "mux.config",
-    "load_config": "mux.config", "parse_config": "mux.config",
-    "Context": "mux.context", "context_of": "mux.context",
-    "Gateway": "mux.gateway", "build_app": "mux.gateway", "check_stack": "mux.gateway", "compose": "mux.gateway",
-    "stack": "mux.gateway", "wrap": "mux.gateway",
+    "Config": "mux.config",
+    "ConfigError": "mux.config",
+    "config_from_env": "mux.config",
+    "load_config": "mux.config",
+    "parse_config": "mux.config",
+    "Context": "mux.context",
+    "context_of": "mux.context",
+    "Gateway": "mux.gateway",
+    "build_app": "mux.gateway",
+    "check_stack": "mux.gateway",
+    "compose": "mux.gateway",
+    "stack": "mux.gateway",
+    "wrap": "mux.gateway",
     "configure_logging": "mux.logging",
     "Resources": "mux.resources",
 }

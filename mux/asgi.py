@@ -7,8 +7,9 @@ Nothing here knows a layer; every layer may use it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
 
 from mux.errors import BodyTooLarge, ClientDisconnected, InvalidRequest, MuxError
 
@@ -122,8 +123,9 @@ class ClientWatch:
             self._cancelled = True
             self._task.cancel()  # type: ignore[union-attr]
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> bool:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> bool:
         self._finished = True
         watch = self._watch
         if watch is None:  # the common case: done before its watch started
@@ -179,11 +181,13 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
 
 async def send_json(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     """Send a complete JSON response."""
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

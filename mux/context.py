@@ -150,7 +150,7 @@ def route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root = scope.get("root_path")
     if root and path.startswith(root):
-        rest = path[len(root):]
+        rest = path[len(root) :]
         if not rest or rest[0] == "/":
             return rest or "/"
     return path

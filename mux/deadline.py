@@ -42,8 +42,9 @@ class Deadline:
         self.expired = True
         self._task.cancel()  # type: ignore[union-attr]
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                        trace: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

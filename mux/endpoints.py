@@ -5,7 +5,8 @@ OpenAI's error shape. Paths are matched relative to the mount point (``root_path
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -21,8 +22,8 @@ from mux.ingress import ingress_for
 from mux.routing.live import LiveRouting
 
 if TYPE_CHECKING:
-    from mux.ledger import LedgerWriter
     from mux.admin.keys import KeyAdmin
+    from mux.ledger import LedgerWriter
 
 MODELS_PATHS = frozenset({"/v1/models", "/api/v1/models"})
 HEALTH_PATH = "/healthz"
@@ -48,9 +49,18 @@ def models_body(config: Config) -> bytes:
 class Endpoints:
     """Routes by exact path; reads nothing of the context."""
 
-    def __init__(self, *, dispatch: ASGIApp, routing: LiveRouting, fallback: ASGIApp | None = None,
-                 admin_token: str | None = None, ledger: LedgerWriter | None = None, logger: Any = None,
-                 keys: KeyAdmin | None = None, ready: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        dispatch: ASGIApp,
+        routing: LiveRouting,
+        fallback: ASGIApp | None = None,
+        admin_token: str | None = None,
+        ledger: LedgerWriter | None = None,
+        logger: Any = None,
+        keys: KeyAdmin | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
         """``ready`` answers whether the shared resources are open (``/readyz``); none: always ready."""
         self.dispatch = dispatch
         self.routing = routing

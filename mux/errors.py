@@ -8,7 +8,7 @@ Boundaries map foreign errors into it: msgspec validation (``from_validation``),
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import msgspec
 
@@ -180,8 +180,9 @@ def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError, *, prefi
             param = f"{param}.{field}" if param else field
             if prefix:
                 param = f"{prefix}.{param}"
-            return InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
-                                  code="missing_required_parameter")
+            return InvalidRequest(
+                f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+            )
         if prefix and param:
             param = f"{prefix}.{param}"
         elif prefix:

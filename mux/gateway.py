@@ -23,7 +23,8 @@ The order, outermost first, and why each pair is in its order:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mux.admin.keys import KeyAdmin
 from mux.asgi import API_PREFIXES, ASGIApp, Message, Receive, Scope, Send
@@ -48,8 +49,14 @@ class StackError(Exception):
     """The layer order leaves some layer reading a context field that nothing outside it writes."""
 
 
-def stack(config: Config, resources: Resources | None = None, *, logger: Any = None,
-          prefixes: tuple[str, ...] | None = None, routing: LiveRouting | None = None) -> list[Layer]:
+def stack(
+    config: Config,
+    resources: Resources | None = None,
+    *,
+    logger: Any = None,
+    prefixes: tuple[str, ...] | None = None,
+    routing: LiveRouting | None = None,
+) -> list[Layer]:
     """Answer the default layers, outermost first, each as ``(LayerClass, options)``; shared resources come
     from ``resources`` (a fresh ``Resources(config)`` when none is given)."""
     if resources is None:
@@ -61,22 +68,39 @@ def stack(config: Config, resources: Resources | None = None, *, logger: Any = N
         (TraceLayer, {"logger": logger, "prefixes": prefixes, "ledger": resources.ledger}),
     ]
     if resources.keys is not None:
-        layers.append((AuthLayer, {"cache": resources.keys.cache, "prefixes": prefixes or DEFAULT_PREFIXES,
-                                   "resolve": _resolver(resources.routing), "max_body_bytes": limit,
-                                   "admin_token": config.server.admin_token,
-                                   "logger": logger}))
+        layers.append(
+            (
+                AuthLayer,
+                {
+                    "cache": resources.keys.cache,
+                    "prefixes": prefixes or DEFAULT_PREFIXES,
+                    "resolve": _resolver(resources.routing),
+                    "max_body_bytes": limit,
+                    "admin_token": config.server.admin_token,
+                    "logger": logger,
+                },
+            )
+        )
     layers += [
         (TagsLayer, {"max_body_bytes": limit}),
     ]
     # ---- rate limits ----
     if limits_on:
-        layers.append((RateLimitLayer, {"store": resources.limits, "routing": resources.routing,
-                                        "max_body_bytes": limit, "logger": logger}))
+        layers.append(
+            (
+                RateLimitLayer,
+                {"store": resources.limits, "routing": resources.routing, "max_body_bytes": limit, "logger": logger},
+            )
+        )
     layers.append((RouterLayer, {"routing": resources.routing, "max_body_bytes": limit}))
     # ---- budgets ----
     if budgets_on:
-        layers.append((BudgetLayer, {"store": resources.spend, "routing": resources.routing,
-                                     "max_body_bytes": limit, "logger": logger}))
+        layers.append(
+            (
+                BudgetLayer,
+                {"store": resources.spend, "routing": resources.routing, "max_body_bytes": limit, "logger": logger},
+            )
+        )
     return layers
 
 
@@ -92,8 +116,10 @@ def counting(config: Config) -> tuple[bool, bool]:
 def _resolver(routing: LiveRouting) -> Callable[[str], tuple[str, ...]]:
     """Answer the ``provider/model`` a bare model name resolves to under the config in force (for AuthLayer's
     model allow-lists)."""
+
     def resolve(name: str) -> tuple[str, ...]:
         return (routing.resolver.resolve(name).label,)
+
     return resolve
 
 
@@ -122,8 +148,10 @@ def check_stack(layers: list[Layer], terminal: Any = Dispatch) -> None:
     for cls, _ in [*layers, (terminal, {})]:
         missing = set(getattr(cls, "reads_after", ())) - everything
         if missing:
-            raise StackError(f"{getattr(cls, '__name__', cls)} reads {sorted(missing)} after answering, which no "
-                             "layer of the stack writes")
+            raise StackError(
+                f"{getattr(cls, '__name__', cls)} reads {sorted(missing)} after answering, which no "
+                "layer of the stack writes"
+            )
 
 
 def compose(layers: list[Layer], inner: ASGIApp) -> ASGIApp:
@@ -201,34 +229,66 @@ class Gateway:
         await self.resources.aclose()
 
 
-def _build(config: Config, fallback: ASGIApp | None, transport: Transport | None, logger: Any,
-           layers: Callable[..., list[Layer]], prefixes: tuple[str, ...] | None, routing: LiveRouting | None,
-           source: Callable[[], Config] | None, resources: Resources | None) -> Gateway:
+def _build(
+    config: Config,
+    fallback: ASGIApp | None,
+    transport: Transport | None,
+    logger: Any,
+    layers: Callable[..., list[Layer]],
+    prefixes: tuple[str, ...] | None,
+    routing: LiveRouting | None,
+    source: Callable[[], Config] | None,
+    resources: Resources | None,
+) -> Gateway:
     resources = resources or Resources(config, transport=transport, routing=routing, source=source, logger=logger)
     chosen = layers(config, resources, logger=logger, prefixes=prefixes)
     check_stack(chosen)
-    dispatch = Dispatch(routing=resources.routing, transport=resources.transport,
-                        max_body_bytes=config.server.max_body_bytes)
+    dispatch = Dispatch(
+        routing=resources.routing, transport=resources.transport, max_body_bytes=config.server.max_body_bytes
+    )
     keys = None
     if resources.keys is not None:
-        keys = KeyAdmin(store=resources.keys.store, cache=resources.keys.cache, secret=resources.keys.secret,
-                        logger=logger)
-    endpoints = Endpoints(dispatch=dispatch, routing=resources.routing, fallback=fallback,
-                          admin_token=config.server.admin_token, ledger=resources.ledger, logger=logger,
-                          keys=keys, ready=lambda: resources.opened)
+        keys = KeyAdmin(
+            store=resources.keys.store, cache=resources.keys.cache, secret=resources.keys.secret, logger=logger
+        )
+    endpoints = Endpoints(
+        dispatch=dispatch,
+        routing=resources.routing,
+        fallback=fallback,
+        admin_token=config.server.admin_token,
+        ledger=resources.ledger,
+        logger=logger,
+        keys=keys,
+        ready=lambda: resources.opened,
+    )
     return Gateway(compose(chosen, endpoints), resources)
 
 
-def build_app(config: Config, *, transport: Transport | None = None, logger: Any = None,
-              layers: Callable[..., list[Layer]] = stack, routing: LiveRouting | None = None,
-              source: Callable[[], Config] | None = None, resources: Resources | None = None) -> Gateway:
+def build_app(
+    config: Config,
+    *,
+    transport: Transport | None = None,
+    logger: Any = None,
+    layers: Callable[..., list[Layer]] = stack,
+    routing: LiveRouting | None = None,
+    source: Callable[[], Config] | None = None,
+    resources: Resources | None = None,
+) -> Gateway:
     """Answer the standalone gateway app for ``config``; ``source`` re-reads the config on reload."""
     return _build(config, None, transport, logger, layers, None, routing, source, resources)
 
 
-def wrap(app: ASGIApp, config: Config, *, transport: Transport | None = None, logger: Any = None,
-         layers: Callable[..., list[Layer]] = stack, routing: LiveRouting | None = None,
-         source: Callable[[], Config] | None = None, resources: Resources | None = None) -> Gateway:
+def wrap(
+    app: ASGIApp,
+    config: Config,
+    *,
+    transport: Transport | None = None,
+    logger: Any = None,
+    layers: Callable[..., list[Layer]] = stack,
+    routing: LiveRouting | None = None,
+    source: Callable[[], Config] | None = None,
+    resources: Resources | None = None,
+) -> Gateway:
     """Answer ``app`` with the mux stack around it: mux serves its API paths, ``app`` everything else
     (its lifespan included)."""
     return _build(config, app, transport, logger, layers, API_PREFIXES, routing, source, resources)

@@ -10,7 +10,8 @@ import atexit
 import logging
 import sys
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 import msgspec
 import structlog
@@ -31,7 +32,7 @@ class JsonLines:
         self._second = -1
         self._prefix = ""
 
-    def __call__(self, _logger: Any, name: str, event: dict[str, Any]) -> bytes:
+    def __call__(self, _logger: Any, name: str, event: MutableMapping[str, Any]) -> bytes:
         event["level"] = "warning" if name == "warn" else name
         now = time.time()
         second = int(now)

@@ -13,8 +13,9 @@ injected; none reads env or globals.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -49,12 +50,20 @@ class StartupError(Exception):
 class Resources:
     """The resources a gateway's layers and handlers share, and their lifecycle."""
 
-    def __init__(self, config: Config, *, transport: Transport | None = None, versions: Versions | None = None,
-                 routing: LiveRouting | None = None, source: Callable[[], Config] | None = None,
-                 ledger: LedgerWriter | None = None, logger: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: Transport | None = None,
+        versions: Versions | None = None,
+        routing: LiveRouting | None = None,
+        source: Callable[[], Config] | None = None,
+        ledger: LedgerWriter | None = None,
+        logger: Any = None,
+    ) -> None:
         """``ledger`` replaces the writer ``config.ledger`` would build (its store is opened and closed here)."""
         self.config = config
-        self.transport: Transport = transport or AiohttpTransport()
+        self.transport: Transport = transport if transport is not None else AiohttpTransport()
         self.routing = routing or LiveRouting(config, versions=versions or open_versions(config), source=source)
         self.sync = RoutingSync(self.routing, logger=logger)
         self.logger = logger or structlog.get_logger("mux.resources")
@@ -81,10 +90,21 @@ class Resources:
         Nothing is created or connected for a gateway that never counts."""
         state = parse_state_url(config.state)
         prefix = config.state_prefix
-        self.spend = self.add("budget state", OnDemand(spend_store(state, prefix=prefix), name="budget state",
-                                                       eager=bool(config.budgets), logger=self.logger))
-        self.limits = self.add("rate-limit state", OnDemand(limit_store(state, prefix=prefix), name="rate-limit state",
-                                                            eager=bool(config.rate_limits), logger=self.logger))
+        self.spend = self.add(
+            "budget state",
+            OnDemand(
+                spend_store(state, prefix=prefix), name="budget state", eager=bool(config.budgets), logger=self.logger
+            ),
+        )
+        self.limits = self.add(
+            "rate-limit state",
+            OnDemand(
+                limit_store(state, prefix=prefix),
+                name="rate-limit state",
+                eager=bool(config.rate_limits),
+                logger=self.logger,
+            ),
+        )
 
     def add(self, name: str, resource: Any) -> Any:
         """Register ``resource`` (anything with ``open``/``aclose``; either may be absent) and answer it."""
@@ -145,6 +165,7 @@ class Hooks:
 def _started(writer: LedgerWriter) -> Callable[[], Awaitable[None]]:
     async def start() -> None:
         writer.start()  # on the serving loop: the flusher is a task of it
+
     return start
 
 
@@ -153,8 +174,13 @@ def open_ledger(config: LedgerConfig) -> LedgerWriter:
     from mux.ledger import LedgerWriter, store_from_url
 
     store = store_from_url(config.store, schema=config.schema)
-    return LedgerWriter(store, batch_rows=config.batch_rows, flush_ms=config.flush_ms, max_queue=config.max_queue,
-                        store_bodies=config.store_bodies)
+    return LedgerWriter(
+        store,
+        batch_rows=config.batch_rows,
+        flush_ms=config.flush_ms,
+        max_queue=config.max_queue,
+        store_bodies=config.store_bodies,
+    )
 
 
 def needs_state(config: Config) -> bool:

@@ -32,15 +32,33 @@ class Recorded:
         return msgspec.json.decode(self.body)
 
 
-def http_scope(method: str = "POST", path: str = "/v1/chat/completions",
-               headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
-            "raw_path": path.encode(), "query_string": b"", "headers": headers or [], "scheme": "http",
-            "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 50000)}
+def http_scope(
+    method: str = "POST", path: str = "/v1/chat/completions", headers: list[tuple[bytes, bytes]] | None = None
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": headers or [],
+        "scheme": "http",
+        "server": ("127.0.0.1", 8080),
+        "client": ("127.0.0.1", 50000),
+    }
 
 
-def call(app: Any, body: bytes | list[bytes] = b"", *, method: str = "POST", path: str = "/v1/chat/completions",
-         headers: list[tuple[bytes, bytes]] | None = None, scope: dict[str, Any] | None = None) -> Recorded:
+def call(
+    app: Any,
+    body: bytes | list[bytes] = b"",
+    *,
+    method: str = "POST",
+    path: str = "/v1/chat/completions",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    scope: dict[str, Any] | None = None,
+) -> Recorded:
     """Send one request (``body`` as one chunk, or a list of chunks) and answer what the app sent."""
     scope = scope or http_scope(method, path, headers)
     chunks = body if isinstance(body, list) else [body]
@@ -63,8 +81,14 @@ def call(app: Any, body: bytes | list[bytes] = b"", *, method: str = "POST", pat
 class ScriptedApp:
     """An inner app that records the context it saw and answers a fixed response."""
 
-    def __init__(self, status: int = 200, body: bytes = b'{"ok":true}', *, raises: BaseException | None = None,
-                 read_body: bool = True) -> None:
+    def __init__(
+        self,
+        status: int = 200,
+        body: bytes = b'{"ok":true}',
+        *,
+        raises: BaseException | None = None,
+        read_body: bool = True,
+    ) -> None:
         self.status = status
         self.body = body
         self.raises = raises
@@ -79,6 +103,7 @@ class ScriptedApp:
         self.seen.append({"scope": scope, "ctx": scope.get("mux"), "body": received})
         if self.raises is not None:
             raise self.raises
-        await send({"type": "http.response.start", "status": self.status,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {"type": "http.response.start", "status": self.status, "headers": [(b"content-type", b"application/json")]}
+        )
         await send({"type": "http.response.body", "body": self.body})

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import msgspec
@@ -119,6 +120,7 @@ class Recorder:
     def _log(self, level: str):
         def log(event: str, **fields: Any) -> None:
             self.events.append((level, event, fields))
+
         return log
 
     def __getattr__(self, level: str) -> Any:
@@ -144,7 +146,8 @@ def chat(client: openai.OpenAI, *, model: str = "openai/gpt-4o-mini", headers: d
     """One chat request; answer the raw response (status 200), or the ``APIStatusError`` raised."""
     try:
         return client.chat.completions.with_raw_response.create(
-            model=model, messages=fields.pop("messages", HI), extra_headers=headers, **fields)
+            model=model, messages=fields.pop("messages", HI), extra_headers=headers, **fields
+        )
     except openai.APIStatusError as error:
         return error
 
@@ -166,17 +169,26 @@ class Process:
     def __init__(self, config_file: str, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([sys.executable, "app.py", "--config", config_file, "--port", str(self.port),
-                                         *args], cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py", "--config", config_file, "--port", str(self.port), *args],
+            cwd=ROOT,
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
-    def ready(self) -> "Process":
+    def ready(self) -> Process:
         wait_healthy(self.url, self.process)
         return self
 
     def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="k", max_retries=0, timeout=20,
-                             http_client=httpx.Client(limits=httpx.Limits(max_connections=100)))
+        return openai.OpenAI(
+            base_url=self.url + "/v1",
+            api_key="k",
+            max_retries=0,
+            timeout=20,
+            http_client=httpx.Client(limits=httpx.Limits(max_connections=100)),
+        )
 
     def kill(self) -> None:
         self.process.kill()  # SIGKILL: no shutdown, no settle

@@ -11,7 +11,7 @@ fake with its records and script reset. Providers of the gateway:
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -35,13 +35,31 @@ TIGHT_IDLE_S = 0.3
 def gateway_config(fake_base_url: str) -> dict:
     return {
         "providers": [
-            {"name": "openai", "type": "openai", "base_url": fake_base_url, "api_key": FAKE_OPENAI_KEY,
-             "models": MODELS, "timeout_s": 30},
-            {"name": "tight", "type": "openai", "base_url": fake_base_url, "api_key": FAKE_OPENAI_KEY,
-             "models": [], "timeout_s": TIGHT_TOTAL_S, "first_byte_timeout_s": TIGHT_FIRST_BYTE_S,
-             "idle_timeout_s": TIGHT_IDLE_S},
-            {"name": "badkey", "type": "openai", "base_url": fake_base_url, "api_key": WRONG_PROVIDER_KEY,
-             "models": []},
+            {
+                "name": "openai",
+                "type": "openai",
+                "base_url": fake_base_url,
+                "api_key": FAKE_OPENAI_KEY,
+                "models": MODELS,
+                "timeout_s": 30,
+            },
+            {
+                "name": "tight",
+                "type": "openai",
+                "base_url": fake_base_url,
+                "api_key": FAKE_OPENAI_KEY,
+                "models": [],
+                "timeout_s": TIGHT_TOTAL_S,
+                "first_byte_timeout_s": TIGHT_FIRST_BYTE_S,
+                "idle_timeout_s": TIGHT_IDLE_S,
+            },
+            {
+                "name": "badkey",
+                "type": "openai",
+                "base_url": fake_base_url,
+                "api_key": WRONG_PROVIDER_KEY,
+                "models": [],
+            },
         ]
     }
 

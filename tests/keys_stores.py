@@ -5,9 +5,9 @@ the test; it is never skipped."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 import redis.asyncio as aioredis
 

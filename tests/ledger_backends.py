@@ -8,7 +8,8 @@ import asyncio
 import os
 import random
 import uuid
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -39,6 +40,7 @@ class Backend:
 
     def run(self, scenario: Callable[[SqlLedgerStore], Awaitable[Any]]) -> Any:
         """Open a store, run ``scenario(store)`` on a fresh event loop, close the store; answer the result."""
+
         async def main() -> Any:
             store = self.make()
             await store.open()
@@ -46,6 +48,7 @@ class Backend:
                 return await scenario(store)
             finally:
                 await store.close()
+
         return asyncio.run(main())
 
 
@@ -63,7 +66,7 @@ async def analyze(store: SqlLedgerStore) -> None:
 def postgres_available() -> None:
     try:
         asyncio.run(_pg("SELECT 1"))
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_DSN}: {exc!r} (the ledger tests need it)")
 
 
@@ -87,8 +90,16 @@ USERS = ["u1", "u2", "u3", None]
 MODELS = [("gpt-4o-mini", "openai"), ("claude-haiku", "anthropic"), ("gemini-flash", "gemini"), (None, None)]
 ROUTES = ["production", "canary", None]
 # (status, error code): answered, refused, rate-limited, over budget, failed upstream, client gone
-OUTCOMES = [(200, None), (200, None), (200, None), (401, "invalid_api_key"), (402, "budget_exceeded"),
-            (429, "rate_limit_exceeded"), (502, "upstream_error"), (499, "client_closed_request")]
+OUTCOMES = [
+    (200, None),
+    (200, None),
+    (200, None),
+    (401, "invalid_api_key"),
+    (402, "budget_exceeded"),
+    (429, "rate_limit_exceeded"),
+    (502, "upstream_error"),
+    (499, "client_closed_request"),
+]
 
 
 def mixed_rows(n: int, *, start: float, span_s: float, seed: int = 7, prefix: str = "req") -> list[LedgerRow]:
@@ -100,25 +111,44 @@ def mixed_rows(n: int, *, start: float, span_s: float, seed: int = 7, prefix: st
         model, provider = rng.choice(MODELS) if status < 400 or status >= 500 else (None, None)
         answered = status == 200
         cached = answered and rng.random() < 0.2
-        tags = {k: v for k, v in (("env", rng.choice(["prod", "dev"])), ("app", rng.choice(["chat", "rag"])))
-                if rng.random() < 0.8}
-        rows.append(LedgerRow(
-            request_id=f"{prefix}-{i:05d}", created_at=start + rng.random() * span_s,
-            response_id=f"chatcmpl-{prefix}-{i}" if answered else None, key_name=rng.choice(KEYS),
-            team=rng.choice(TEAMS), end_user=rng.choice(USERS), tags=tags, session_id=rng.choice(["s1", None]),
-            model_requested=model or "@production", model_used=model, provider=provider, route=rng.choice(ROUTES),
-            route_version=rng.choice([1, 2, None]), strategy=rng.choice(["fallback", "latency", None]),
-            status=status, error_code=error, attempts=rng.randint(0, 3),
-            prompt_tokens=rng.randint(1, 5000) if answered else 0,
-            completion_tokens=rng.randint(1, 900) if answered else 0,
-            cached_tokens=rng.randint(0, 1000) if answered else 0,
-            cache_write_tokens=rng.randint(0, 200) if answered else 0,
-            reasoning_tokens=rng.randint(0, 300) if answered else 0,
-            cost_nano=0 if cached or not answered else nano_usd(rng.random() / 100),
-            latency_ms=round(rng.uniform(1, 3000), 3), ttfb_ms=round(rng.uniform(1, 500), 3) if answered else None,
-            stream=rng.random() < 0.5, cache_status="hit" if cached else rng.choice(["miss", "skip"]),
-            budget_outcome="exceeded" if status == 402 else "admitted",
-            rate_limit_outcome="limited" if status == 429 else "admitted",
-            finish_reason="stop" if answered else None, trace={"schema": 1, "attempts": [{"status": status}]},
-        ))
+        tags = {
+            k: v
+            for k, v in (("env", rng.choice(["prod", "dev"])), ("app", rng.choice(["chat", "rag"])))
+            if rng.random() < 0.8
+        }
+        rows.append(
+            LedgerRow(
+                request_id=f"{prefix}-{i:05d}",
+                created_at=start + rng.random() * span_s,
+                response_id=f"chatcmpl-{prefix}-{i}" if answered else None,
+                key_name=rng.choice(KEYS),
+                team=rng.choice(TEAMS),
+                end_user=rng.choice(USERS),
+                tags=tags,
+                session_id=rng.choice(["s1", None]),
+                model_requested=model or "@production",
+                model_used=model,
+                provider=provider,
+                route=rng.choice(ROUTES),
+                route_version=rng.choice([1, 2, None]),
+                strategy=rng.choice(["fallback", "latency", None]),
+                status=status,
+                error_code=error,
+                attempts=rng.randint(0, 3),
+                prompt_tokens=rng.randint(1, 5000) if answered else 0,
+                completion_tokens=rng.randint(1, 900) if answered else 0,
+                cached_tokens=rng.randint(0, 1000) if answered else 0,
+                cache_write_tokens=rng.randint(0, 200) if answered else 0,
+                reasoning_tokens=rng.randint(0, 300) if answered else 0,
+                cost_nano=0 if cached or not answered else nano_usd(rng.random() / 100),
+                latency_ms=round(rng.uniform(1, 3000), 3),
+                ttfb_ms=round(rng.uniform(1, 500), 3) if answered else None,
+                stream=rng.random() < 0.5,
+                cache_status="hit" if cached else rng.choice(["miss", "skip"]),
+                budget_outcome="exceeded" if status == 402 else "admitted",
+                rate_limit_outcome="limited" if status == 429 else "admitted",
+                finish_reason="stop" if answered else None,
+                trace={"schema": 1, "attempts": [{"status": status}]},
+            )
+        )
     return rows

@@ -6,8 +6,9 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -28,8 +29,17 @@ def serve(app: Any, *, lifespan: str = "on", root_path: str = "") -> Iterator[st
     """Serve ``app`` on 127.0.0.1 at a free port (behind ``root_path``, as ``--root-path`` does); yield its base
     URL (``http://127.0.0.1:PORT``)."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                            lifespan=lifespan, log_level="warning", access_log=False, root_path=root_path)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan=lifespan,
+        log_level="warning",
+        access_log=False,
+        root_path=root_path,
+    )
     server = _Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -30,12 +30,14 @@ REDIS = "redis://127.0.0.1:6379"
 SPEND_DB = 9
 LIMITS_DB = 10
 BACKENDS = ["memory", "sqlite", "redis"]
-REDIS_NEEDED = ("these tests need Redis at 127.0.0.1:6379 (it runs on the development and CI machines; "
-                "start it with `redis-server`): they fail, never skip, without it")
+REDIS_NEEDED = (
+    "these tests need Redis at 127.0.0.1:6379 (it runs on the development and CI machines; "
+    "start it with `redis-server`): they fail, never skip, without it"
+)
 
 # Wednesday 2027-03-10 12:00:00 UTC: inside a day, an ISO week and a month, none at a boundary.
-T0 = datetime(2027, 3, 10, 12, tzinfo=timezone.utc).timestamp()
-DAY_T0_END = int(datetime(2027, 3, 11, tzinfo=timezone.utc).timestamp())  # the midnight after T0
+T0 = datetime(2027, 3, 10, 12, tzinfo=UTC).timestamp()
+DAY_T0_END = int(datetime(2027, 3, 11, tzinfo=UTC).timestamp())  # the midnight after T0
 
 
 class Clock:
@@ -106,8 +108,9 @@ async def wipe(prefix: str) -> None:
 # ---- worker processes (spawned): each opens its own store on the shared file or server -----------------
 
 
-def spend_worker(kind: str, tmp_dir: str, prefix: str, name: str, cap: int, amount: int, attempts: int,
-                 barrier: Any, results: Any) -> None:
+def spend_worker(
+    kind: str, tmp_dir: str, prefix: str, name: str, cap: int, amount: int, attempts: int, barrier: Any, results: Any
+) -> None:
     """Open a spend store, wait for the other worker, fire ``attempts`` reservations at once; report admitted."""
 
     async def main() -> int:
@@ -119,7 +122,8 @@ def spend_worker(kind: str, tmp_dir: str, prefix: str, name: str, cap: int, amou
             window = BudgetWindow("shared", "key:shared", cap, "day")
             barrier.wait(20)
             answers = await asyncio.gather(
-                *(store.reserve(f"{name}-{i}", [window], amount, 60) for i in range(attempts)))
+                *(store.reserve(f"{name}-{i}", [window], amount, 60) for i in range(attempts))
+            )
             return sum(a.admitted for a in answers)
         finally:
             await store.close()
@@ -127,8 +131,7 @@ def spend_worker(kind: str, tmp_dir: str, prefix: str, name: str, cap: int, amou
     results.put(asyncio.run(main()))
 
 
-def limits_worker(kind: str, tmp_dir: str, prefix: str, rpm: int, attempts: int, barrier: Any,
-                  results: Any) -> None:
+def limits_worker(kind: str, tmp_dir: str, prefix: str, rpm: int, attempts: int, barrier: Any, results: Any) -> None:
     """Open a rate-limit store, wait for the other worker, fire ``attempts`` acquires at once; report admitted."""
 
     async def main() -> int:

@@ -33,13 +33,19 @@ def wait_healthy(url: str, process: subprocess.Popen) -> httpx.Response:
 
 def test_zero_config_gateway_starts_from_environment_keys():
     port = free_port()
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT,
-                               env=env(OPENAI_API_KEY="sk-test-key"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)],
+        cwd=ROOT,
+        env=env(OPENAI_API_KEY="sk-test-key"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         assert wait_healthy(url, process).json() == {"status": "ok"}
-        response = httpx.post(f"{url}/v1/chat/completions",
-                              json={"model": "claude-x", "messages": [{"role": "user", "content": "x"}]})
+        response = httpx.post(
+            f"{url}/v1/chat/completions", json={"model": "claude-x", "messages": [{"role": "user", "content": "x"}]}
+        )
         assert response.status_code == 404 or response.status_code == 400
     finally:
         process.terminate()
@@ -50,10 +56,16 @@ def test_zero_config_gateway_starts_from_environment_keys():
 def test_yaml_config_gateway_starts(tmp_path):
     port = free_port()
     config = tmp_path / "mux.yaml"
-    config.write_text(f"providers:\n  - {{name: openai, type: openai, api_key: k, models: [gpt-4o-mini]}}\n"
-                      f"server: {{port: {port}}}\n")
-    process = subprocess.Popen([sys.executable, "app.py", "--config", str(config)], cwd=ROOT, env=env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    config.write_text(
+        f"providers:\n  - {{name: openai, type: openai, api_key: k, models: [gpt-4o-mini]}}\nserver: {{port: {port}}}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--config", str(config)],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, process)
@@ -66,8 +78,9 @@ def test_yaml_config_gateway_starts(tmp_path):
 def test_bad_config_exits_non_zero_naming_the_key_before_serving(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("providers:\n  - {name: openai, type: openai, timeout: 5}\n")
-    result = subprocess.run([sys.executable, "app.py", "--config", str(config)], cwd=ROOT, env=env(),
-                            capture_output=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "app.py", "--config", str(config)], cwd=ROOT, env=env(), capture_output=True, timeout=30
+    )
     assert result.returncode == 2
     assert b"providers[0]: Object contains unknown field `timeout`" in result.stderr
 
@@ -77,11 +90,17 @@ def test_sighup_reloads_the_config_file_and_a_bad_file_keeps_the_old_config(tmp_
 
     port = free_port()
     config = tmp_path / "mux.yaml"
-    base = ("providers:\n  - {name: openai, type: openai, api_key: k, models: [gpt-4o-mini]}\n"
-            f"server: {{port: {port}}}\n")
+    base = (
+        f"providers:\n  - {{name: openai, type: openai, api_key: k, models: [gpt-4o-mini]}}\nserver: {{port: {port}}}\n"
+    )
     config.write_text(base + "routes:\n  first: {targets: [{model: openai/gpt-4o-mini}]}\n")
-    process = subprocess.Popen([sys.executable, "app.py", "--config", str(config)], cwd=ROOT, env=env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--config", str(config)],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def served_models() -> set[str]:

@@ -36,27 +36,36 @@ def test_the_documented_keys_config_parses():
     env = {"ACME_KEY": "acme-0123456789abcdef", "MUX_ADMIN_TOKEN": "tok-9f8e7d", "MUX_KEY_SECRET": "sec"}
     config = mux.parse_config(yaml.safe_load(ISSUE_EXAMPLE), env)
     (acme,) = config.keys
-    assert (acme.name, acme.team, acme.budget_usd, acme.budget_period, acme.rpm, acme.tpm) == \
-        ("acme", "search", 50, "month", 600, 200000)
+    assert (acme.name, acme.team, acme.budget_usd, acme.budget_period, acme.rpm, acme.tpm) == (
+        "acme",
+        "search",
+        50,
+        "month",
+        600,
+        200000,
+    )
     assert acme.models == ["openai/gpt-4o-mini", "@production"] and acme.expires_at.year == 2027
     assert config.state == "redis://127.0.0.1:6379/0" and config.server.key_secret == "sec"
     assert mux.parse_config({}).state == "sqlite:///mux-state.db"
     assert "acme-0123456789abcdef" not in repr(config) and "tok-9f8e7d" not in repr(config.server)
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"keys": [{"name": "a"}]}, "keys[0]: give exactly one of 'key' and 'key_sha256'"),
-    ({"keys": [{"name": "a", "key": "k" * 16}, {"name": "a", "key": "j" * 16}]}, "keys[1].name: key name 'a'"),
-    ({"keys": [{"name": "a", "key": "k" * 16}, {"name": "b", "key": "k" * 16}]}, "keys[1]: the same key"),
-    ({"keys": [{"name": "a", "key": "short"}]}, "keys[0].key: Expected `str` of length >= 16"),
-    ({"keys": [{"name": "a", "key": "k" * 16, "rmp": 5}]}, "keys[0]: Object contains unknown field `rmp`"),
-    ({"keys": [{"name": "a", "key": "k" * 16, "budget_period": "year"}]}, "keys[0].budget_period"),
-    ({"state": "postgres://u:hunter2@db/x"}, "state: unsupported state 'postgres://…'"),
-    ({"state": "sqlite:///"}, "state: state 'sqlite:///' names no file"),
-    ({"state": "redis://:hunter2@localhost/zero"}, "state: state redis://… has database 'zero'"),
-    ({"server": {"key_secrets": "x"}}, "server: Object contains unknown field `key_secrets`"),
-    ({"state": "memory", "server": {"workers": 2}}, "state: 'memory' keeps keys"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"keys": [{"name": "a"}]}, "keys[0]: give exactly one of 'key' and 'key_sha256'"),
+        ({"keys": [{"name": "a", "key": "k" * 16}, {"name": "a", "key": "j" * 16}]}, "keys[1].name: key name 'a'"),
+        ({"keys": [{"name": "a", "key": "k" * 16}, {"name": "b", "key": "k" * 16}]}, "keys[1]: the same key"),
+        ({"keys": [{"name": "a", "key": "short"}]}, "keys[0].key: Expected `str` of length >= 16"),
+        ({"keys": [{"name": "a", "key": "k" * 16, "rmp": 5}]}, "keys[0]: Object contains unknown field `rmp`"),
+        ({"keys": [{"name": "a", "key": "k" * 16, "budget_period": "year"}]}, "keys[0].budget_period"),
+        ({"state": "postgres://u:hunter2@db/x"}, "state: unsupported state 'postgres://…'"),
+        ({"state": "sqlite:///"}, "state: state 'sqlite:///' names no file"),
+        ({"state": "redis://:hunter2@localhost/zero"}, "state: state redis://… has database 'zero'"),
+        ({"server": {"key_secrets": "x"}}, "server: Object contains unknown field `key_secrets`"),
+        ({"state": "memory", "server": {"workers": 2}}, "state: 'memory' keeps keys"),
+    ],
+)
 def test_bad_key_and_state_config_is_refused_naming_the_key(data, message):
     with pytest.raises(mux.ConfigError) as info:
         mux.parse_config(data)
@@ -67,8 +76,9 @@ def test_bad_key_and_state_config_is_refused_naming_the_key(data, message):
 def test_memory_state_with_several_workers_is_refused_at_start_saying_why(tmp_path):
     config = tmp_path / "mux.yaml"
     config.write_text("providers: [{name: openai, type: openai, api_key: k}]\nstate: memory\n")
-    result = subprocess.run([sys.executable, "app.py", "--config", str(config), "--workers", "2"], cwd=ROOT,
-                            capture_output=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "app.py", "--config", str(config), "--workers", "2"], cwd=ROOT, capture_output=True, timeout=30
+    )
     assert result.returncode == 2
     assert b"state: 'memory'" in result.stderr and b"each of the 2 workers would have its own" in result.stderr
 
@@ -77,6 +87,7 @@ def open_and_close(app: mux.Gateway) -> None:
     async def cycle() -> None:
         await app.resources.open()
         await app.resources.aclose()
+
     asyncio.run(cycle())
 
 
@@ -102,8 +113,9 @@ def test_each_start_makes_the_store_hold_exactly_the_configs_keys_and_keeps_api_
     state = f"sqlite:///{tmp_path / 'state.db'}"
 
     async def start(keys: list[dict]) -> mux.Gateway:
-        app = mux.build_app(mux.parse_config({**PROVIDERS, "keys": keys, "state": state,
-                                              "server": {"key_secret": "s"}}))
+        app = mux.build_app(
+            mux.parse_config({**PROVIDERS, "keys": keys, "state": state, "server": {"key_secret": "s"}})
+        )
         await app.resources.open()
         return app
 

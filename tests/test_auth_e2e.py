@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -35,13 +35,28 @@ LOG = io.BytesIO()
 
 def config(fake: FakeOpenAI) -> dict:
     return {
-        "providers": [{"name": "openai", "type": "openai", "base_url": fake.base_url,
-                       "api_key": "sk-fake-upstream-0123456789abcdef", "models": ["gpt-4o-mini", "gpt-4o"]}],
+        "providers": [
+            {
+                "name": "openai",
+                "type": "openai",
+                "base_url": fake.base_url,
+                "api_key": "sk-fake-upstream-0123456789abcdef",
+                "models": ["gpt-4o-mini", "gpt-4o"],
+            }
+        ],
         "routes": {"production": {"targets": [{"model": "openai/gpt-4o"}]}},
         "keys": [
-            {"name": "acme", "key": ACME, "team": "search", "budget_usd": 50, "budget_period": "month",
-             "rpm": 600, "tpm": 200000, "models": ["openai/gpt-4o-mini", "@production"],
-             "expires_at": "2099-01-01T00:00:00Z"},
+            {
+                "name": "acme",
+                "key": ACME,
+                "team": "search",
+                "budget_usd": 50,
+                "budget_period": "month",
+                "rpm": 600,
+                "tpm": 200000,
+                "models": ["openai/gpt-4o-mini", "@production"],
+                "expires_at": "2099-01-01T00:00:00Z",
+            },
             {"name": "open", "key": OPEN},
             {"name": "off", "key": OFF, "disabled": True},
             {"name": "old", "key_sha256": sha256_hex(OLD), "expires_at": "2020-01-01T00:00:00Z"},
@@ -72,8 +87,7 @@ def http(**kwargs) -> httpx.Client:
 
 
 def sdk(url: str, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=10,
-                         http_client=http())
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=10, http_client=http())
 
 
 def admin(url: str, method: str, path: str, **kwargs) -> httpx.Response:
@@ -83,8 +97,11 @@ def admin(url: str, method: str, path: str, **kwargs) -> httpx.Response:
 
 def chat(url: str, headers: dict, **body) -> httpx.Response:
     with http() as client:
-        return client.post(url + "/v1/chat/completions", headers=headers,
-                           json={"model": "openai/gpt-4o-mini", "messages": HELLO, **body})
+        return client.post(
+            url + "/v1/chat/completions",
+            headers=headers,
+            json={"model": "openai/gpt-4o-mini", "messages": HELLO, **body},
+        )
 
 
 def error_of(response: httpx.Response) -> dict:
@@ -158,8 +175,10 @@ def test_the_admin_key_api_needs_the_admin_token(url):
     with http() as client:
         assert client.get(url + "/admin/keys").status_code == 401
         assert client.get(url + "/admin/keys", headers={"authorization": f"Bearer {OPEN}"}).status_code == 401
-        assert client.post(url + "/admin/keys", json={"name": "x"},
-                           headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            client.post(url + "/admin/keys", json={"name": "x"}, headers={"authorization": "Bearer wrong"}).status_code
+            == 401
+        )
 
 
 def test_a_key_created_through_the_admin_api_is_shown_once_and_works_at_once(url, fake_openai):
@@ -235,8 +254,11 @@ def test_a_deleted_key_is_refused_at_once(url):
 
 
 def test_config_keys_cannot_be_patched_rotated_or_deleted_through_the_api(url):
-    for method, path, body in (("PATCH", "/admin/keys/acme", {"disabled": True}),
-                               ("POST", "/admin/keys/acme/rotate", {}), ("DELETE", "/admin/keys/acme", None)):
+    for method, path, body in (
+        ("PATCH", "/admin/keys/acme", {"disabled": True}),
+        ("POST", "/admin/keys/acme/rotate", {}),
+        ("DELETE", "/admin/keys/acme", None),
+    ):
         response = admin(url, method, path, json=body)
         assert response.status_code == 409 and error_of(response)["code"] == "config_key"
         assert "config file" in error_of(response)["message"]

@@ -24,8 +24,15 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 def config(fake: FakeOpenAI, state: str) -> dict:
     return {
-        "providers": [{"name": "openai", "type": "openai", "base_url": fake.base_url,
-                       "api_key": "sk-fake-upstream-0123456789abcdef", "models": ["gpt-4o-mini"]}],
+        "providers": [
+            {
+                "name": "openai",
+                "type": "openai",
+                "base_url": fake.base_url,
+                "api_key": "sk-fake-upstream-0123456789abcdef",
+                "models": ["gpt-4o-mini"],
+            }
+        ],
         "keys": [{"name": "cfg", "key": "config-key-0123456789abcdef"}],
         "state": state,
         "server": {"admin_token": ADMIN, "key_secret": "replica-secret"},
@@ -33,8 +40,12 @@ def config(fake: FakeOpenAI, state: str) -> dict:
 
 
 def status(url: str, key: str) -> int:
-    return httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                      json={"model": "openai/gpt-4o-mini", "messages": HELLO}, timeout=5).status_code
+    return httpx.post(
+        url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "openai/gpt-4o-mini", "messages": HELLO},
+        timeout=5,
+    ).status_code
 
 
 def until(url: str, key: str, wanted: int, started: float, limit_s: float = 3.0) -> float:
@@ -78,13 +89,15 @@ def test_a_key_revoked_through_one_gateway_is_refused_by_another_within_1s_on_re
 
 
 def test_a_key_revoked_by_one_gateway_process_is_refused_by_another_on_the_same_sqlite_file_within_1s(
-        fake_openai, tmp_path):
+    fake_openai, tmp_path
+):
     state = f"sqlite:///{tmp_path / 'state.db'}"
     port = free_port()
     yaml = tmp_path / "mux.yaml"
     yaml.write_text(mux_yaml(config(fake_openai, state), port))
-    other = subprocess.Popen([sys.executable, "app.py", "--config", str(yaml)], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    other = subprocess.Popen(
+        [sys.executable, "app.py", "--config", str(yaml)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         with serve(mux.build_app(mux.parse_config(config(fake_openai, state)))) as a:
             b = f"http://127.0.0.1:{port}"

@@ -29,10 +29,14 @@ class RefusingTransport:
         pass
 
 
-CONFIG = mux.parse_config({
-    "providers": [{"name": "openai", "type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-upstream"}],
-    "server": {"max_body_mb": 0.5},
-})
+CONFIG = mux.parse_config(
+    {
+        "providers": [
+            {"name": "openai", "type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-upstream"}
+        ],
+        "server": {"max_body_mb": 0.5},
+    }
+)
 LIMIT = CONFIG.server.max_body_bytes
 
 
@@ -146,13 +150,34 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
-field_names = st.sampled_from(["model", "messages", "temperature", "tools", "tool_choice", "stream", "n", "stop",
-                               "response_format", "mlx:tags", "mlx:cache", "max_tokens", "stream_options", "x"])
+field_names = st.sampled_from(
+    [
+        "model",
+        "messages",
+        "temperature",
+        "tools",
+        "tool_choice",
+        "stream",
+        "n",
+        "stop",
+        "response_format",
+        "mlx:tags",
+        "mlx:cache",
+        "max_tokens",
+        "stream_options",
+        "x",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(json_values, st.dictionaries(field_names, json_values, max_size=6),
-                 st.builds(lambda extra: {**valid(), **extra}, st.dictionaries(field_names, json_values, max_size=3))))
+@given(
+    st.one_of(
+        json_values,
+        st.dictionaries(field_names, json_values, max_size=6),
+        st.builds(lambda extra: {**valid(), **extra}, st.dictionaries(field_names, json_values, max_size=3)),
+    )
+)
 def test_no_json_body_yields_a_500(app, value):
     result = call(app, msgspec.json.encode(value))
     assert result.status != 500 and result.status >= 400

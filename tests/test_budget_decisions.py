@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mux.config import BudgetConfig
+from mux.config import BudgetConfig, ProviderConfig
 from mux.context import Outcome, Spend
-from mux.config import ProviderConfig
 from mux.layers.budget import applicable, compile_budgets, reservation_ttl, settlement
 from mux.routing.plan import Plan, Target
 from mux.stores.spend.memory import MemorySpendStore
@@ -26,16 +26,20 @@ def budgets(*items: dict) -> list:
 
 
 def test_a_keys_own_budget_comes_first_then_the_configured_budgets_that_match():
-    rules = budgets({"name": "per-user", "scope": {"end_user": "*"}, "usd": 1, "period": "day"},
-                    {"name": "acme", "scope": {"tag": {"tenant": "acme"}}, "usd": 100, "period": "month"},
-                    {"name": "search", "scope": {"team": "search"}, "usd": 20, "period": "day", "action": "warn"},
-                    {"name": "all", "usd": 1000})
-    found = applicable(rules, key("k1", team="search", budget_usd=5.0, budget_period="week"), "u1",
-                       {"tenant": "acme"})
+    rules = budgets(
+        {"name": "per-user", "scope": {"end_user": "*"}, "usd": 1, "period": "day"},
+        {"name": "acme", "scope": {"tag": {"tenant": "acme"}}, "usd": 100, "period": "month"},
+        {"name": "search", "scope": {"team": "search"}, "usd": 20, "period": "day", "action": "warn"},
+        {"name": "all", "usd": 1000},
+    )
+    found = applicable(rules, key("k1", team="search", budget_usd=5.0, budget_period="week"), "u1", {"tenant": "acme"})
     assert [(a.window.name, a.window.scope_key, a.window.period, a.window.enforce) for a in found] == [
-        ("key:k1", "key:k1", "week", True), ("per-user", "end_user:u1", "day", True),
-        ("acme", "tag:tenant=acme", "month", True), ("search", "team:search", "day", False),
-        ("all", "global", "total", True)]
+        ("key:k1", "key:k1", "week", True),
+        ("per-user", "end_user:u1", "day", True),
+        ("acme", "tag:tenant=acme", "month", True),
+        ("search", "team:search", "day", False),
+        ("all", "global", "total", True),
+    ]
     assert found[0].window.cap_nano == 5_000_000_000
     assert [a.window.name for a in applicable(rules, None, None, {})] == ["all"]
 
@@ -58,8 +62,9 @@ def test_settlement_is_the_real_cost_keeps_the_worst_case_without_usage_and_rele
     assert settlement(Outcome(status=499), True, 10**9) is None  # the client went away
 
 
-operation = st.tuples(st.sampled_from(["reserve", "settle", "release", "advance"]), st.integers(0, 10**6),
-                      st.floats(0, 1))
+operation = st.tuples(
+    st.sampled_from(["reserve", "settle", "release", "advance"]), st.integers(0, 10**6), st.floats(0, 1)
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -68,8 +73,10 @@ def test_the_admission_arithmetic_never_admits_past_the_cap(cap_a, cap_b, ops):
     """Requests reserve their worst case in two budgets (one per end user, one for everyone), then settle at
     most that, release it, or lapse: the spend and the reservations never pass either cap, except by what a
     settle recorded after its reservation had expired (the documented overspend)."""
-    rules = budgets({"name": "user", "scope": {"end_user": "*"}, "usd": cap_a / 1e9, "period": "day"},
-                    {"name": "all", "usd": cap_b / 1e9, "period": "day"})
+    rules = budgets(
+        {"name": "user", "scope": {"end_user": "*"}, "usd": cap_a / 1e9, "period": "day"},
+        {"name": "all", "usd": cap_b / 1e9, "period": "day"},
+    )
     windows = [a.window for a in applicable(rules, None, "u1", {})]
     clock = [T0]
     store = MemorySpendStore(clock=lambda: clock[0])

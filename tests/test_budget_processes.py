@@ -26,8 +26,14 @@ W = worst_nano(max_tokens=MAX)
 
 def write(tmp_path, name: str, fake_base_url: str, **extra) -> str:
     """A config file (JSON is YAML) with the fake as provider ``openai``."""
-    provider = {"name": "openai", "type": "openai", "base_url": fake_base_url, "api_key": FAKE_OPENAI_KEY,
-                "models": MODELS, **extra.pop("provider", {})}
+    provider = {
+        "name": "openai",
+        "type": "openai",
+        "base_url": fake_base_url,
+        "api_key": FAKE_OPENAI_KEY,
+        "models": MODELS,
+        **extra.pop("provider", {}),
+    }
     path = tmp_path / name
     path.write_text(json.dumps({"providers": [provider], **extra}))
     return str(path)
@@ -39,7 +45,8 @@ def burst(clients: list[openai.OpenAI], n: int = 50, **fields) -> list:
     def one(i: int):
         try:
             return clients[i % len(clients)].chat.completions.with_raw_response.create(
-                model="openai/gpt-4o-mini", messages=HI, max_tokens=MAX, **fields)
+                model="openai/gpt-4o-mini", messages=HI, max_tokens=MAX, **fields
+            )
         except openai.APIStatusError as error:
             return error
 
@@ -61,9 +68,13 @@ def request_id(answer) -> str:
 
 
 def test_two_workers_on_one_sqlite_file_let_at_most_ten_of_fifty_concurrent_requests_through(tmp_path, fake_openai):
-    cfg = write(tmp_path, "mux.yaml", fake_openai.base_url, state=f"sqlite:///{tmp_path}/state.db",
-                budgets=[{"name": "per-user", "scope": {"end_user": "*"}, "usd": usd(W * 10 + W // 2),
-                          "period": "day"}])
+    cfg = write(
+        tmp_path,
+        "mux.yaml",
+        fake_openai.base_url,
+        state=f"sqlite:///{tmp_path}/state.db",
+        budgets=[{"name": "per-user", "scope": {"end_user": "*"}, "usd": usd(W * 10 + W // 2), "period": "day"}],
+    )
     gateway = Process(cfg, "--workers", "2")
     try:
         client = gateway.ready().client()
@@ -79,10 +90,17 @@ def test_two_workers_on_one_sqlite_file_let_at_most_ten_of_fifty_concurrent_requ
 
 def test_two_gateways_on_one_redis_share_a_tag_budget_and_a_rate_limit(tmp_path, fake_openai):
     state, prefix = redis_state(PROCESS_DB)
-    cfg = write(tmp_path, "mux.yaml", fake_openai.base_url, state=state, state_prefix=prefix,
-                budgets=[{"name": "acme", "scope": {"tag": {"tenant": "acme"}}, "usd": usd(W * 10 + W // 2),
-                          "period": "month"}],
-                rate_limits=[{"name": "users", "scope": {"end_user": "*"}, "rpm": 5}])
+    cfg = write(
+        tmp_path,
+        "mux.yaml",
+        fake_openai.base_url,
+        state=state,
+        state_prefix=prefix,
+        budgets=[
+            {"name": "acme", "scope": {"tag": {"tenant": "acme"}}, "usd": usd(W * 10 + W // 2), "period": "month"}
+        ],
+        rate_limits=[{"name": "users", "scope": {"end_user": "*"}, "rpm": 5}],
+    )
     replicas = [Process(cfg), Process(cfg)]
     try:
         clients = [r.ready().client() for r in replicas]
@@ -103,15 +121,22 @@ def test_two_gateways_on_one_redis_share_a_tag_budget_and_a_rate_limit(tmp_path,
 
 def test_a_killed_worker_holds_its_reservations_until_they_expire_and_no_spend_counts_twice(tmp_path, fake_openai):
     cap = W * 5 // 2  # two worst cases and what the first request really cost fit; a third worst case does not
-    cfg = write(tmp_path, "mux.yaml", fake_openai.base_url, provider={"timeout_s": 3},
-                health={"backoff_max_ms": 0}, state=f"sqlite:///{tmp_path}/state.db",
-                budgets=[{"name": "per-user", "scope": {"end_user": "*"}, "usd": usd(cap), "period": "day"}])
+    cfg = write(
+        tmp_path,
+        "mux.yaml",
+        fake_openai.base_url,
+        provider={"timeout_s": 3},
+        health={"backoff_max_ms": 0},
+        state=f"sqlite:///{tmp_path}/state.db",
+        budgets=[{"name": "per-user", "scope": {"end_user": "*"}, "usd": usd(cap), "period": "day"}],
+    )
     ttl = 3 + 0 + 2  # the attempt's timeout, no backoff, the slack (mux.layers.budget.reservation_ttl)
     doomed, survivor = Process(cfg), Process(cfg)
     try:
         a, b = doomed.ready().client(), survivor.ready().client()
-        first = a.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=HI,
-                                                              max_tokens=MAX, user="u")
+        first = a.chat.completions.with_raw_response.create(
+            model="openai/gpt-4o-mini", messages=HI, max_tokens=MAX, user="u"
+        )
         spent = to_nano(float(first.headers["x-mux-cost-usd"]))
         fake_openai.script(Reply(stall_s=30), Reply(stall_s=30))
         hanging = [threading.Thread(target=cut_off, args=(a,), daemon=True) for _ in range(2)]
@@ -126,8 +151,9 @@ def test_a_killed_worker_holds_its_reservations_until_they_expire_and_no_spend_c
         assert to_nano(held.response.json()["budget"]["spend_usd"]) == spent
 
         time.sleep(max(0.0, reserved_at + ttl + 0.2 - time.monotonic()))
-        after = b.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=HI,
-                                                              max_tokens=MAX, user="u")
+        after = b.chat.completions.with_raw_response.create(
+            model="openai/gpt-4o-mini", messages=HI, max_tokens=MAX, user="u"
+        )
         now = to_nano(float(after.headers["x-mux-cost-usd"]))
         assert to_nano(float(after.headers["x-mux-budget-remaining-usd"])) == cap - spent - now
     finally:
@@ -139,8 +165,15 @@ def test_a_killed_worker_holds_its_reservations_until_they_expire_and_no_spend_c
 def test_memory_state_is_refused_with_several_workers_saying_why(tmp_path):
     cfg = tmp_path / "mux.yaml"
     cfg.write_text("providers: [{name: openai, type: openai, api_key: k}]\nstate: memory\n")
-    result = subprocess.run([sys.executable, "app.py", "--config", str(cfg), "--workers", "2"], cwd=ROOT, env=env(),
-                            capture_output=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "app.py", "--config", str(cfg), "--workers", "2"],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        timeout=30,
+    )
     assert result.returncode == 2
-    assert b"state: 'memory' keeps keys (and budgets and rate limits) in one process's memory, so each of the 2 " \
-           b"workers would have its own" in result.stderr
+    assert (
+        b"state: 'memory' keeps keys (and budgets and rate limits) in one process's memory, so each of the 2 "
+        b"workers would have its own" in result.stderr
+    )

@@ -14,7 +14,9 @@ def write(tmp_path, text: str) -> str:
 
 
 def test_yaml_config_loads_with_env_interpolation_and_defaults(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 providers:
   - name: openai
     type: openai
@@ -23,7 +25,8 @@ providers:
     timeout_s: 60
     models: [gpt-4o-mini, gpt-4o]
 server: {host: 0.0.0.0, port: 9000, max_body_mb: 2}
-""")
+""",
+    )
     config = load_config(path, {"OPENAI_API_KEY": "sk-test"})
     provider = config.providers[0]
     assert provider.api_key == "sk-test" and provider.base_url == "https://api.openai.com/v1"
@@ -34,15 +37,20 @@ server: {host: 0.0.0.0, port: 9000, max_body_mb: 2}
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"providers": [{"name": "openai", "type": "openai", "timout_s": 3}]}, "providers[0]: Object contains unknown field `timout_s`"),
+        (
+            {"providers": [{"name": "openai", "type": "openai", "timout_s": 3}]},
+            "providers[0]: Object contains unknown field `timout_s`",
+        ),
         ({"server": {"port": "eighty"}}, "server.port: Expected `int`, got `str`"),
         ({"server": {"port": 70000}}, "server.port: Expected `int` <= 65535"),
         ({"providers": [{"name": "x", "type": "nope"}]}, "providers[0].type: unknown provider type 'nope'"),
         ({"providers": [{"name": "a", "type": "openai"}, {"name": "a", "type": "openai"}]}, "providers[1].name"),
         ({"providers": [{"name": "a", "type": "openai", "base_url": "ftp://x"}]}, "providers[0].base_url"),
         ({"providers": [{"name": "a/b", "type": "openai"}]}, "providers[0].name"),
-        ({"providers": [{"name": "a", "type": "openai", "api_key": "${MISSING_KEY}"}]},
-         "providers[0].api_key: environment variable MISSING_KEY is not set"),
+        (
+            {"providers": [{"name": "a", "type": "openai", "api_key": "${MISSING_KEY}"}]},
+            "providers[0].api_key: environment variable MISSING_KEY is not set",
+        ),
         ({"provider": []}, "Object contains unknown field `provider`"),
         ([1, 2], "must be a mapping"),
     ],

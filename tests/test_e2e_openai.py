@@ -16,8 +16,14 @@ import pytest
 
 import mux
 from mux.engine.transport import HttpxTransport
-from tests.conftest import (CLIENT_KEY, FAKE_OPENAI_KEY, TIGHT_FIRST_BYTE_S, TIGHT_TOTAL_S, WRONG_PROVIDER_KEY,
-                            gateway_config)
+from tests.conftest import (
+    CLIENT_KEY,
+    FAKE_OPENAI_KEY,
+    TIGHT_FIRST_BYTE_S,
+    TIGHT_TOTAL_S,
+    WRONG_PROVIDER_KEY,
+    gateway_config,
+)
 from tests.fakes.openai_upstream import Reply
 from tests.servers import serve
 
@@ -54,8 +60,9 @@ def cost_of(usage: dict[str, Any], price: tuple[float, float, float] = MINI_PRIC
 def raw_stream(gateway_url: str, body: dict) -> tuple[int, httpx.Headers, bytes]:
     """POST a streamed request with plain httpx; answer status, headers and the exact body bytes."""
     with httpx.Client(timeout=10) as http:
-        with http.stream("POST", gateway_url + "/v1/chat/completions", json=body,
-                         headers={"authorization": f"Bearer {CLIENT_KEY}"}) as response:
+        with http.stream(
+            "POST", gateway_url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {CLIENT_KEY}"}
+        ) as response:
             data = b"".join(response.iter_bytes())
     return response.status_code, response.headers, data
 
@@ -66,7 +73,7 @@ def sse_payloads(data: bytes) -> list[bytes]:
     events = data[:-2].split(b"\n\n")
     for event in events:
         assert event.startswith(b"data: ") and b"\n" not in event, event
-    return [event[len(b"data: "):] for event in events]
+    return [event[len(b"data: ") :] for event in events]
 
 
 def wait_for(predicate, timeout: float = 3.0) -> bool:
@@ -90,12 +97,15 @@ def test_plain_completion_comes_back_in_openai_shape(client, fake_openai):
     assert completion.model == SNAPSHOT
     body = raw.http_response.json()
     assert body["id"].startswith("chatcmpl-")
-    assert set(body) == {"id", "object", "created", "model", "choices", "usage", "service_tier",
-                         "system_fingerprint"}
+    assert set(body) == {"id", "object", "created", "model", "choices", "usage", "service_tier", "system_fingerprint"}
     assert body["object"] == "chat.completion"
     assert set(body["choices"][0]) == {"index", "message", "logprobs", "finish_reason"}
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Echo: hello there", "refusal": None,
-                                             "annotations": []}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Echo: hello there",
+        "refusal": None,
+        "annotations": [],
+    }
     # upstream got the bare model name and exactly the client's fields
     assert fake_openai.last.body == {"model": "gpt-4o-mini", "messages": HELLO}
 
@@ -129,8 +139,9 @@ def test_system_prompt_and_multi_turn_history_reach_upstream_verbatim(client, fa
 
 
 def test_stream_assembles_content_and_ends_with_usage_chunk_when_asked(client, fake_openai):
-    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True})
+    )
 
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content == "Echo: hello there"
@@ -158,16 +169,20 @@ def test_stream_without_include_usage_shows_no_usage_chunk_though_upstream_was_a
 
 
 def test_stream_keeps_the_clients_other_stream_options(client, fake_openai):
-    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, stream=True,
-                                                 stream_options={"include_obfuscation": False}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=HELLO, stream=True, stream_options={"include_obfuscation": False}
+        )
+    )
 
     assert all(c.choices and c.usage is None for c in chunks)
     assert fake_openai.last.body["stream_options"] == {"include_obfuscation": False, "include_usage": True}
 
 
 def test_stream_bytes_are_openai_sse_framing_ending_in_done(gateway_url, fake_openai):
-    status, headers, data = raw_stream(gateway_url, {"model": MODEL, "messages": HELLO, "stream": True,
-                                                     "stream_options": {"include_usage": True}})
+    status, headers, data = raw_stream(
+        gateway_url, {"model": MODEL, "messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
+    )
 
     assert status == 200
     assert headers["content-type"].startswith("text/event-stream")
@@ -186,8 +201,9 @@ def test_stream_bytes_are_openai_sse_framing_ending_in_done(gateway_url, fake_op
 
 
 def test_required_tool_choice_answers_tool_calls(client, fake_openai):
-    completion = client.chat.completions.create(model=MODEL, messages=HELLO, tools=[WEATHER_TOOL],
-                                                tool_choice="required")
+    completion = client.chat.completions.create(
+        model=MODEL, messages=HELLO, tools=[WEATHER_TOOL], tool_choice="required"
+    )
 
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -202,8 +218,11 @@ def test_required_tool_choice_answers_tool_calls(client, fake_openai):
 
 def test_named_tool_choice_calls_that_function(client, fake_openai):
     completion = client.chat.completions.create(
-        model=MODEL, messages=HELLO, tools=[WEATHER_TOOL, TIME_TOOL],
-        tool_choice={"type": "function", "function": {"name": "get_time"}})
+        model=MODEL,
+        messages=HELLO,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
 
     assert completion.choices[0].message.tool_calls[0].function.name == "get_time"
     assert json.loads(completion.choices[0].message.tool_calls[0].function.arguments) == {"tz": "sample"}
@@ -211,8 +230,11 @@ def test_named_tool_choice_calls_that_function(client, fake_openai):
 
 def test_streamed_parallel_tool_calls_reassemble_by_index(client, fake_openai):
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "call:get_weather and call:get_time please"}],
-        tools=[WEATHER_TOOL, TIME_TOOL], stream=True)
+        model=MODEL,
+        messages=[{"role": "user", "content": "call:get_weather and call:get_time please"}],
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        stream=True,
+    )
 
     calls: dict[int, dict[str, Any]] = {}
     finish = None
@@ -240,9 +262,17 @@ def test_tool_result_round_trip(client, fake_openai):
     first = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
     call = first.choices[0].message.tool_calls[0]
     messages += [
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": call.id, "type": "function",
-             "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": call.function.arguments},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'},
     ]
     second = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
@@ -257,8 +287,10 @@ def test_tool_result_round_trip(client, fake_openai):
 
 def test_json_object_mode_answers_json(client, fake_openai):
     completion = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Answer in JSON: hi"}],
-        response_format={"type": "json_object"})
+        model=MODEL,
+        messages=[{"role": "user", "content": "Answer in JSON: hi"}],
+        response_format={"type": "json_object"},
+    )
 
     assert json.loads(completion.choices[0].message.content) == {"echo": "Answer in JSON: hi"}
     assert fake_openai.last.body["response_format"] == {"type": "json_object"}
@@ -267,8 +299,11 @@ def test_json_object_mode_answers_json(client, fake_openai):
 def test_json_schema_mode_answers_an_instance_of_the_schema(client, fake_openai):
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-                       "tags": {"type": "array", "items": {"type": "string"}}},
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
         "required": ["name", "age", "tags"],
         "additionalProperties": False,
     }
@@ -308,10 +343,18 @@ def test_stream_headers_name_provider_and_model_at_start(client, fake_openai):
 
 
 def test_usage_cost_in_body_prices_cached_tokens_of_the_answered_snapshot(client, fake_openai):
-    usage = {"prompt_tokens": 3000, "completion_tokens": 500, "total_tokens": 3500,
-             "prompt_tokens_details": {"cached_tokens": 1000, "audio_tokens": 0},
-             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+    usage = {
+        "prompt_tokens": 3000,
+        "completion_tokens": 500,
+        "total_tokens": 3500,
+        "prompt_tokens_details": {"cached_tokens": 1000, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
     fake_openai.script(Reply(usage=usage))
     raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
 
@@ -328,10 +371,13 @@ def test_usage_cost_in_body_prices_cached_tokens_of_the_answered_snapshot(client
 def test_documented_params_mux_does_not_model_reach_upstream_untouched(client, fake_openai):
     # prompt_cache_retention and web_search_options are documented OpenAI parameters that mux's request view
     # does not model: they must be forwarded as sent (the strict fake accepts them)
-    web = {"search_context_size": "low", "user_location": {"type": "approximate",
-                                                           "approximate": {"country": "FR", "city": "Paris"}}}
-    completion = client.chat.completions.create(model=MODEL, messages=HELLO, prompt_cache_retention="24h",
-                                                web_search_options=web)
+    web = {
+        "search_context_size": "low",
+        "user_location": {"type": "approximate", "approximate": {"country": "FR", "city": "Paris"}},
+    }
+    completion = client.chat.completions.create(
+        model=MODEL, messages=HELLO, prompt_cache_retention="24h", web_search_options=web
+    )
 
     assert completion.choices[0].message.content == "Echo: hello there"
     assert fake_openai.last.body["prompt_cache_retention"] == "24h"
@@ -349,8 +395,13 @@ def test_unknown_param_reaches_upstream_and_its_400_passes_through(client, fake_
 
 def test_gateway_fields_never_reach_upstream(client, fake_openai):
     extra = {
-        "mlx:tags": {"team": "search"}, "mlx:end_user": "user-7", "mlx:cache": {"skip": True}, "mlx:trace": True,
-        "models": ["openai/gpt-4o"], "fallbacks": ["openai/gpt-4o"], "session_id": "sess-1",
+        "mlx:tags": {"team": "search"},
+        "mlx:end_user": "user-7",
+        "mlx:cache": {"skip": True},
+        "mlx:trace": True,
+        "models": ["openai/gpt-4o"],
+        "fallbacks": ["openai/gpt-4o"],
+        "session_id": "sess-1",
     }
     completion = client.chat.completions.create(model=MODEL, messages=HELLO, user="end-user-1", extra_body=extra)
 
@@ -361,8 +412,9 @@ def test_gateway_fields_never_reach_upstream(client, fake_openai):
 
 
 def test_client_credentials_and_headers_never_forwarded(client, fake_openai):
-    client.chat.completions.create(model=MODEL, messages=HELLO,
-                                   extra_headers={"x-custom-secret": "s3cret", "openai-organization": "org-client"})
+    client.chat.completions.create(
+        model=MODEL, messages=HELLO, extra_headers={"x-custom-secret": "s3cret", "openai-organization": "org-client"}
+    )
 
     record = fake_openai.last
     assert record.headers["authorization"] == f"Bearer {FAKE_OPENAI_KEY}"
@@ -414,9 +466,17 @@ def test_upstream_error_status_maps_to_gateway_status(client, fake_openai, upstr
 
 
 def test_upstream_400_message_reaches_the_client(client, fake_openai):
-    fake_openai.script(Reply(status=400, error={"message": "Invalid 'max_tokens': integer above maximum value.",
-                                                "type": "invalid_request_error", "param": "max_tokens",
-                                                "code": "integer_above_max_value"}))
+    fake_openai.script(
+        Reply(
+            status=400,
+            error={
+                "message": "Invalid 'max_tokens': integer above maximum value.",
+                "type": "invalid_request_error",
+                "param": "max_tokens",
+                "code": "integer_above_max_value",
+            },
+        )
+    )
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL, messages=HELLO)
 
@@ -539,8 +599,12 @@ def test_stream_cut_before_the_first_chunk_is_a_plain_502(client, fake_openai):
 
 
 def test_in_band_upstream_error_event_ends_stream_with_error_event(gateway_url, client, fake_openai):
-    upstream_error = {"message": "The server had an error while processing your request.", "type": "server_error",
-                      "param": None, "code": None}
+    upstream_error = {
+        "message": "The server had an error while processing your request.",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
     # a short pause between events keeps them in separate reads, so the two good chunks reach the client first
     fake_openai.script(Reply(error_event=upstream_error, error_after=2, chunk_delay_s=0.05))
     status, _, data = raw_stream(gateway_url, {"model": MODEL, "messages": HELLO, "stream": True})
@@ -600,8 +664,11 @@ def test_httpx_transport_serves_plain_and_streamed_requests(fake_openai):
     with serve(app) as url:
         with openai.OpenAI(base_url=url + "/v1", api_key=CLIENT_KEY, max_retries=0, timeout=10) as sdk:
             raw = sdk.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
-            chunks = list(sdk.chat.completions.create(model=MODEL, messages=HELLO, stream=True,
-                                                      stream_options={"include_usage": True}))
+            chunks = list(
+                sdk.chat.completions.create(
+                    model=MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True}
+                )
+            )
 
     assert raw.parse().choices[0].message.content == "Echo: hello there"
     assert raw.headers["x-mux-provider"] == "openai"
@@ -610,4 +677,3 @@ def test_httpx_transport_serves_plain_and_streamed_requests(fake_openai):
     assert chunks[-1].choices == [] and chunks[-1].usage.cost > 0
     assert len(fake_openai.chat_requests) == 2
     assert all(r.headers["authorization"] == f"Bearer {FAKE_OPENAI_KEY}" for r in fake_openai.chat_requests)
-

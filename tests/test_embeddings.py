@@ -17,7 +17,8 @@ import base64
 import json
 import math
 import struct
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -59,14 +60,33 @@ def fake_gemini() -> Iterator[FakeGemini]:
 
 @pytest.fixture(scope="module")
 def gateway(fake_openai: FakeOpenAI, fake_gemini: FakeGemini) -> Iterator[str]:
-    config = mux.parse_config({"providers": [
-        {"name": "openai", "type": "openai", "base_url": fake_openai.base_url, "api_key": OPENAI_KEY,
-         "models": ["text-embedding-3-small", "text-embedding-3-large"]},
-        {"name": "gemini", "type": "gemini", "base_url": fake_gemini.url,  # type: ignore[attr-defined]
-         "api_key": gemini_upstream.API_KEY, "models": ["gemini-embedding-001"]},
-        # a chat-only provider; never reached (nothing listens on port 9)
-        {"name": "anthropic", "type": "anthropic", "base_url": "http://127.0.0.1:9", "api_key": "sk-ant-unused"},
-    ]})
+    config = mux.parse_config(
+        {
+            "providers": [
+                {
+                    "name": "openai",
+                    "type": "openai",
+                    "base_url": fake_openai.base_url,
+                    "api_key": OPENAI_KEY,
+                    "models": ["text-embedding-3-small", "text-embedding-3-large"],
+                },
+                {
+                    "name": "gemini",
+                    "type": "gemini",
+                    "base_url": fake_gemini.url,  # type: ignore[attr-defined]
+                    "api_key": gemini_upstream.API_KEY,
+                    "models": ["gemini-embedding-001"],
+                },
+                # a chat-only provider; never reached (nothing listens on port 9)
+                {
+                    "name": "anthropic",
+                    "type": "anthropic",
+                    "base_url": "http://127.0.0.1:9",
+                    "api_key": "sk-ant-unused",
+                },
+            ]
+        }
+    )
     with serve(mux.build_app(config)) as url:
         yield url
 
@@ -87,8 +107,12 @@ def client(sdk: openai.OpenAI, fake_openai: FakeOpenAI, fake_gemini: FakeGemini)
 
 def post(gateway: str, body: Any, path: str = "/v1/embeddings") -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(gateway + path, content=content, timeout=10,
-                      headers={"authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"})
+    return httpx.post(
+        gateway + path,
+        content=content,
+        timeout=10,
+        headers={"authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"},
+    )
 
 
 def decode_b64(text: str) -> list[float]:
@@ -128,8 +152,9 @@ def test_plain_string_comes_back_in_openai_shape_with_usage_cost_and_headers(cli
 
 
 def test_usage_keeps_openais_embedding_shape_plus_cost(client):
-    body = client.embeddings.with_raw_response.create(model=SMALL, input="a b c",
-                                                      encoding_format="float").http_response.json()
+    body = client.embeddings.with_raw_response.create(
+        model=SMALL, input="a b c", encoding_format="float"
+    ).http_response.json()
     assert set(body["usage"]) == {"prompt_tokens", "total_tokens", "cost"}
 
 
@@ -141,8 +166,11 @@ def test_list_of_strings_with_the_sdks_default_base64_is_decoded_to_the_fakes_ve
     assert [d.embedding for d in result.data] == [embedding_vector(t, 1536) for t in texts]
     assert result.usage.prompt_tokens == result.usage.total_tokens == 2 + 4 + 1
     # the SDK asked for base64 itself; mux relayed the strings unchanged
-    assert fake_openai.embedding_requests[-1].body == {"model": "text-embedding-3-small", "input": texts,
-                                                       "encoding_format": "base64"}
+    assert fake_openai.embedding_requests[-1].body == {
+        "model": "text-embedding-3-small",
+        "input": texts,
+        "encoding_format": "base64",
+    }
 
 
 def test_dimensions_reach_openai_and_shorten_the_vectors(client, fake_openai):
@@ -157,7 +185,7 @@ def test_dimensions_reach_openai_and_shorten_the_vectors(client, fake_openai):
 def test_explicit_base64_is_relayed_as_little_endian_float32(client):
     result = client.embeddings.create(model=SMALL, input=["x", "y"], encoding_format="base64")
 
-    for item, text in zip(result.data, ["x", "y"]):
+    for item, text in zip(result.data, ["x", "y"], strict=False):
         assert isinstance(item.embedding, str)  # asked explicitly: the SDK leaves it encoded
         assert item.embedding == pack_float32(embedding_vector(text, 1536))
         assert decode_b64(item.embedding) == embedding_vector(text, 1536)
@@ -179,17 +207,27 @@ def test_user_and_the_api_v1_path_are_served_too(gateway, client, fake_openai):
 
     assert response.status_code == 200, response.text
     assert response.json()["data"][0]["embedding"] == embedding_vector("hi", 1536)
-    assert fake_openai.embedding_requests[-1].body == {"model": "text-embedding-3-small", "input": "hi",
-                                                       "user": "user-42"}
+    assert fake_openai.embedding_requests[-1].body == {
+        "model": "text-embedding-3-small",
+        "input": "hi",
+        "user": "user-42",
+    }
 
 
 def test_gateway_keys_are_not_forwarded_to_openai(client, fake_openai):
-    result = client.embeddings.create(model=SMALL, input="tagged", encoding_format="float",
-                                      extra_body={"session_id": "s-1", "mlx:tags": {"team": "search"}})
+    result = client.embeddings.create(
+        model=SMALL,
+        input="tagged",
+        encoding_format="float",
+        extra_body={"session_id": "s-1", "mlx:tags": {"team": "search"}},
+    )
 
     assert result.data[0].embedding == embedding_vector("tagged", 1536)
-    assert fake_openai.embedding_requests[-1].body == {"model": "text-embedding-3-small", "input": "tagged",
-                                                       "encoding_format": "float"}
+    assert fake_openai.embedding_requests[-1].body == {
+        "model": "text-embedding-3-small",
+        "input": "tagged",
+        "encoding_format": "float",
+    }
 
 
 def test_unknown_parameters_are_relayed_and_openai_refuses_them(client, fake_openai):
@@ -252,22 +290,25 @@ def test_a_chat_only_provider_is_400_unsupported_operation(client):
     assert caught.value.body["param"] == "model"
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"model": SMALL}, "input"),
-    ({"model": SMALL, "input": []}, "input"),
-    ({"model": SMALL, "input": ""}, "input"),
-    ({"model": SMALL, "input": ["a", 1]}, "input"),
-    ({"model": SMALL, "input": [[1, 2], 3]}, "input"),
-    ({"model": SMALL, "input": 5}, "input"),
-    ({"model": SMALL, "input": {"text": "a"}}, "input"),
-    ({"model": SMALL, "input": [True]}, "input"),
-    ({"input": "a"}, "model"),
-    ({"model": 5, "input": "a"}, "model"),
-    ({"model": SMALL, "input": "a", "dimensions": "256"}, "dimensions"),
-    ({"model": SMALL, "input": "a", "dimensions": 0}, "dimensions"),
-    ({"model": SMALL, "input": "a", "encoding_format": "hex"}, "encoding_format"),
-    ({"model": SMALL, "input": "a", "user": 7}, "user"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": SMALL}, "input"),
+        ({"model": SMALL, "input": []}, "input"),
+        ({"model": SMALL, "input": ""}, "input"),
+        ({"model": SMALL, "input": ["a", 1]}, "input"),
+        ({"model": SMALL, "input": [[1, 2], 3]}, "input"),
+        ({"model": SMALL, "input": 5}, "input"),
+        ({"model": SMALL, "input": {"text": "a"}}, "input"),
+        ({"model": SMALL, "input": [True]}, "input"),
+        ({"input": "a"}, "model"),
+        ({"model": 5, "input": "a"}, "model"),
+        ({"model": SMALL, "input": "a", "dimensions": "256"}, "dimensions"),
+        ({"model": SMALL, "input": "a", "dimensions": 0}, "dimensions"),
+        ({"model": SMALL, "input": "a", "encoding_format": "hex"}, "encoding_format"),
+        ({"model": SMALL, "input": "a", "user": 7}, "user"),
+    ],
+)
 def test_malformed_bodies_are_400_naming_the_param(gateway, client, fake_openai, body, param):
     response = post(gateway, body)
 
@@ -306,8 +347,9 @@ def test_gemini_list_of_strings_becomes_batch_embed_contents(client, fake_gemini
     assert sent.path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
     assert sent.headers["x-goog-api-key"] == gemini_upstream.API_KEY
     assert "authorization" not in sent.headers and not sent.query
-    assert sent.body == {"requests": [
-        {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": t}]}} for t in texts]}
+    assert sent.body == {
+        "requests": [{"model": "models/gemini-embedding-001", "content": {"parts": [{"text": t}]}} for t in texts]
+    }
     # no usageMetadata in Google's answer: four characters a token, estimated
     tokens = sum(math.ceil(len(t) / 4) for t in texts)
     body = raw.http_response.json()
@@ -324,8 +366,9 @@ def test_gemini_single_string_and_float_format(client, fake_gemini):
 
     assert [d.embedding for d in result.data] == [embedding_values("one", 3072)]
     assert [d.index for d in result.data] == [0]
-    assert fake_gemini.last.body == {"requests": [
-        {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "one"}]}}]}
+    assert fake_gemini.last.body == {
+        "requests": [{"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "one"}]}}]
+    }
 
 
 def test_gemini_dimensions_become_output_dimensionality(client, fake_gemini):
@@ -383,21 +426,31 @@ def test_gemini_chat_model_is_googles_404(client, fake_gemini):
 # --- the fakes are as strict as the real APIs (what makes the 200s above meaningful) -----------------------
 
 
-@pytest.mark.parametrize(("body", "status", "needle"), [
-    ({"model": "text-embedding-3-small", "input": "x", "truncate": True}, 400,
-     "Unrecognized request argument supplied: truncate"),
-    ({"model": "text-embedding-3-small", "input": ["a", ""]}, 400, "'$.input' is invalid"),
-    ({"model": "text-embedding-3-small", "input": []}, 400, "'$.input' is invalid"),
-    ({"model": "text-embedding-3-small", "input": ["a", 1]}, 400, "'$.input' is invalid"),
-    ({"model": "text-embedding-3-small"}, 400, "Missing required parameter: 'input'"),
-    ({"model": "text-embedding-ada-002", "input": "x", "dimensions": 8}, 400,
-     "This model does not support specifying dimensions."),
-    ({"model": "text-embedding-3-small", "input": "x", "dimensions": 4096}, 400, "<= 1536"),
-    ({"model": "gpt-4o-mini", "input": "x"}, 404, "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (
+            {"model": "text-embedding-3-small", "input": "x", "truncate": True},
+            400,
+            "Unrecognized request argument supplied: truncate",
+        ),
+        ({"model": "text-embedding-3-small", "input": ["a", ""]}, 400, "'$.input' is invalid"),
+        ({"model": "text-embedding-3-small", "input": []}, 400, "'$.input' is invalid"),
+        ({"model": "text-embedding-3-small", "input": ["a", 1]}, 400, "'$.input' is invalid"),
+        ({"model": "text-embedding-3-small"}, 400, "Missing required parameter: 'input'"),
+        (
+            {"model": "text-embedding-ada-002", "input": "x", "dimensions": 8},
+            400,
+            "This model does not support specifying dimensions.",
+        ),
+        ({"model": "text-embedding-3-small", "input": "x", "dimensions": 4096}, 400, "<= 1536"),
+        ({"model": "gpt-4o-mini", "input": "x"}, 404, "does not exist"),
+    ],
+)
 def test_the_fake_openai_refuses_what_openai_refuses(fake_openai, body, status, needle):
-    response = httpx.post(fake_openai.base_url + "/embeddings", json=body,
-                          headers={"authorization": f"Bearer {OPENAI_KEY}"})
+    response = httpx.post(
+        fake_openai.base_url + "/embeddings", json=body, headers={"authorization": f"Bearer {OPENAI_KEY}"}
+    )
     assert response.status_code == status
     assert needle in response.json()["error"]["message"]
 
@@ -405,30 +458,48 @@ def test_the_fake_openai_refuses_what_openai_refuses(fake_openai, body, status, 
 def test_the_fake_openai_wants_its_key(fake_openai):
     body = {"model": "text-embedding-3-small", "input": "x"}
     assert httpx.post(fake_openai.base_url + "/embeddings", json=body).status_code == 401
-    assert httpx.post(fake_openai.base_url + "/embeddings", json=body,
-                      headers={"authorization": "Bearer sk-wrong-key-000000"}).status_code == 401
+    assert (
+        httpx.post(
+            fake_openai.base_url + "/embeddings", json=body, headers={"authorization": "Bearer sk-wrong-key-000000"}
+        ).status_code
+        == 401
+    )
 
 
 def _gemini_request(text: str = "x", model: str = "models/gemini-embedding-001", **extra: Any) -> dict:
     return {"model": model, "content": {"parts": [{"text": text}]}, **extra}
 
 
-@pytest.mark.parametrize(("model", "body", "status", "needle"), [
-    ("gemini-embedding-001", {"requests": [_gemini_request(truncate=True)]}, 400, 'Unknown name "truncate"'),
-    ("gemini-embedding-001", {"requests": [_gemini_request()], "dimensions": 8}, 400, 'Unknown name "dimensions"'),
-    ("gemini-embedding-001", {"requests": [_gemini_request(model="models/text-embedding-004")]}, 400, "must match"),
-    ("gemini-embedding-001", {"requests": [{"content": {"parts": [{"text": "x"}]}}]}, 400, "must match"),
-    ("gemini-embedding-001", {"requests": [_gemini_request("")]}, 400, "parts[0].text"),
-    ("gemini-embedding-001", {"requests": [{"model": "models/gemini-embedding-001"}]}, 400, "content"),
-    ("gemini-embedding-001", {"requests": []}, 400, "requests"),
-    ("gemini-embedding-001", {"requests": [_gemini_request(outputDimensionality=4000)]}, 400,
-     "output_dimensionality"),
-    ("gemini-2.5-flash", {"requests": [_gemini_request(model="models/gemini-2.5-flash")]}, 404,
-     "not supported for batchEmbedContents"),
-])
+@pytest.mark.parametrize(
+    ("model", "body", "status", "needle"),
+    [
+        ("gemini-embedding-001", {"requests": [_gemini_request(truncate=True)]}, 400, 'Unknown name "truncate"'),
+        ("gemini-embedding-001", {"requests": [_gemini_request()], "dimensions": 8}, 400, 'Unknown name "dimensions"'),
+        ("gemini-embedding-001", {"requests": [_gemini_request(model="models/text-embedding-004")]}, 400, "must match"),
+        ("gemini-embedding-001", {"requests": [{"content": {"parts": [{"text": "x"}]}}]}, 400, "must match"),
+        ("gemini-embedding-001", {"requests": [_gemini_request("")]}, 400, "parts[0].text"),
+        ("gemini-embedding-001", {"requests": [{"model": "models/gemini-embedding-001"}]}, 400, "content"),
+        ("gemini-embedding-001", {"requests": []}, 400, "requests"),
+        (
+            "gemini-embedding-001",
+            {"requests": [_gemini_request(outputDimensionality=4000)]},
+            400,
+            "output_dimensionality",
+        ),
+        (
+            "gemini-2.5-flash",
+            {"requests": [_gemini_request(model="models/gemini-2.5-flash")]},
+            404,
+            "not supported for batchEmbedContents",
+        ),
+    ],
+)
 def test_the_fake_gemini_refuses_what_google_refuses(fake_gemini, model, body, status, needle):
-    response = httpx.post(f"{fake_gemini.url}/v1beta/models/{model}:batchEmbedContents", json=body,  # type: ignore
-                          headers={"x-goog-api-key": gemini_upstream.API_KEY})
+    response = httpx.post(
+        f"{fake_gemini.url}/v1beta/models/{model}:batchEmbedContents",
+        json=body,  # type: ignore
+        headers={"x-goog-api-key": gemini_upstream.API_KEY},
+    )
     assert response.status_code == status, response.text
     assert needle in response.json()["error"]["message"]
 

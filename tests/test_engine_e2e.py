@@ -3,7 +3,7 @@ the total over every attempt, and embeddings fail over like chat completions."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -21,15 +21,25 @@ FOUR_O = (2.50 + 10.00) * 1000 / 1e6  # gpt-4o
 @pytest.fixture(scope="module")
 def gateway(fake_openai_server: FakeOpenAI) -> Iterator[tuple[mux.Gateway, str]]:
     provider = {"type": "openai", "base_url": fake_openai_server.base_url, "api_key": FAKE_OPENAI_KEY}
-    config = mux.parse_config({
-        "providers": [{"name": "primary", **provider}, {"name": "backup", **provider}],
-        "routes": {
-            "json": {"strategy": "cascade", "targets": [{"model": "primary/gpt-4o-mini"}, {"model": "backup/gpt-4o"}]},
-            "embed": {"strategy": "fallback", "targets": [{"model": "primary/text-embedding-3-small"},
-                                                          {"model": "backup/text-embedding-3-large"}]},
-        },
-        "health": {"backoff_base_ms": 1, "backoff_max_ms": 2},
-    })
+    config = mux.parse_config(
+        {
+            "providers": [{"name": "primary", **provider}, {"name": "backup", **provider}],
+            "routes": {
+                "json": {
+                    "strategy": "cascade",
+                    "targets": [{"model": "primary/gpt-4o-mini"}, {"model": "backup/gpt-4o"}],
+                },
+                "embed": {
+                    "strategy": "fallback",
+                    "targets": [
+                        {"model": "primary/text-embedding-3-small"},
+                        {"model": "backup/text-embedding-3-large"},
+                    ],
+                },
+            },
+            "health": {"backoff_base_ms": 1, "backoff_max_ms": 2},
+        }
+    )
     app = mux.build_app(config)
     with serve(app) as url:
         yield app, url
@@ -46,8 +56,11 @@ def client(gateway, fake_openai: FakeOpenAI) -> Iterator[openai.OpenAI]:
 def test_a_cascade_reports_the_total_cost_of_every_attempt(client, fake_openai):
     fake_openai.script(Reply(content="Sure! {oops", usage=USAGE), Reply(usage=USAGE))
     raw = client.chat.completions.with_raw_response.create(
-        model="@json", messages=[{"role": "user", "content": "answer in json"}],
-        response_format={"type": "json_object"}, extra_body={"mlx:trace": True})
+        model="@json",
+        messages=[{"role": "user", "content": "answer in json"}],
+        response_format={"type": "json_object"},
+        extra_body={"mlx:trace": True},
+    )
     body = raw.http_response.json()
     attempts = body["mlx:trace"]["attempts"]
     assert [a["status"] for a in attempts] == ["escalated", "ok"]
@@ -59,9 +72,14 @@ def test_a_cascade_reports_the_total_cost_of_every_attempt(client, fake_openai):
 
 def test_a_streamed_cascade_answer_reports_its_attempts_total_in_the_usage_chunk(client, fake_openai):
     fake_openai.script(Reply(usage=USAGE))
-    chunks = list(client.chat.completions.create(
-        model="@json", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="@json",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.model_extra["cost"] == pytest.approx(MINI)
 
 
@@ -69,8 +87,10 @@ def test_embeddings_fail_over_to_the_next_target(client, fake_openai):
     fake_openai.script(Reply(status=503))
     raw = client.embeddings.with_raw_response.create(model="@embed", input="hello", encoding_format="float")
     assert raw.headers["x-mux-provider"] == "backup" and raw.headers["x-mux-config"] == "@embed"
-    assert [r.body["model"] for r in fake_openai.embedding_requests] == ["text-embedding-3-small",
-                                                                        "text-embedding-3-large"]
+    assert [r.body["model"] for r in fake_openai.embedding_requests] == [
+        "text-embedding-3-small",
+        "text-embedding-3-large",
+    ]
     assert len(raw.parse().data[0].embedding) > 0
 
 

@@ -33,7 +33,8 @@ def error_of(response: httpx.Response) -> dict:
 
 
 @pytest.mark.parametrize(
-    "headers", [{}, {"authorization": "Bearer sk-wrong-key-000000"}, {"authorization": FAKE_OPENAI_KEY}],
+    "headers",
+    [{}, {"authorization": "Bearer sk-wrong-key-000000"}, {"authorization": FAKE_OPENAI_KEY}],
     ids=["missing", "wrong", "not-bearer"],
 )
 def test_fake_refuses_missing_or_wrong_bearer_key(fake_openai, headers):
@@ -54,35 +55,101 @@ def test_fake_refuses_a_body_that_is_not_json(fake_openai):
 @pytest.mark.parametrize(
     ("body", "status", "param", "needle"),
     [
-        ({"model": "gpt-4o-mini", "messages": HELLO, "mlx:tags": {}}, 400, "mlx:tags",
-         "Unrecognized request argument supplied: mlx:tags"),
+        (
+            {"model": "gpt-4o-mini", "messages": HELLO, "mlx:tags": {}},
+            400,
+            "mlx:tags",
+            "Unrecognized request argument supplied: mlx:tags",
+        ),
         ({"model": "gpt-4o-mini", "messages": HELLO, "session_id": "s"}, 400, "session_id", "Unrecognized"),
         ({"messages": HELLO}, 400, None, "you must provide a model parameter"),
         ({"model": "gpt-4o-mini"}, 400, "messages", "Missing required parameter: 'messages'."),
         ({"model": "gpt-4o-mini", "messages": []}, 400, "messages", "empty array"),
-        ({"model": "gpt-4o-mini", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role",
-         "Invalid value: 'robot'"),
+        (
+            {"model": "gpt-4o-mini", "messages": [{"role": "robot", "content": "x"}]},
+            400,
+            "messages[0].role",
+            "Invalid value: 'robot'",
+        ),
         ({"model": "gpt-4o-mini", "messages": [{"role": "user"}]}, 400, "messages[0].content", "Missing required"),
-        ({"model": "gpt-4o-mini", "messages": [*HELLO, {"role": "tool", "tool_call_id": "call_1", "content": "x"}]},
-         400, "messages[1].role", "must be a response to a preceeding message with 'tool_calls'"),
-        ({"model": "gpt-4o-mini", "messages": [*HELLO, {"role": "assistant", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
-         400, "messages", "did not have response messages: call_1"),
-        ({"model": "gpt-4o-mini", "messages": HELLO, "stream_options": {"include_usage": True}}, 400,
-         "stream_options", "only allowed when 'stream' is enabled"),
-        ({"model": "gpt-4o-mini", "messages": HELLO, "tool_choice": "required"}, 400, "tool_choice",
-         "only allowed when 'tools' are specified"),
-        ({"model": "gpt-4o-mini", "messages": HELLO, "response_format": {"type": "json_object"}}, 400, "messages",
-         "must contain the word 'json'"),
-        ({"model": "gpt-4o-mini", "messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {
-            "name": "x", "strict": True, "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}}},
-         400, "response_format", "'additionalProperties' is required to be supplied and to be false"),
+        (
+            {"model": "gpt-4o-mini", "messages": [*HELLO, {"role": "tool", "tool_call_id": "call_1", "content": "x"}]},
+            400,
+            "messages[1].role",
+            "must be a response to a preceeding message with 'tool_calls'",
+        ),
+        (
+            {
+                "model": "gpt-4o-mini",
+                "messages": [
+                    *HELLO,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                        ],
+                    },
+                ],
+            },
+            400,
+            "messages",
+            "did not have response messages: call_1",
+        ),
+        (
+            {"model": "gpt-4o-mini", "messages": HELLO, "stream_options": {"include_usage": True}},
+            400,
+            "stream_options",
+            "only allowed when 'stream' is enabled",
+        ),
+        (
+            {"model": "gpt-4o-mini", "messages": HELLO, "tool_choice": "required"},
+            400,
+            "tool_choice",
+            "only allowed when 'tools' are specified",
+        ),
+        (
+            {"model": "gpt-4o-mini", "messages": HELLO, "response_format": {"type": "json_object"}},
+            400,
+            "messages",
+            "must contain the word 'json'",
+        ),
+        (
+            {
+                "model": "gpt-4o-mini",
+                "messages": HELLO,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "strict": True,
+                        "schema": {"type": "object", "properties": {"a": {"type": "string"}}},
+                    },
+                },
+            },
+            400,
+            "response_format",
+            "'additionalProperties' is required to be supplied and to be false",
+        ),
         ({"model": "gpt-4o-mini", "messages": HELLO, "temperature": 3}, 400, "temperature", "maximum value"),
         ({"model": "gpt-5-imaginary", "messages": HELLO}, 404, None, "does not exist"),
     ],
-    ids=["gateway-key", "session-id", "no-model", "no-messages", "empty-messages", "bad-role", "no-content",
-         "orphan-tool-result", "unanswered-tool-call", "stream-options-without-stream", "tool-choice-without-tools",
-         "json-mode-without-json", "loose-strict-schema", "temperature", "unknown-model"],
+    ids=[
+        "gateway-key",
+        "session-id",
+        "no-model",
+        "no-messages",
+        "empty-messages",
+        "bad-role",
+        "no-content",
+        "orphan-tool-result",
+        "unanswered-tool-call",
+        "stream-options-without-stream",
+        "tool-choice-without-tools",
+        "json-mode-without-json",
+        "loose-strict-schema",
+        "temperature",
+        "unknown-model",
+    ],
 )
 def test_fake_refuses_what_openai_refuses(fake_openai, body, status, param, needle):
     response = post(fake_openai, body)
@@ -96,12 +163,15 @@ def test_fake_refuses_what_openai_refuses(fake_openai, body, status, param, need
 
 def test_fake_stream_without_include_usage_has_no_usage_field(fake_openai):
     with httpx.Client(timeout=5) as http:
-        response = http.post(fake_openai.base_url + "/chat/completions", headers=AUTH,
-                             json={"model": "gpt-4o-mini", "messages": HELLO, "stream": True})
+        response = http.post(
+            fake_openai.base_url + "/chat/completions",
+            headers=AUTH,
+            json={"model": "gpt-4o-mini", "messages": HELLO, "stream": True},
+        )
 
     events = response.content.split(b"\n\n")
     assert events[-2:] == [b"data: [DONE]", b""]
-    chunks = [json.loads(e[len(b"data: "):]) for e in events[:-2]]
+    chunks = [json.loads(e[len(b"data: ") :]) for e in events[:-2]]
     assert all("usage" not in c and c["choices"] for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
@@ -110,8 +180,11 @@ def test_fake_stream_without_include_usage_has_no_usage_field(fake_openai):
 def test_fake_speaks_the_openai_sdk_protocol(fake_openai):
     with openai.OpenAI(base_url=fake_openai.base_url, api_key=FAKE_OPENAI_KEY, max_retries=0, timeout=5) as sdk:
         completion = sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
-        chunks = list(sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True,
-                                                  stream_options={"include_usage": True}))
+        chunks = list(
+            sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=HELLO, stream=True, stream_options={"include_usage": True}
+            )
+        )
         models = [m.id for m in sdk.models.list()]
 
     assert completion.choices[0].message.content == "Echo: hi"

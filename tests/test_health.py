@@ -7,12 +7,18 @@ import msgspec
 import pytest
 
 from mux.config import HealthConfig, ProviderConfig, parse_config
+from mux.errors import (
+    ClientDisconnected,
+    InvalidRequest,
+    NoRouteAvailable,
+    UpstreamError,
+    UpstreamTimeout,
+    retry_after_s,
+)
+from mux.providers.base import malformed, upstream_error
 from mux.routing.decision import decision_trace
-from mux.errors import (ClientDisconnected, InvalidRequest, NoRouteAvailable, UpstreamError, UpstreamTimeout,
-                        retry_after_s)
 from mux.routing.health import Health, verdict
 from mux.routing.live import LiveRouting
-from mux.providers.base import malformed, upstream_error
 from mux.wire import decode_request
 
 PROVIDER = ProviderConfig(name="p", type="openai", base_url="http://127.0.0.1:1/v1", api_key="k")
@@ -94,8 +100,12 @@ def test_a_probe_that_ends_without_a_verdict_is_released_and_counts_neither_way(
     if ending == "release":
         health.release("a/m", True)
     else:
-        error = {"client error": status_error(400), "adapter refusal": InvalidRequest("n must be 1", param="n"),
-                 "client gone": ClientDisconnected("gone"), "rate limited": status_error(429)}[ending]
+        error = {
+            "client error": status_error(400),
+            "adapter refusal": InvalidRequest("n must be 1", param="n"),
+            "client gone": ClientDisconnected("gone"),
+            "rate limited": status_error(429),
+        }[ending]
         assert health.failed("a/m", error, probe=True) in ("neutral", "rate_limited")
     assert health.state("a/m") == "half_open" and health.blocked("a/m") is None  # not left "probing" forever
     assert health.targets["a/m"].failures == 1 and health.admit("a/m") is True  # the next attempt probes
@@ -114,28 +124,31 @@ def test_only_the_probe_clears_the_probe_flag():
 # --- what counts as failure -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("error", "expected"), [
-    (status_error(500), "fault"),
-    (status_error(502), "fault"),
-    (status_error(503), "fault"),
-    (status_error(529), "fault"),
-    (status_error(408), "fault"),
-    (UpstreamTimeout("slow"), "fault"),
-    (UpstreamError("refused", code="upstream_unreachable"), "fault"),
-    (UpstreamError("lost", code="upstream_connection_lost"), "fault"),
-    (malformed(PROVIDER, "an HTML page"), "fault"),
-    (UpstreamError("cut", code="upstream_stream_cut"), "fault"),
-    (status_error(429), "rate_limited"),
-    (status_error(400), "neutral"),
-    (status_error(401), "neutral"),
-    (status_error(403), "neutral"),
-    (status_error(404), "neutral"),
-    (status_error(409), "neutral"),
-    (status_error(413), "neutral"),
-    (status_error(422), "neutral"),
-    (InvalidRequest("n must be 1"), "neutral"),
-    (ClientDisconnected("gone"), "neutral"),
-])
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (status_error(500), "fault"),
+        (status_error(502), "fault"),
+        (status_error(503), "fault"),
+        (status_error(529), "fault"),
+        (status_error(408), "fault"),
+        (UpstreamTimeout("slow"), "fault"),
+        (UpstreamError("refused", code="upstream_unreachable"), "fault"),
+        (UpstreamError("lost", code="upstream_connection_lost"), "fault"),
+        (malformed(PROVIDER, "an HTML page"), "fault"),
+        (UpstreamError("cut", code="upstream_stream_cut"), "fault"),
+        (status_error(429), "rate_limited"),
+        (status_error(400), "neutral"),
+        (status_error(401), "neutral"),
+        (status_error(403), "neutral"),
+        (status_error(404), "neutral"),
+        (status_error(409), "neutral"),
+        (status_error(413), "neutral"),
+        (status_error(422), "neutral"),
+        (InvalidRequest("n must be 1"), "neutral"),
+        (ClientDisconnected("gone"), "neutral"),
+    ],
+)
 def test_only_provider_faults_count_toward_the_breaker(error, expected):
     assert verdict(error) == expected
     health, _ = clocked(breaker_failures=1)
@@ -163,8 +176,10 @@ def test_429s_cool_the_target_for_its_retry_after_and_never_open_the_breaker():
     assert not health.cooled("a/m")
 
 
-@pytest.mark.parametrize(("value", "seconds"), [("20", 20.0), ("0.5", 0.5), ("0", 0.0), ("-3", None), ("nan", None),
-                                                ("Wed, 21 Oct 2015 07:28:00 GMT", None)])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("20", 20.0), ("0.5", 0.5), ("0", 0.0), ("-3", None), ("nan", None), ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+)
 def test_retry_after_is_read_in_seconds(value, seconds):
     assert retry_after_s(UpstreamError("x", headers=[("retry-after", value)])) == seconds
 
@@ -181,8 +196,9 @@ def test_a_route_skips_the_open_target_while_another_is_left():
 
 
 def test_a_half_open_target_whose_probe_is_in_flight_is_skipped_while_another_is_left():
-    live = routing({"r": {"targets": [{"model": "a/m"}, {"model": "b/m"}]}}, breaker_failures=1,
-                   breaker_cooldown_s=0.001)
+    live = routing(
+        {"r": {"targets": [{"model": "a/m"}, {"model": "b/m"}]}}, breaker_failures=1, breaker_cooldown_s=0.001
+    )
     live.health.record("a/m", False)
     live.health.targets["a/m"].opened_at -= 1
     assert labels(live.router.plan(request(model="@r"))) == ["a/m", "b/m"]  # half-open: a/m gets the probe
@@ -202,8 +218,15 @@ def test_when_every_candidate_is_open_the_one_whose_cooldown_ends_first_gets_the
     assert labels(plan) == ["b/m"] and plan.panic == "b/m"
     assert [(s.target, s.reason) for s in plan.skipped] == [("a/m", "circuit open"), ("c/m", "circuit open")]
     trace = decision_trace(plan, [], dry_run=True)
-    assert trace["events"] == [{"type": "policy", "target": "b/m", "note": (
-        "every candidate's circuit is open: sending to b/m, whose cooldown ends first, as its half-open probe")}]
+    assert trace["events"] == [
+        {
+            "type": "policy",
+            "target": "b/m",
+            "note": (
+                "every candidate's circuit is open: sending to b/m, whose cooldown ends first, as its half-open probe"
+            ),
+        }
+    ]
     assert trace["decision"]["target"] == "b/m"
 
 
@@ -234,7 +257,8 @@ def test_cooled_targets_move_after_the_others_keeping_their_order():
     plan = live.router.plan(request(model="@r"))
     assert labels(plan) == ["b/m", "c/m", "a/m"] and plan.skipped == []
     assert [msgspec.to_builtins(n) for n in plan.notes] == [
-        {"type": "policy", "note": "rate limited (429), tried after the others: a/m"}]
+        {"type": "policy", "note": "rate limited (429), tried after the others: a/m"}
+    ]
     assert labels(live.router.plan(request(model="@r", routing={"allow_fallbacks": False}))) == ["b/m"]
     for label in ("b/m", "c/m"):
         live.health.failed(label, status_error(429, {"retry-after": "5"}))

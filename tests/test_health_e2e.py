@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -84,8 +85,13 @@ def trace_of(raw) -> dict:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_a_single_target_model_answers_as_soon_as_its_provider_recovers(client, fake_openai, gateway_app, stream):
-    faults = [Reply(status=500), Reply(status=503), Reply(body=b"<html>bad gateway</html>", content_type="text/html"),
-              Reply(status=502), Reply(status=500)] * 2
+    faults = [
+        Reply(status=500),
+        Reply(status=503),
+        Reply(body=b"<html>bad gateway</html>", content_type="text/html"),
+        Reply(status=502),
+        Reply(status=500),
+    ] * 2
     fake_openai.script(*faults)
     for _ in range(10):
         with pytest.raises(openai.APIStatusError) as caught:
@@ -96,14 +102,16 @@ def test_a_single_target_model_answers_as_soon_as_its_provider_recovers(client, 
     assert len(fake_openai.chat_requests) == 10  # every request was sent
     assert gateway_app.routing.health.state("openai/gpt-4o-mini") == "open"
 
-    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO, stream=stream,
-                                                           extra_body={"mlx:trace": True})
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=HELLO, stream=stream, extra_body={"mlx:trace": True}
+    )
     if stream:
         assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     else:
         assert raw.parse().choices[0].message.content
-        assert trace_of(raw)["events"][0]["note"].startswith("every candidate's circuit is open: sending to "
-                                                             "openai/gpt-4o-mini")
+        assert trace_of(raw)["events"][0]["note"].startswith(
+            "every candidate's circuit is open: sending to openai/gpt-4o-mini"
+        )
     assert len(fake_openai.chat_requests) == 11
     assert gateway_app.routing.health.state("openai/gpt-4o-mini") == "closed"  # the probe's success closed it
 
@@ -143,8 +151,7 @@ def config(openai_url: str, anthropic_url: str) -> dict:
             "pair": {"targets": [{"model": "primary/gpt-4o-mini"}, {"model": "backup/gpt-4o"}]},
             "claude_first": {"targets": [{"model": "anthropic/claude-haiku-4-5"}, {"model": "backup/gpt-4o"}]},
         },
-        "health": {"breaker_failures": 1, "breaker_cooldown_s": COOLDOWN_S, "backoff_base_ms": 1,
-                   "backoff_max_ms": 5},
+        "health": {"breaker_failures": 1, "breaker_cooldown_s": COOLDOWN_S, "backoff_base_ms": 1, "backoff_max_ms": 5},
     }
 
 
@@ -216,9 +223,14 @@ def test_a_route_whose_targets_are_all_open_sends_to_the_one_whose_cooldown_ends
     assert raw.headers["x-mux-provider"] == "primary"  # opened first, so its cooldown ends first
     trace = trace_of(raw)
     assert trace["skipped"] == [{"target": "backup/gpt-4o", "reason": "circuit open"}]
-    assert trace["events"][0] == {"type": "policy", "target": "primary/gpt-4o-mini", "note": (
-        "every candidate's circuit is open: sending to primary/gpt-4o-mini, whose cooldown ends first, "
-        "as its half-open probe")}
+    assert trace["events"][0] == {
+        "type": "policy",
+        "target": "primary/gpt-4o-mini",
+        "note": (
+            "every candidate's circuit is open: sending to primary/gpt-4o-mini, whose cooldown ends first, "
+            "as its half-open probe"
+        ),
+    }
     assert health.state("primary/gpt-4o-mini") == "closed"
 
 
@@ -232,8 +244,9 @@ def test_a_429_cools_its_target_so_the_route_tries_the_other_first_meanwhile(hea
     assert models_called(fake) == ["gpt-4o-mini", "gpt-4o", "gpt-4o"]  # the cooled target was not tried first
     trace = trace_of(raw)
     assert [c["target"] for c in trace["candidates"]] == ["backup/gpt-4o", "primary/gpt-4o-mini"]
-    assert trace["events"] == [{"type": "policy", "note": "rate limited (429), tried after the others: "
-                                                          "primary/gpt-4o-mini"}]
+    assert trace["events"] == [
+        {"type": "policy", "note": "rate limited (429), tried after the others: primary/gpt-4o-mini"}
+    ]
     assert app.routing.health.state("primary/gpt-4o-mini") == "closed"
 
 
@@ -258,8 +271,9 @@ def test_a_half_open_probe_whose_client_goes_away_is_released(health_gateway, st
     open_primary(sdk, fake)
     fake.script(Reply(stall_s=3))
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(url + "/v1/chat/completions", json={"model": "@pair", "messages": HELLO, "stream": stream},
-                   timeout=0.4)
+        httpx.post(
+            url + "/v1/chat/completions", json={"model": "@pair", "messages": HELLO, "stream": stream}, timeout=0.4
+        )
     probe = fake.chat_requests[-1]
     assert probe.body["model"] == "gpt-4o-mini"
     assert wait_for(lambda: probe.disconnected_at is not None)  # the upstream request was cancelled
@@ -288,8 +302,9 @@ def test_a_half_open_probe_refused_by_the_adapter_is_released_and_the_next_targe
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_an_adapter_refusal_moves_on_to_the_next_target_that_can_serve(health_gateway, stream):
     _, _, _, sdk, fake, anthropic = health_gateway
-    raw = sdk.chat.completions.with_raw_response.create(model="@claude_first", messages=HELLO, n=2, stream=stream,
-                                                        extra_body={"mlx:trace": True})
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="@claude_first", messages=HELLO, n=2, stream=stream, extra_body={"mlx:trace": True}
+    )
     if stream:
         chunks = list(raw.parse())
         assert {choice.index for c in chunks for choice in c.choices} == {0, 1}
@@ -307,8 +322,12 @@ def test_an_adapter_refusal_moves_on_to_the_next_target_that_can_serve(health_ga
 def test_when_no_target_can_serve_the_last_refusal_is_answered(health_gateway):
     _, _, _, sdk, fake, anthropic = health_gateway
     with pytest.raises(openai.BadRequestError) as caught:
-        sdk.chat.completions.create(model="anthropic/claude-haiku-4-5", messages=HELLO, n=2,
-                                    extra_body={"fallbacks": ["anthropic/claude-sonnet-4-5"]})
+        sdk.chat.completions.create(
+            model="anthropic/claude-haiku-4-5",
+            messages=HELLO,
+            n=2,
+            extra_body={"fallbacks": ["anthropic/claude-sonnet-4-5"]},
+        )
     assert caught.value.body["param"] == "n" and anthropic.requests == [] and fake.requests == []
 
 
@@ -319,8 +338,7 @@ def test_a_client_gone_from_a_plain_request_cancels_the_upstream_and_leaves_a_re
     app, url, logger, _, fake, _ = health_gateway
     fake.script(Reply(stall_s=3))
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(url + "/v1/chat/completions", json={"model": "primary/gpt-4o-mini", "messages": HELLO},
-                   timeout=0.3)
+        httpx.post(url + "/v1/chat/completions", json={"model": "primary/gpt-4o-mini", "messages": HELLO}, timeout=0.3)
     closed_at = time.monotonic()
     upstream = fake.last
     assert wait_for(lambda: upstream.disconnected_at is not None, timeout=2.0)
@@ -335,8 +353,7 @@ def test_a_client_gone_from_an_embeddings_request_cancels_the_upstream(health_ga
     _, url, logger, _, fake, _ = health_gateway
     fake.script(Reply(stall_s=3))
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(url + "/v1/embeddings", json={"model": "primary/text-embedding-3-small", "input": "hi"},
-                   timeout=0.3)
+        httpx.post(url + "/v1/embeddings", json={"model": "primary/text-embedding-3-small", "input": "hi"}, timeout=0.3)
     upstream = fake.embedding_requests[-1]
     assert wait_for(lambda: upstream.disconnected_at is not None, timeout=2.0)
     assert wait_for(lambda: logger.records()) and logger.records()[-1]["error"] == "client_disconnected"
@@ -346,8 +363,10 @@ def test_a_client_gone_before_its_body_is_complete_gets_no_answer_and_leaves_a_r
     _, url, logger, _, fake, _ = health_gateway
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=2) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     b"content-length: 500\r\n\r\n{\"model\": \"primary/gpt-4o-mini\", ")
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b'content-length: 500\r\n\r\n{"model": "primary/gpt-4o-mini", '
+        )
         time.sleep(0.1)
     assert wait_for(lambda: logger.records())
     record = logger.records()[-1]
@@ -355,20 +374,35 @@ def test_a_client_gone_before_its_body_is_complete_gets_no_answer_and_leaves_a_r
     assert record["status"] != 400  # nothing was answered (no "missing parameter")
 
 
-@pytest.mark.parametrize("received", [
-    [{"type": "http.disconnect"}],
-    [{"type": "http.request", "body": b'{"model": "primary/gpt-4o-mini", ', "more_body": True},
-     {"type": "http.disconnect"}],
-], ids=["before-any-body", "mid-body"])
-def test_a_disconnect_while_the_body_is_read_ends_quietly_marked_cancelled(fake_openai_server, fake_anthropic_server,
-                                                                           received):
+@pytest.mark.parametrize(
+    "received",
+    [
+        [{"type": "http.disconnect"}],
+        [
+            {"type": "http.request", "body": b'{"model": "primary/gpt-4o-mini", ', "more_body": True},
+            {"type": "http.disconnect"},
+        ],
+    ],
+    ids=["before-any-body", "mid-body"],
+)
+def test_a_disconnect_while_the_body_is_read_ends_quietly_marked_cancelled(
+    fake_openai_server, fake_anthropic_server, received
+):
     logger = RecordingLogger()
-    app = mux.build_app(mux.parse_config(config(fake_openai_server.base_url, fake_anthropic_server.url)),
-                        logger=logger)
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
-             "headers": [(b"content-type", b"application/json")], "scheme": "http",
-             "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 50000)}
+    app = mux.build_app(mux.parse_config(config(fake_openai_server.base_url, fake_anthropic_server.url)), logger=logger)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "scheme": "http",
+        "server": ("127.0.0.1", 8080),
+        "client": ("127.0.0.1", 50000),
+    }
     messages = list(received)
     sent: list[dict] = []
 

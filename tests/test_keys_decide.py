@@ -3,14 +3,23 @@ may use (provider/model, bare names, @routes), which header carries the key; the
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
 
 from mux.errors import Unauthorized
-from mux.keys.decide import DISABLED, INVALID, MISSING, ROTATED, Forbidden, allows_model, check, \
-    key_from_headers, model_denial
+from mux.keys.decide import (
+    DISABLED,
+    INVALID,
+    MISSING,
+    ROTATED,
+    Forbidden,
+    allows_model,
+    check,
+    key_from_headers,
+    model_denial,
+)
 from mux.keys.hashing import hash_key
 from mux.keys.model import KeyPatch, KeyRecord, patched, public_view, rotated
 from mux.keys.spec import KeySpec, check_specs
@@ -28,8 +37,14 @@ def test_unknown_key_is_refused_401_invalid_api_key():
     assert denial is INVALID
     error = denial.error()
     assert isinstance(error, Unauthorized) and error.status == 401
-    assert msgspec.json.decode(error.body()) == {"error": {
-        "message": "Invalid API key.", "type": "authentication_error", "param": None, "code": "invalid_api_key"}}
+    assert msgspec.json.decode(error.body()) == {
+        "error": {
+            "message": "Invalid API key.",
+            "type": "authentication_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
 
 
 def test_missing_key_is_refused_401_naming_both_headers():
@@ -47,7 +62,7 @@ def test_a_hash_that_is_not_the_records_is_refused():
 
 
 def test_expired_key_is_refused_401_saying_when_and_passes_until_then():
-    record = key(expires_at=datetime(2027, 1, 1, tzinfo=timezone.utc).timestamp())
+    record = key(expires_at=datetime(2027, 1, 1, tzinfo=UTC).timestamp())
     assert check(record, record.expires_at - 0.001, OLD) is None
     denial = check(record, record.expires_at, OLD)
     assert denial.status == 401 and denial.code == "invalid_api_key"
@@ -60,7 +75,11 @@ def test_disabled_key_is_refused_403_key_disabled():
     error = denial.error()
     assert isinstance(error, Forbidden) and error.status == 403
     assert msgspec.json.decode(error.body())["error"] == {
-        "message": "This API key is disabled.", "type": "permission_error", "param": None, "code": "key_disabled"}
+        "message": "This API key is disabled.",
+        "type": "permission_error",
+        "param": None,
+        "code": "key_disabled",
+    }
 
 
 def test_expiry_is_reported_before_disabled():
@@ -141,56 +160,80 @@ def test_a_model_denial_is_403_naming_the_model_and_parameter():
     assert model_denial("@x", "fallbacks[1]").param == "fallbacks[1]"
 
 
-@pytest.mark.parametrize("headers, expected", [
-    ([(b"authorization", b"Bearer mux-abc")], "mux-abc"),
-    ([(b"authorization", b"bearer   mux-abc  ")], "mux-abc"),
-    ([(b"x-api-key", b"mux-abc")], "mux-abc"),
-    ([(b"x-api-key", b"mux-anthropic"), (b"authorization", b"Bearer mux-openai")], "mux-openai"),
-    ([(b"authorization", b"Basic dXNlcjpwYXNz"), (b"x-api-key", b"mux-abc")], "mux-abc"),
-    ([(b"authorization", b"Bearer "), (b"x-api-key", b" ")], None),
-    ([(b"authorization", b"Basic dXNlcjpwYXNz")], None),
-    ([(b"content-type", b"application/json")], None),
-    ([], None),
-])
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ([(b"authorization", b"Bearer mux-abc")], "mux-abc"),
+        ([(b"authorization", b"bearer   mux-abc  ")], "mux-abc"),
+        ([(b"x-api-key", b"mux-abc")], "mux-abc"),
+        ([(b"x-api-key", b"mux-anthropic"), (b"authorization", b"Bearer mux-openai")], "mux-openai"),
+        ([(b"authorization", b"Basic dXNlcjpwYXNz"), (b"x-api-key", b"mux-abc")], "mux-abc"),
+        ([(b"authorization", b"Bearer "), (b"x-api-key", b" ")], None),
+        ([(b"authorization", b"Basic dXNlcjpwYXNz")], None),
+        ([(b"content-type", b"application/json")], None),
+        ([], None),
+    ],
+)
 def test_the_key_comes_from_bearer_authorization_or_x_api_key(headers, expected):
     assert key_from_headers(headers) == expected
 
 
-ISSUE_EXAMPLE = {"name": "acme", "key": "mux-acme-0123456789abcdef", "team": "search", "budget_usd": 50,
-                 "budget_period": "month", "rpm": 600, "tpm": 200000,
-                 "models": ["openai/gpt-4o-mini", "@production"], "expires_at": "2027-01-01T00:00:00Z"}
+ISSUE_EXAMPLE = {
+    "name": "acme",
+    "key": "mux-acme-0123456789abcdef",
+    "team": "search",
+    "budget_usd": 50,
+    "budget_period": "month",
+    "rpm": 600,
+    "tpm": 200000,
+    "models": ["openai/gpt-4o-mini", "@production"],
+    "expires_at": "2027-01-01T00:00:00Z",
+}
 
 
 def test_the_config_form_of_the_issue_parses():
     spec = msgspec.convert(ISSUE_EXAMPLE, KeySpec)
-    assert spec.expires_at == datetime(2027, 1, 1, tzinfo=timezone.utc)
+    assert spec.expires_at == datetime(2027, 1, 1, tzinfo=UTC)
     assert spec.budget_usd == 50 and spec.budget_period == "month" and spec.rpm == 600
     check_specs([spec])
 
 
-@pytest.mark.parametrize("change, where", [
-    ({"colour": "red"}, "colour"),
-    ({"key": "short"}, "key"),
-    ({"expires_at": "2027-01-01T00:00:00"}, "expires_at"),
-    ({"budget_period": "year"}, "budget_period"),
-    ({"budget_usd": -1}, "budget_usd"),
-    ({"rpm": 0}, "rpm"),
-    ({"name": "a b"}, "name"),
-    ({"key_sha256": "abc"}, "key_sha256"),
-])
+@pytest.mark.parametrize(
+    "change, where",
+    [
+        ({"colour": "red"}, "colour"),
+        ({"key": "short"}, "key"),
+        ({"expires_at": "2027-01-01T00:00:00"}, "expires_at"),
+        ({"budget_period": "year"}, "budget_period"),
+        ({"budget_usd": -1}, "budget_usd"),
+        ({"rpm": 0}, "rpm"),
+        ({"name": "a b"}, "name"),
+        ({"key_sha256": "abc"}, "key_sha256"),
+    ],
+)
 def test_a_bad_config_entry_is_refused_naming_the_field(change, where):
     with pytest.raises(msgspec.ValidationError, match=rf"`{where}`|\$\.{where}`"):
         msgspec.convert({**ISSUE_EXAMPLE, **change}, KeySpec)
 
 
-@pytest.mark.parametrize("entries, message", [
-    ([{"name": "a"}], r"keys\[0\]: give exactly one of 'key' and 'key_sha256'"),
-    ([{"name": "a", "key": "mux-0123456789abcdef", "key_sha256": "0" * 64}], r"keys\[0\]: give exactly one"),
-    ([{"name": "a", "key": "mux-0123456789abcdef"}, {"name": "a", "key": "mux-0123456789abcdeX"}],
-     r"keys\[1\].name: key name 'a' is used twice"),
-    ([{"name": "a", "key": "mux-0123456789abcdef"},
-      {"name": "b", "key_sha256": hash_key("mux-0123456789abcdef")}], r"keys\[1\]: the same key is configured twice"),
-])
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([{"name": "a"}], r"keys\[0\]: give exactly one of 'key' and 'key_sha256'"),
+        ([{"name": "a", "key": "mux-0123456789abcdef", "key_sha256": "0" * 64}], r"keys\[0\]: give exactly one"),
+        (
+            [{"name": "a", "key": "mux-0123456789abcdef"}, {"name": "a", "key": "mux-0123456789abcdeX"}],
+            r"keys\[1\].name: key name 'a' is used twice",
+        ),
+        (
+            [
+                {"name": "a", "key": "mux-0123456789abcdef"},
+                {"name": "b", "key_sha256": hash_key("mux-0123456789abcdef")},
+            ],
+            r"keys\[1\]: the same key is configured twice",
+        ),
+    ],
+)
 def test_config_entries_need_one_key_form_and_unique_names_and_keys(entries, message):
     with pytest.raises(ValueError, match=message) as info:
         check_specs([msgspec.convert(e, KeySpec) for e in entries])
@@ -199,11 +242,12 @@ def test_config_entries_need_one_key_form_and_unique_names_and_keys(entries, mes
 
 def test_a_patch_changes_only_the_fields_it_sets_and_null_clears():
     record = key(team="search", rpm=10, models=["@a"])
-    patch = msgspec.json.decode(b'{"disabled": true, "team": null, "expires_at": "2027-01-01T00:00:00Z"}',
-                                type=KeyPatch)
+    patch = msgspec.json.decode(
+        b'{"disabled": true, "team": null, "expires_at": "2027-01-01T00:00:00Z"}', type=KeyPatch
+    )
     changed = patched(record, patch)
     assert changed.disabled and changed.team is None
-    assert changed.expires_at == datetime(2027, 1, 1, tzinfo=timezone.utc).timestamp()
+    assert changed.expires_at == datetime(2027, 1, 1, tzinfo=UTC).timestamp()
     assert changed.rpm == 10 and changed.models == ["@a"] and changed.key_hash == OLD
     assert patched(record, KeyPatch(expires_at=5.0)).expires_at == 5.0
 

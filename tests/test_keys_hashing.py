@@ -67,8 +67,14 @@ def test_raw_key_is_in_no_record_view_or_repr_and_hashes_are_in_no_repr(secret):
     record, made = record_from_spec(spec, secret=secret, now=1.0)
     assert made is None
     assert record.key_hash == hash_key(RAW, secret)
-    for text in (repr(record), str(record), msgspec.json.encode(record).decode(),
-                 msgspec.json.encode(public_view(record)).decode(), repr(spec), str(spec)):
+    for text in (
+        repr(record),
+        str(record),
+        msgspec.json.encode(record).decode(),
+        msgspec.json.encode(public_view(record)).decode(),
+        repr(spec),
+        str(spec),
+    ):
         assert RAW not in text
         assert RAW[4:-4] not in text
     for text in (repr(record), str(record), msgspec.json.encode(public_view(record)).decode()):

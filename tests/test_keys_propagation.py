@@ -93,6 +93,7 @@ def test_lookups_are_served_from_the_cache_and_the_revision_is_read_at_most_ever
         for _ in range(100):
             await cache.authenticate(raw)
         assert store.reads == {"by_hash": 2, "revision": 3, "count": 0}
+
     run(scenario())
 
 
@@ -106,6 +107,7 @@ def test_concurrent_requests_share_one_revision_read():
         records = await asyncio.gather(*(cache.authenticate(raw) for _ in range(50)))
         assert {r.name for r in records} == {"acme"}
         assert store.reads["revision"] == 2 and store.reads["by_hash"] == 1
+
     run(scenario())
 
 
@@ -121,6 +123,7 @@ def test_a_revocation_elsewhere_is_seen_at_the_next_revision_read_and_not_before
         clock.now += 0.01
         error = await refused(here, raw)
         assert error.status == 401 and error.code == "invalid_api_key"
+
     run(scenario())
 
 
@@ -148,6 +151,7 @@ def test_a_read_that_straddles_a_revocation_is_not_cached():
         store.release.set()
         assert (await pending).name == "acme"  # started before the revocation
         assert (await refused(cache, raw)).status == 401
+
     run(scenario())
 
 
@@ -161,6 +165,7 @@ def test_clear_makes_this_processes_own_write_visible_at_once():
         assert await refused(cache, raw) is None
         cache.clear()
         assert (await refused(cache, raw)).status == 403
+
     run(scenario())
 
 
@@ -175,6 +180,7 @@ def test_unknown_keys_are_cached_too_and_a_new_key_works_after_the_revision_move
         await store.put(record_from_spec(KeySpec(name="late", key=raw), secret=SECRET, now=0)[0])
         clock.now += 0.25
         assert (await cache.authenticate(raw)).name == "late"
+
     run(scenario())
 
 
@@ -194,6 +200,7 @@ def test_when_the_revision_cannot_be_read_entries_last_only_their_ttl_then_reque
         store.down = False
         clock.now += 0.25
         assert (await cache.authenticate(raw)).name == "acme"
+
     run(scenario())
 
 
@@ -207,6 +214,7 @@ def test_any_keys_is_cached_and_follows_the_revision():
         await with_key(store)
         clock.now += 0.25
         assert await cache.any_keys() is True
+
     run(scenario())
 
 
@@ -221,6 +229,7 @@ def test_a_missing_or_wrong_key_never_appears_in_the_error():
         error = await refused(cache, wrong)
         for secret in (wrong, hash_key(wrong, SECRET), hash_key(wrong)):
             assert secret.encode() not in error.body() and secret not in error.message
+
     run(scenario())
 
 
@@ -259,6 +268,7 @@ def test_a_key_revoked_on_one_replica_is_refused_by_another_within_1s_on_redis(t
                     assert elapsed < BOUND_S, f"B accepted a revoked key for {elapsed:.3f} s"
         finally:
             await drop_prefix(prefix)
+
     run(scenario())
 
 
@@ -279,6 +289,7 @@ def test_a_key_rotated_without_grace_on_one_replica_is_refused_by_another_within
                 assert (await b.authenticate(new)).name == "acme"
         finally:
             await drop_prefix(prefix)
+
     run(scenario())
 
 
@@ -318,8 +329,13 @@ def test_a_key_revoked_by_one_process_is_refused_by_another_on_the_same_sqlite_f
 
     raw = run(setup())
     root = Path(__file__).resolve().parent.parent
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, path, raw, SECRET], cwd=root, text=True,
-                              stdout=subprocess.PIPE, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, path, raw, SECRET],
+        cwd=root,
+        text=True,
+        stdout=subprocess.PIPE,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
     try:
         assert worker.stdout.readline().strip() == "ready"
         time.sleep(0.3)  # the worker has served from its cache past a revision read

@@ -4,7 +4,6 @@ shared between names, and the start-up load of the config's keys."""
 
 from __future__ import annotations
 
-
 import msgspec
 import pytest
 
@@ -25,9 +24,21 @@ def record(name: str, h: str, **fields) -> KeyRecord:
     return KeyRecord(name=name, key_hash=h, created_at=1000.0, **fields)
 
 
-FULL = record("acme", H["a"], team="search", metadata={"owner": "ops", "tier": "gold"},
-              models=["openai/gpt-4o-mini", "@production"], expires_at=1_798_761_600.0, disabled=True,
-              budget_usd=50.0, budget_period="month", rpm=600, tpm=200_000, hint="mux-…abcd", source="config")
+FULL = record(
+    "acme",
+    H["a"],
+    team="search",
+    metadata={"owner": "ops", "tier": "gold"},
+    models=["openai/gpt-4o-mini", "@production"],
+    expires_at=1_798_761_600.0,
+    disabled=True,
+    budget_usd=50.0,
+    budget_period="month",
+    rpm=600,
+    tpm=200_000,
+    hint="mux-…abcd",
+    source="config",
+)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -45,6 +56,7 @@ def test_put_then_find_by_hash_and_by_name_round_trips_every_field(backend, tmp_
             assert await store.get("acme") == FULL
             assert await store.by_hash(H["b"]) is None and await store.get("nobody") is None
             assert await store.list() == [FULL] and await store.count() == 1
+
     run(scenario())
 
 
@@ -62,6 +74,7 @@ def test_list_is_by_name_and_delete_revokes(backend, tmp_path):
             assert await store.delete("mid") is False
             assert await store.revision() == after
             assert [r.name for r in await store.list()] == ["alpha", "zed"] and await store.count() == 2
+
     run(scenario())
 
 
@@ -74,6 +87,7 @@ def test_replacing_a_record_moves_its_hash_and_each_change_grows_the_revision(ba
             assert await store.by_hash(H["a"]) is None
             assert (await store.by_hash(H["b"])).team == "x"
             assert await store.count() == 1
+
     run(scenario())
 
 
@@ -91,6 +105,7 @@ def test_a_rotated_key_is_found_by_both_hashes_until_rotated_again(backend, tmp_
             assert await store.by_hash(H["b"]) == third == await store.by_hash(H["c"])
             await store.delete("acme")
             assert await store.by_hash(H["b"]) is None and await store.by_hash(H["c"]) is None
+
     run(scenario())
 
 
@@ -99,13 +114,17 @@ def test_a_hash_cannot_belong_to_two_names(backend, tmp_path):
         async with opened(backend, tmp_path) as store:
             await store.put(rotated(record("one", H["a"]), H["b"], now=2000.0, grace_s=60))
             revision = await store.revision()
-            for clash in (record("two", H["b"]), record("two", H["a"]),
-                          rotated(record("two", H["a"]), H["c"], now=2000.0, grace_s=60)):
+            for clash in (
+                record("two", H["b"]),
+                record("two", H["a"]),
+                rotated(record("two", H["a"]), H["c"], now=2000.0, grace_s=60),
+            ):
                 with pytest.raises(KeyHashInUse, match="belongs to 'one'"):
                     await store.put(clash)
             assert await store.revision() == revision
             assert await store.get("two") is None and await store.by_hash(H["c"]) is None
             assert (await store.by_hash(H["a"])).name == "one"
+
     run(scenario())
 
 
@@ -118,8 +137,10 @@ def test_config_keys_are_loaded_authoritative_for_their_names_and_dropped_when_r
         async with opened(backend, tmp_path) as store:
             await store.put(record("made-by-api", H["d"]))
             await store.put(record("acme", H["e"], team="api-version"))
-            specs = [spec("acme", "mux-acme-0123456789abcdef", team="search"),
-                     spec("beta", "mux-beta-0123456789abcdef")]
+            specs = [
+                spec("acme", "mux-acme-0123456789abcdef", team="search"),
+                spec("beta", "mux-beta-0123456789abcdef"),
+            ]
             done = await load_config_keys(store, specs, secret="s", now=5000.0)
             assert done == {"put": ["acme", "beta"], "deleted": []}
             acme = await store.by_hash(hash_key("mux-acme-0123456789abcdef", "s"))
@@ -133,10 +154,13 @@ def test_config_keys_are_loaded_authoritative_for_their_names_and_dropped_when_r
 
             changed = [spec("acme", "mux-acme-0123456789abcdef", team="other")]
             assert await load_config_keys(store, changed, secret="s", now=7000.0) == {
-                "put": ["acme"], "deleted": ["beta"]}
+                "put": ["acme"],
+                "deleted": ["beta"],
+            }
             acme = await store.get("acme")
             assert acme.team == "other" and acme.created_at == 5000.0
             assert [r.name for r in await store.list()] == ["acme", "made-by-api"]
+
     run(scenario())
 
 
@@ -147,6 +171,7 @@ def test_sqlite_keys_survive_a_restart(tmp_path):
             revision = await store.revision()
         async with opened("sqlite", tmp_path) as store:
             assert await store.by_hash(H["a"]) == FULL and await store.revision() == revision
+
     run(scenario())
 
 
@@ -167,4 +192,5 @@ def test_an_unreachable_redis_is_key_store_unavailable_not_a_hang():
             await store.open()
         assert info.value.status == 503 and info.value.code == "key_store_unavailable"
         await store.close()
+
     run(scenario())

@@ -40,10 +40,12 @@ def starlette_app(store: MemoryKeyStore, **options) -> Starlette:
         await store.close()
 
     cache = KeyCache(store, secret=SECRET)
-    routes = [Route("/v1/whoami", whoami), Route("/public", whoami), Route("/v1/chat/completions", whoami,
-                                                                         methods=["POST"])]
-    return Starlette(routes=routes, lifespan=lifespan,
-                     middleware=[Middleware(AuthLayer, cache=cache, **options)])
+    routes = [
+        Route("/v1/whoami", whoami),
+        Route("/public", whoami),
+        Route("/v1/chat/completions", whoami, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AuthLayer, cache=cache, **options)])
 
 
 def with_key(store: MemoryKeyStore, name: str = "svc", **fields) -> None:
@@ -60,11 +62,17 @@ def test_auth_layer_alone_in_a_starlette_app_guards_only_its_prefixes():
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         assert httpx.get(url + "/v1/whoami", headers={"x-api-key": KEY}).json() == {"key": "svc"}
         assert httpx.get(url + "/v1/whoami", headers={"authorization": f"bearer {KEY}"}).json() == {"key": "svc"}
-        denied = httpx.post(url + "/v1/chat/completions", headers={"x-api-key": KEY},
-                            json={"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "x"}]})
+        denied = httpx.post(
+            url + "/v1/chat/completions",
+            headers={"x-api-key": KEY},
+            json={"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "x"}]},
+        )
         assert denied.status_code == 403 and "openai/gpt-4o" in denied.json()["error"]["message"]
-        allowed = httpx.post(url + "/v1/chat/completions", headers={"x-api-key": KEY},
-                             json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+        allowed = httpx.post(
+            url + "/v1/chat/completions",
+            headers={"x-api-key": KEY},
+            json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
+        )
         assert allowed.json() == {"key": "svc"}  # the body still reaches the endpoint after the layer read it
 
 
@@ -93,8 +101,12 @@ def test_a_store_that_cannot_be_read_fails_closed_with_503():
         revision = count = by_hash
 
     inner = ScriptedApp()
-    sent = call(AuthLayer(inner, cache=KeyCache(Down())), method="GET", path="/v1/models",
-                headers=[(b"x-api-key", KEY.encode())])
+    sent = call(
+        AuthLayer(inner, cache=KeyCache(Down())),
+        method="GET",
+        path="/v1/models",
+        headers=[(b"x-api-key", KEY.encode())],
+    )
     assert sent.status == 503 and sent.json()["error"]["code"] == "key_store_unavailable"
     assert KEY.encode() not in sent.body and inner.seen == []
 
@@ -113,7 +125,7 @@ def test_the_layer_writes_the_key_record_and_passes_other_scopes_through():
 
 
 def test_requested_models_names_each_parameter():
-    request, _ = decode_request(b'{"model": "a", "models": ["b", "c"], "fallbacks": ["d"], '
-                             b'"messages": [{"role": "user", "content": "x"}]}')
-    assert requested_models(request) == [("model", "a"), ("models[0]", "b"), ("models[1]", "c"),
-                                         ("fallbacks[0]", "d")]
+    request, _ = decode_request(
+        b'{"model": "a", "models": ["b", "c"], "fallbacks": ["d"], "messages": [{"role": "user", "content": "x"}]}'
+    )
+    assert requested_models(request) == [("model", "a"), ("models[0]", "b"), ("models[1]", "c"), ("fallbacks[0]", "d")]

@@ -11,8 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import httpx
-import openai
-import pytest
 
 import mux
 from mux.layers.budget import BudgetLayer, usd_text
@@ -20,8 +18,21 @@ from mux.money.units import to_nano
 from mux.stores.spend.memory import MemorySpendStore
 
 from .budget_helpers import (
-    HI, INPROCESS_DB, Recorder, chat, config, gateway, headers_of, key, redis_state, status_of, usd, wait_until,
-    wipe, with_keys, worst_nano,
+    HI,
+    INPROCESS_DB,
+    Recorder,
+    chat,
+    config,
+    gateway,
+    headers_of,
+    key,
+    redis_state,
+    status_of,
+    usd,
+    wait_until,
+    wipe,
+    with_keys,
+    worst_nano,
 )
 from .fakes.openai_upstream import Reply
 from .servers import free_port
@@ -64,18 +75,22 @@ def test_fifty_concurrent_requests_on_a_key_budget_that_fits_ten_reach_the_provi
     keys = {"acme": key("acme", budget_usd=usd(W * 10 + W // 2), budget_period="day")}
     cfg = config(fake_openai.base_url, state="memory", server={"admin_token": "t"})
     with gateway(cfg, layers=with_keys(keys)) as (_, client, _app):
-        answers, reached = held_burst(fake_openai,
-                                      lambda i: chat(client, max_tokens=MAX, headers={"x-test-key": "acme"}))
+        answers, reached = held_burst(
+            fake_openai, lambda i: chat(client, max_tokens=MAX, headers={"x-test-key": "acme"})
+        )
     assert reached == 10
     refused = next(a for a in answers if status_of(a) == 402)
     assert refused.response.json()["budget"]["name"] == "key:acme"
 
 
 def test_fifty_concurrent_requests_on_an_end_user_budget_that_fits_ten_reach_the_provider_at_most_ten_times(
-        fake_openai, tmp_path):
-    cfg = config(fake_openai.base_url, state=f"sqlite:///{tmp_path}/state.db",
-                 budgets=[{"name": "per-user", "scope": {"end_user": "*"}, "usd": usd(W * 10 + W // 2),
-                           "period": "day"}])
+    fake_openai, tmp_path
+):
+    cfg = config(
+        fake_openai.base_url,
+        state=f"sqlite:///{tmp_path}/state.db",
+        budgets=[{"name": "per-user", "scope": {"end_user": "*"}, "usd": usd(W * 10 + W // 2), "period": "day"}],
+    )
     with gateway(cfg) as (_, client, _app):
         _, reached = held_burst(fake_openai, lambda i: chat(client, max_tokens=MAX, user="user_7"))
         assert reached == 10
@@ -84,13 +99,24 @@ def test_fifty_concurrent_requests_on_an_end_user_budget_that_fits_ten_reach_the
 
 def test_fifty_concurrent_requests_on_a_tag_budget_that_fits_ten_reach_the_provider_at_most_ten_times(fake_openai):
     state, prefix = redis_state()
-    cfg = config(fake_openai.base_url, state=state, state_prefix=prefix,
-                 budgets=[{"name": "acme-tenant", "scope": {"tag": {"tenant": "acme"}}, "usd": usd(W * 10 + W // 2),
-                           "period": "month"}])
+    cfg = config(
+        fake_openai.base_url,
+        state=state,
+        state_prefix=prefix,
+        budgets=[
+            {
+                "name": "acme-tenant",
+                "scope": {"tag": {"tenant": "acme"}},
+                "usd": usd(W * 10 + W // 2),
+                "period": "month",
+            }
+        ],
+    )
     try:
         with gateway(cfg) as (_, client, _app):
-            _, reached = held_burst(fake_openai, lambda i: chat(client, max_tokens=MAX,
-                                                               extra_body={"mlx:tags": {"tenant": "acme"}}))
+            _, reached = held_burst(
+                fake_openai, lambda i: chat(client, max_tokens=MAX, extra_body={"mlx:tags": {"tenant": "acme"}})
+            )
             assert reached == 10
             assert status_of(chat(client, max_tokens=MAX, extra_body={"mlx:tags": {"tenant": "other"}})) == 200
     finally:
@@ -100,11 +126,13 @@ def test_fifty_concurrent_requests_on_a_tag_budget_that_fits_ten_reach_the_provi
 # ---- the refusal -------------------------------------------------------------------------------------------
 
 
-def test_a_refusal_is_402_with_exactly_the_documented_body_retry_after_and_a_max_tokens_that_really_fits(
-        fake_openai):
+def test_a_refusal_is_402_with_exactly_the_documented_body_retry_after_and_a_max_tokens_that_really_fits(fake_openai):
     cap = W * 3 // 2  # one request fits; a second with the same max_tokens does not
-    cfg = config(fake_openai.base_url, state="memory",
-                 budgets=[{"name": "per-user", "scope": {"end_user": "*"}, "usd": usd(cap), "period": "day"}])
+    cfg = config(
+        fake_openai.base_url,
+        state="memory",
+        budgets=[{"name": "per-user", "scope": {"end_user": "*"}, "usd": usd(cap), "period": "day"}],
+    )
     with gateway(cfg) as (_, client, _app):
         first = chat(client, max_tokens=MAX, user="u1")
         assert status_of(first) == 200
@@ -130,8 +158,7 @@ def test_a_refusal_is_402_with_exactly_the_documented_body_retry_after_and_a_max
 
 
 def test_a_total_budget_refusal_has_no_reset_and_no_retry_after(fake_openai):
-    cfg = config(fake_openai.base_url, state="memory",
-                 budgets=[{"name": "all", "usd": usd(W // 2), "period": "total"}])
+    cfg = config(fake_openai.base_url, state="memory", budgets=[{"name": "all", "usd": usd(W // 2), "period": "total"}])
     with gateway(cfg) as (_, client, _app):
         refused = chat(client, max_tokens=MAX)
         assert status_of(refused) == 402
@@ -146,8 +173,9 @@ def test_a_total_budget_refusal_has_no_reset_and_no_retry_after(fake_openai):
 
 def test_settle_counts_the_real_cost_and_every_answer_carries_the_budget_headers(fake_openai):
     cap = W * 20
-    cfg = config(fake_openai.base_url, state="memory",
-                 budgets=[{"name": "global-cap", "usd": usd(cap), "period": "week"}])
+    cfg = config(
+        fake_openai.base_url, state="memory", budgets=[{"name": "global-cap", "usd": usd(cap), "period": "week"}]
+    )
     with gateway(cfg) as (_, client, _app):
         first = chat(client, max_tokens=MAX)
         second = chat(client, max_tokens=MAX)
@@ -162,8 +190,8 @@ def test_a_stream_settles_after_its_end_to_the_cost_in_its_final_usage(fake_open
     cfg = config(fake_openai.base_url, state="memory", budgets=[{"name": "cap", "usd": usd(cap), "period": "day"}])
     with gateway(cfg) as (_, client, _app):
         with client.chat.completions.with_streaming_response.create(
-                model="openai/gpt-4o-mini", messages=HI, max_tokens=MAX, stream=True,
-                stream_options={"include_usage": True}) as response:
+            model="openai/gpt-4o-mini", messages=HI, max_tokens=MAX, stream=True, stream_options={"include_usage": True}
+        ) as response:
             assert to_nano(float(response.headers["x-mux-budget-remaining-usd"])) == cap - W  # running: worst case
             chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
         streamed = to_nano(chunks[-1]["usage"]["cost"])
@@ -186,15 +214,20 @@ def test_a_client_that_disconnects_mid_stream_releases_its_reservation(fake_open
     cfg = config(fake_openai.base_url, state="memory", budgets=[{"name": "cap", "usd": usd(cap), "period": "day"}])
     with gateway(cfg) as (url, client, _app):
         fake_openai.script(Reply(content="one two three four five six seven", chunk_delay_s=0.3))
-        with httpx.stream("POST", url + "/v1/chat/completions", timeout=10,
-                          json={"model": "openai/gpt-4o-mini", "messages": HI, "max_tokens": MAX, "stream": True}) as r:
+        with httpx.stream(
+            "POST",
+            url + "/v1/chat/completions",
+            timeout=10,
+            json={"model": "openai/gpt-4o-mini", "messages": HI, "max_tokens": MAX, "stream": True},
+        ) as r:
             assert r.status_code == 200
             next(r.iter_lines())  # the first chunk arrived; then the client goes away
         record = fake_openai.chat_requests[0]
         wait_until(lambda: record.done.is_set())
         answers = []
-        wait_until(lambda: answers.append(chat(client, max_tokens=MAX)) or status_of(answers[-1]) == 200,
-                   seconds=5, every=0.1)
+        wait_until(
+            lambda: answers.append(chat(client, max_tokens=MAX)) or status_of(answers[-1]) == 200, seconds=5, every=0.1
+        )
     assert record.disconnected_at is not None and remaining(answers[-1]) == cap - cost(answers[-1])
 
 
@@ -202,8 +235,11 @@ def test_a_client_that_disconnects_mid_stream_releases_its_reservation(fake_open
 
 
 def test_a_warn_budget_never_refuses_and_only_adds_headers(fake_openai):
-    cfg = config(fake_openai.base_url, state="memory",
-                 budgets=[{"name": "soft", "usd": usd(W // 10), "period": "day", "action": "warn"}])
+    cfg = config(
+        fake_openai.base_url,
+        state="memory",
+        budgets=[{"name": "soft", "usd": usd(W // 10), "period": "day", "action": "warn"}],
+    )
     with gateway(cfg) as (_, client, _app):
         answers = [chat(client, max_tokens=MAX) for _ in range(3)]
     assert [status_of(a) for a in answers] == [200, 200, 200]
@@ -214,8 +250,11 @@ def test_a_warn_budget_never_refuses_and_only_adds_headers(fake_openai):
 
 
 def test_warn_at_adds_a_warning_header_to_a_block_budget_past_the_fraction(fake_openai):
-    cfg = config(fake_openai.base_url, state="memory",
-                 budgets=[{"name": "hard", "usd": usd(W * 6 // 5), "period": "day", "warn_at": 0.05}])
+    cfg = config(
+        fake_openai.base_url,
+        state="memory",
+        budgets=[{"name": "hard", "usd": usd(W * 6 // 5), "period": "day", "warn_at": 0.05}],
+    )
     with gateway(cfg) as (_, client, _app):
         answer = chat(client, max_tokens=MAX)  # costs a little more than 5 % of the cap
     assert cost(answer) >= 0.05 * W * 6 // 5
@@ -224,10 +263,21 @@ def test_warn_at_adds_a_warning_header_to_a_block_budget_past_the_fraction(fake_
 
 def test_a_downgrade_budget_serves_the_request_through_its_route_instead_of_refusing(fake_openai):
     big = worst_nano("gpt-4o", max_tokens=MAX)
-    cfg = config(fake_openai.base_url, state="memory",
-                 routes={"cheap": {"targets": [{"model": "openai/gpt-4o-mini"}]}},
-                 budgets=[{"name": "cheapen", "scope": {"tag": {"tenant": "acme"}}, "usd": usd(big // 2),
-                           "period": "day", "action": "downgrade", "to": "@cheap"}])
+    cfg = config(
+        fake_openai.base_url,
+        state="memory",
+        routes={"cheap": {"targets": [{"model": "openai/gpt-4o-mini"}]}},
+        budgets=[
+            {
+                "name": "cheapen",
+                "scope": {"tag": {"tenant": "acme"}},
+                "usd": usd(big // 2),
+                "period": "day",
+                "action": "downgrade",
+                "to": "@cheap",
+            }
+        ],
+    )
     with gateway(cfg) as (_, client, _app):
         acme = chat(client, model="openai/gpt-4o", max_tokens=MAX, extra_body={"mlx:tags": {"tenant": "acme"}})
         other = chat(client, model="openai/gpt-4o", max_tokens=MAX, extra_body={"mlx:tags": {"tenant": "other"}})
@@ -239,10 +289,16 @@ def test_a_downgrade_budget_serves_the_request_through_its_route_instead_of_refu
 
 def test_a_cascade_reserves_the_sum_of_its_targets_and_a_fallback_the_most_expensive(fake_openai):
     mini, big = W, worst_nano("gpt-4o", max_tokens=MAX)
-    routes = {"fall": {"strategy": "fallback", "targets": [{"model": "openai/gpt-4o-mini"}, {"model": "openai/gpt-4o"}]},
-              "casc": {"strategy": "cascade", "targets": [{"model": "openai/gpt-4o-mini"}, {"model": "openai/gpt-4o"}]}}
-    cfg = config(fake_openai.base_url, state="memory", routes=routes,
-                 budgets=[{"name": "cap", "usd": usd(big + mini // 2), "period": "day"}])
+    routes = {
+        "fall": {"strategy": "fallback", "targets": [{"model": "openai/gpt-4o-mini"}, {"model": "openai/gpt-4o"}]},
+        "casc": {"strategy": "cascade", "targets": [{"model": "openai/gpt-4o-mini"}, {"model": "openai/gpt-4o"}]},
+    }
+    cfg = config(
+        fake_openai.base_url,
+        state="memory",
+        routes=routes,
+        budgets=[{"name": "cap", "usd": usd(big + mini // 2), "period": "day"}],
+    )
     with gateway(cfg) as (_, client, _app):
         assert status_of(chat(client, model="@fall", max_tokens=MAX)) == 200
         refused = chat(client, model="@casc", max_tokens=MAX)
@@ -256,10 +312,14 @@ def test_a_cascade_reserves_the_sum_of_its_targets_and_a_fallback_the_most_expen
 def test_unreachable_redis_fails_budgets_closed_with_503_naming_the_cause_unless_fail_open(fake_openai):
     dead = f"redis://127.0.0.1:{free_port()}/11"
     log = Recorder()
-    cfg = config(fake_openai.base_url, state=dead,
-                 budgets=[{"name": "strict", "scope": {"end_user": "strict"}, "usd": 1, "period": "day"},
-                          {"name": "lenient", "scope": {"end_user": "lenient"}, "usd": 1, "period": "day",
-                           "fail_open": True}])
+    cfg = config(
+        fake_openai.base_url,
+        state=dead,
+        budgets=[
+            {"name": "strict", "scope": {"end_user": "strict"}, "usd": 1, "period": "day"},
+            {"name": "lenient", "scope": {"end_user": "lenient"}, "usd": 1, "period": "day", "fail_open": True},
+        ],
+    )
     with gateway(cfg, logger=log) as (_, client, _app):
         closed = chat(client, max_tokens=MAX, user="strict")
         opened = chat(client, max_tokens=MAX, user="lenient")
@@ -285,9 +345,14 @@ class Counting(MemorySpendStore):
 
 
 def test_a_request_no_budget_applies_to_costs_no_store_call_and_a_gateway_counting_nothing_opens_no_state(
-        fake_openai, tmp_path):
-    cfg = config(fake_openai.base_url, state=f"sqlite:///{tmp_path}/never.db", server={"admin_token": "t"},
-                 budgets=[{"name": "acme", "scope": {"tag": {"tenant": "acme"}}, "usd": 1}])
+    fake_openai, tmp_path
+):
+    cfg = config(
+        fake_openai.base_url,
+        state=f"sqlite:///{tmp_path}/never.db",
+        server={"admin_token": "t"},
+        budgets=[{"name": "acme", "scope": {"tag": {"tenant": "acme"}}, "usd": 1}],
+    )
     resources = mux.Resources(cfg)
     resources.spend = Counting()
     Counting.calls = 0

@@ -74,8 +74,13 @@ def test_non_http_scopes_pass_through_untouched():
 
 def test_a_bug_in_the_middle_of_a_stream_ends_it_with_an_error_event_not_a_clean_end():
     async def half_stream(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'data: {"x":1}\n\n', "more_body": True})
         raise RuntimeError("bug")
 

@@ -37,22 +37,38 @@ def frozen_gateway(cfg: mux.Config, **options):
 
 def test_openai_reset_durations_are_go_durations_rounded_up_to_the_millisecond():
     assert [duration_text(s) for s in (0, 0.0121, 0.999, 1, 1.5, 20, 59.9991, 60, 360, 3725.25)] == [
-        "0s", "13ms", "999ms", "1s", "1.5s", "20s", "1m0s", "1m0s", "6m0s", "1h2m5.25s"]
+        "0s",
+        "13ms",
+        "999ms",
+        "1s",
+        "1.5s",
+        "20s",
+        "1m0s",
+        "1m0s",
+        "6m0s",
+        "1h2m5.25s",
+    ]
 
 
 def test_a_keys_own_limit_and_the_matching_configured_limits_apply_narrowest_first():
-    rules = compile_limits([mux.config.RateLimitConfig(name="all", rpm=100),
-                            mux.config.RateLimitConfig(name="users", scope=mux.config.ScopeConfig(end_user="*"),
-                                                       rpm=60, tpm=100_000)])
+    rules = compile_limits(
+        [
+            mux.config.RateLimitConfig(name="all", rpm=100),
+            mux.config.RateLimitConfig(name="users", scope=mux.config.ScopeConfig(end_user="*"), rpm=60, tpm=100_000),
+        ]
+    )
     found = applicable(rules, key("acme", rpm=10), "u1", {})
     assert [(b.name, b.key, b.rpm, b.tpm) for b in found] == [
-        ("users", "users|end_user:u1", 60, 100_000), ("key:acme", "key|key:acme", 10, None),
-        ("all", "all|global", 100, None)]
+        ("users", "users|end_user:u1", 60, 100_000),
+        ("key:acme", "key|key:acme", 10, None),
+        ("all", "all|global", 100, None),
+    ]
 
 
 def test_requests_per_minute_per_end_user_refuse_with_429_and_openais_headers(fake_openai):
-    cfg = config(fake_openai.base_url, state="memory",
-                 rate_limits=[{"name": "users", "scope": {"end_user": "*"}, "rpm": 3}])
+    cfg = config(
+        fake_openai.base_url, state="memory", rate_limits=[{"name": "users", "scope": {"end_user": "*"}, "rpm": 3}]
+    )
     with gateway(cfg) as (_, client, _app):
         answers = [chat(client, user="u1") for _ in range(4)]
         other = chat(client, user="u2")
@@ -73,8 +89,11 @@ def test_requests_per_minute_per_end_user_refuse_with_429_and_openais_headers(fa
 
 
 def test_tokens_are_the_prompt_estimate_up_front_and_corrected_by_the_real_usage(fake_openai):
-    cfg = config(fake_openai.base_url, state="memory",
-                 rate_limits=[{"name": "tenant", "scope": {"tag": {"tenant": "*"}}, "tpm": 1000}])
+    cfg = config(
+        fake_openai.base_url,
+        state="memory",
+        rate_limits=[{"name": "tenant", "scope": {"tag": {"tenant": "*"}}, "tpm": 1000}],
+    )
     served, _ = frozen_gateway(cfg)
     tags = {"x-mux-tags": "tenant=acme"}
     with served as (_, client, _app):
@@ -106,9 +125,11 @@ def test_a_request_larger_than_the_token_limit_is_told_not_to_retry(fake_openai)
 
 
 def test_a_refusal_by_one_limit_gives_back_the_tokens_an_earlier_limit_took(fake_openai):
-    cfg = config(fake_openai.base_url, state="memory",
-                 rate_limits=[{"name": "one", "rpm": 1},
-                              {"name": "users", "scope": {"end_user": "*"}, "tpm": 1000}])
+    cfg = config(
+        fake_openai.base_url,
+        state="memory",
+        rate_limits=[{"name": "one", "rpm": 1}, {"name": "users", "scope": {"end_user": "*"}, "tpm": 1000}],
+    )
     served, store = frozen_gateway(cfg)
     with served as (_, client, _app):
         assert [status_of(chat(client, user="u1")) for _ in range(2)] == [200, 429]
@@ -131,8 +152,11 @@ def test_a_keys_own_rpm_limits_that_key_only(fake_openai):
 
 def test_an_unreachable_state_store_lets_rate_limited_requests_pass_with_a_warning(fake_openai):
     log = Recorder()
-    cfg = config(fake_openai.base_url, state=f"redis://127.0.0.1:{free_port()}/12",
-                 rate_limits=[{"name": "users", "scope": {"end_user": "*"}, "rpm": 1}])
+    cfg = config(
+        fake_openai.base_url,
+        state=f"redis://127.0.0.1:{free_port()}/12",
+        rate_limits=[{"name": "users", "scope": {"end_user": "*"}, "rpm": 1}],
+    )
     with gateway(cfg, logger=log) as (_, client, _app):
         answers = [chat(client, user="u1") for _ in range(3)]
     assert [status_of(a) for a in answers] == [200, 200, 200]
@@ -146,7 +170,6 @@ def test_budget_and_rate_limit_config_mistakes_are_refused_naming_the_key():
     with pytest.raises(mux.ConfigError, match="rate_limits\\[0\\]: Object contains unknown field `rps`"):
         mux.parse_config({"rate_limits": [{"name": "x", "rps": 1}]})
     with pytest.raises(mux.ConfigError, match="budgets\\[0\\].to: no route named '@cheap'"):
-        mux.parse_config({"budgets": [{"name": "x", "usd": 1, "period": "day", "action": "downgrade",
-                                       "to": "@cheap"}]})
+        mux.parse_config({"budgets": [{"name": "x", "usd": 1, "period": "day", "action": "downgrade", "to": "@cheap"}]})
     with pytest.raises(mux.ConfigError, match="budgets\\[1\\].name: budget name 'x' is used twice"):
         mux.parse_config({"budgets": [{"name": "x", "usd": 1}, {"name": "x", "usd": 2}]})

@@ -20,8 +20,15 @@ def seen_mlx(inner: ScriptedApp):
 
 def test_body_fields_become_the_context_annotations_and_the_body_is_replayed():
     inner = ScriptedApp()
-    raw = body(**{"mlx:tags": {"tenant": "acme"}, "mlx:end_user": "u1", "mlx:cache": {"skip": True},
-                  "mlx:trace": True, "session_id": "s1"})
+    raw = body(
+        **{
+            "mlx:tags": {"tenant": "acme"},
+            "mlx:end_user": "u1",
+            "mlx:cache": {"skip": True},
+            "mlx:trace": True,
+            "session_id": "s1",
+        }
+    )
     call(TagsLayer(inner), raw)
     mlx = seen_mlx(inner)
     assert mlx.tags == {"tenant": "acme"} and mlx.end_user == "u1" and mlx.session_id == "s1"
@@ -31,8 +38,11 @@ def test_body_fields_become_the_context_annotations_and_the_body_is_replayed():
 
 def test_headers_supply_tags_end_user_and_session_and_the_body_wins_on_conflict():
     inner = ScriptedApp()
-    headers = [(b"x-mux-tags", b"tenant=hdr,feature=sum%20mary"), (b"x-mux-end-user", b"hdr-user"),
-               (b"x-session-id", b"hdr-session")]
+    headers = [
+        (b"x-mux-tags", b"tenant=hdr,feature=sum%20mary"),
+        (b"x-mux-end-user", b"hdr-user"),
+        (b"x-session-id", b"hdr-session"),
+    ]
     call(TagsLayer(inner), body(**{"mlx:tags": {"tenant": "acme"}}), headers=headers)
     mlx = seen_mlx(inner)
     assert mlx.tags == {"tenant": "acme", "feature": "sum mary"}

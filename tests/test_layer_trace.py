@@ -105,13 +105,16 @@ def test_an_llm_request_leaves_one_ledger_row_built_from_the_context():
         ctx.budget, ctx.ratelimit = "warned", "admitted"
         ctx.mlx = Mlx(tags={"app": "chat"}, end_user="u1", session_id="s1")
         ctx.request = SimpleNamespace(model="@production", stream=False)
-        ctx.plan = Plan(targets=[], requested="@production", route="production", route_version=4,
-                        strategy="fallback")
+        ctx.plan = Plan(targets=[], requested="@production", route="production", route_version=4, strategy="fallback")
         outcome = ctx.outcome
         outcome.provider, outcome.model, outcome.attempts, outcome.cache = "openai", "gpt-4o-mini", 2, "miss"
-        outcome.usage = Usage(prompt_tokens=100, completion_tokens=20, total_tokens=120,
-                              prompt_tokens_details=PromptTokensDetails(cached_tokens=64),
-                              completion_tokens_details=CompletionTokensDetails(reasoning_tokens=8))
+        outcome.usage = Usage(
+            prompt_tokens=100,
+            completion_tokens=20,
+            total_tokens=120,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=64),
+            completion_tokens_details=CompletionTokensDetails(reasoning_tokens=8),
+        )
         outcome.cost_usd, outcome.response_id, outcome.finish_reason = 0.0000123, "chatcmpl-1", "stop"
         await ScriptedApp()(scope, receive, send)
 
@@ -119,8 +122,12 @@ def test_an_llm_request_leaves_one_ledger_row_built_from_the_context():
     result = call(TraceLayer(inner, logger=RecordingLogger(), ledger=ledger), b"{}")
     (row,) = ledger.rows
     assert row.request_id == result.headers["x-mux-request-id"] and row.response_id == "chatcmpl-1"
-    assert (row.key_name, row.team, row.budget_outcome, row.rate_limit_outcome) == ("acme-prod", "acme", "warned",
-                                                                                   "admitted")
+    assert (row.key_name, row.team, row.budget_outcome, row.rate_limit_outcome) == (
+        "acme-prod",
+        "acme",
+        "warned",
+        "admitted",
+    )
     assert (row.end_user, row.tags, row.session_id) == ("u1", {"app": "chat"}, "s1")
     assert (row.model_requested, row.model_used, row.provider) == ("@production", "gpt-4o-mini", "openai")
     assert (row.route, row.route_version, row.strategy, row.attempts) == ("production", 4, "fallback", 2)
@@ -151,18 +158,21 @@ def test_refusals_failures_and_cancellations_leave_rows_with_their_status_and_co
     with pytest.raises(RuntimeError):
         call(TraceLayer(ScriptedApp(raises=RuntimeError("x")), logger=RecordingLogger(), ledger=ledger), b"{}")
     with pytest.raises(asyncio.CancelledError):
-        call(TraceLayer(ScriptedApp(raises=asyncio.CancelledError()), logger=RecordingLogger(), ledger=ledger),
-             b"{}")
+        call(TraceLayer(ScriptedApp(raises=asyncio.CancelledError()), logger=RecordingLogger(), ledger=ledger), b"{}")
 
     async def cut(scope, receive, send):  # a stream that failed in-band after its first byte
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
         context_of(scope).outcome.status, context_of(scope).outcome.error_type = 502, "upstream_error"
-        await send({"type": "http.response.body", "body": b"data: {\"error\":{}}\n\n"})
+        await send({"type": "http.response.body", "body": b'data: {"error":{}}\n\n'})
 
     call(TraceLayer(cut, logger=RecordingLogger(), ledger=ledger), b"{}")
     assert [(r.status, r.error_code) for r in ledger.rows] == [
-        (401, "invalid_api_key"), (500, "internal_error"), (499, "cancelled"), (502, "upstream_error")]
+        (401, "invalid_api_key"),
+        (500, "internal_error"),
+        (499, "cancelled"),
+        (502, "upstream_error"),
+    ]
 
 
 def test_bodies_are_in_the_row_only_when_the_ledger_stores_bodies():

@@ -17,17 +17,16 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 import mux
-from mux.context import context_of
-from mux.keys.model import KeyRecord
 from mux.ledger import LedgerRow, LedgerWriter, nano_usd, store_from_url
 from mux.ledger.sql import SqlLedgerStore
 from tests.conftest import CLIENT_KEY, gateway_config
@@ -70,8 +69,9 @@ def config_of(fake_url: str, ledger: dict[str, Any], keys: bool = False, **ledge
 
 
 @contextmanager
-def gateway(fake_url: str, ledger: dict[str, Any], *, layers: Any = mux.stack, keys: bool = False,
-            **options: Any) -> Iterator[str]:
+def gateway(
+    fake_url: str, ledger: dict[str, Any], *, layers: Any = mux.stack, keys: bool = False, **options: Any
+) -> Iterator[str]:
     """Serve a gateway with ``ledger`` (and the virtual keys ``KEYS`` if asked); yield its URL. Leaving the block
     shuts it down (and so flushes)."""
     app = mux.build_app(config_of(fake_url, ledger, keys, **options), layers=layers)
@@ -85,6 +85,7 @@ def sdk(url: str, key: str = CLIENT_KEY, **headers: str) -> openai.OpenAI:
 
 def rows_of(ledger: dict[str, Any]) -> list[LedgerRow]:
     """Every row of the ledger, read by a store of its own."""
+
     async def read() -> list[LedgerRow]:
         store = store_from_url(ledger["store"], schema=ledger.get("schema", "public"))
         await store.open()
@@ -96,6 +97,7 @@ def rows_of(ledger: dict[str, Any]) -> list[LedgerRow]:
             return rows
         finally:
             await store.close()
+
     return asyncio.run(read())
 
 
@@ -107,6 +109,7 @@ def count_of(ledger: dict[str, Any]) -> int:
             return (await store._fetch(f"SELECT COUNT(*) FROM {store.ledger}", []))[0][0]
         finally:
             await store.close()
+
     return asyncio.run(count())
 
 
@@ -132,8 +135,9 @@ def test_every_outcome_leaves_exactly_one_row_per_request_and_a_replay_adds_none
             raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
             seen[raw.headers["x-mux-request-id"]] = raw.status_code
 
-            with client.chat.completions.with_streaming_response.create(model=MODEL, messages=HELLO,
-                                                                        stream=True) as response:
+            with client.chat.completions.with_streaming_response.create(
+                model=MODEL, messages=HELLO, stream=True
+            ) as response:
                 list(response.iter_lines())
                 seen[response.headers["x-mux-request-id"]] = response.status_code
 
@@ -177,8 +181,15 @@ def test_every_outcome_leaves_exactly_one_row_per_request_and_a_replay_adds_none
     assert by_status[499].error_code == "client_disconnected" and by_status[499].stream
     assert all(r.request_body is None and r.response_body is None for r in rows)
     answered = [r for r in rows if r.status == 200]
-    assert all(r.model_used == "gpt-4o-mini-2024-07-18" and r.provider == "openai" and r.cost_nano > 0
-               and r.prompt_tokens > 0 and r.response_id and r.finish_reason == "stop" for r in answered)
+    assert all(
+        r.model_used == "gpt-4o-mini-2024-07-18"
+        and r.provider == "openai"
+        and r.cost_nano > 0
+        and r.prompt_tokens > 0
+        and r.response_id
+        and r.finish_reason == "stop"
+        for r in answered
+    )
     assert sorted(r.stream for r in answered) == [False, False, True, True]
 
     async def replay() -> Any:  # the same rows again, as a retried flush would write them
@@ -200,16 +211,21 @@ def test_every_outcome_leaves_exactly_one_row_per_request_and_a_replay_adds_none
 
 def test_generation_lookup_right_after_the_answer_returns_what_the_response_said(fake_openai, ledger):
     # flush_ms of 10 s: only the lookup's own flush can have written the row this soon
-    with gateway(fake_openai.base_url, ledger, flush_ms=10_000) as url, sdk(url) as client, \
-            openai.OpenAI(base_url=url + "/api/v1", api_key=CLIENT_KEY, max_retries=0) as api:
+    with (
+        gateway(fake_openai.base_url, ledger, flush_ms=10_000) as url,
+        sdk(url) as client,
+        openai.OpenAI(base_url=url + "/api/v1", api_key=CLIENT_KEY, max_retries=0) as api,
+    ):
         raw = client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=HELLO, extra_body={"mlx:tags": {"team": "search"}, "mlx:end_user": "u-7"})
+            model=MODEL, messages=HELLO, extra_body={"mlx:tags": {"team": "search"}, "mlx:end_user": "u-7"}
+        )
         completion = raw.parse()
         by_response = generation(client, completion.id)
         by_request = generation(api, raw.headers["x-mux-request-id"])
 
-        stream = client.chat.completions.create(model=MODEL, messages=HELLO, stream=True,
-                                                stream_options={"include_usage": True})
+        stream = client.chat.completions.create(
+            model=MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
         chunks = list(stream)
         streamed = generation(client, chunks[0].id)
 
@@ -247,12 +263,18 @@ def test_generation_lookup_right_after_the_answer_returns_what_the_response_said
 
 def _epoch(iso: str) -> float:
     from datetime import datetime
+
     return datetime.fromisoformat(iso).timestamp()
 
 
 def test_a_key_reads_its_own_generations_only_and_the_admin_reads_all(fake_openai, ledger):
-    with gateway(fake_openai.base_url, ledger, keys=True) as url, sdk(url, key=KEYS["alice"]) as alice, \
-            sdk(url, key=KEYS["bob"]) as bob, sdk(url) as stranger, sdk(url, key=ADMIN_TOKEN) as admin:
+    with (
+        gateway(fake_openai.base_url, ledger, keys=True) as url,
+        sdk(url, key=KEYS["alice"]) as alice,
+        sdk(url, key=KEYS["bob"]) as bob,
+        sdk(url) as stranger,
+        sdk(url, key=ADMIN_TOKEN) as admin,
+    ):
         mine = alice.chat.completions.create(model=MODEL, messages=HELLO)
         theirs = bob.chat.completions.create(model=MODEL, messages=HELLO)
 
@@ -277,13 +299,22 @@ def test_a_key_reads_its_own_generations_only_and_the_admin_reads_all(fake_opena
 
 def test_analytics_sums_equal_the_sums_of_the_rows(fake_openai, ledger):
     with gateway(fake_openai.base_url, ledger) as url, sdk(url) as client:
-        for i, (model, team) in enumerate([("gpt-4o-mini", "search"), ("gpt-4o", "search"), ("gpt-4o", "ads"),
-                                           ("gpt-4o-mini", "ads"), ("gpt-4o-mini", "search")]):
-            client.chat.completions.create(model=f"openai/{model}", messages=HELLO,
-                                           extra_body={"mlx:tags": {"team": team, "n": str(i)}})
+        for i, (model, team) in enumerate(
+            [
+                ("gpt-4o-mini", "search"),
+                ("gpt-4o", "search"),
+                ("gpt-4o", "ads"),
+                ("gpt-4o-mini", "ads"),
+                ("gpt-4o-mini", "search"),
+            ]
+        ):
+            client.chat.completions.create(
+                model=f"openai/{model}", messages=HELLO, extra_body={"mlx:tags": {"team": team, "n": str(i)}}
+            )
         with pytest.raises(openai.NotFoundError):
-            client.chat.completions.create(model="no-such-model-anywhere", messages=HELLO,
-                                           extra_body={"mlx:tags": {"team": "ads"}})
+            client.chat.completions.create(
+                model="no-such-model-anywhere", messages=HELLO, extra_body={"mlx:tags": {"team": "ads"}}
+            )
         pages, cursor = [], None
         while True:
             page = admin_get(url, "/admin/requests", limit=4, **({"cursor": cursor} if cursor else {})).json()
@@ -318,17 +349,19 @@ def test_analytics_sums_equal_the_sums_of_the_rows(fake_openai, ledger):
 def test_admin_ledger_endpoints_refuse_bad_parameters_naming_them_and_need_the_admin_token(fake_openai, tmp_path):
     ledger = {"store": f"sqlite:///{tmp_path / 'ledger.db'}"}
     with gateway(fake_openai.base_url, ledger) as url:
-        bad = [("/admin/analytics", {"group_by": "colour"}, "group_by"),
-               ("/admin/analytics", {"interval": "week"}, "interval"),
-               ("/admin/analytics", {"from": "yesterday"}, "from"),
-               ("/admin/analytics", {"from": "2025-06-02T00:00:00Z", "to": "2025-06-01T00:00:00Z"}, "to"),
-               ("/admin/analytics", {"from": "2020-01-01T00:00:00Z", "to": "2025-01-01T00:00:00Z"}, "from"),
-               ("/admin/analytics", {"groupby": "model"}, "groupby"),
-               ("/admin/requests", {"limit": "0"}, "limit"),
-               ("/admin/requests", {"limit": "many"}, "limit"),
-               ("/admin/requests", {"status": "ok"}, "status"),
-               ("/admin/requests", {"tag": "team"}, "tag"),
-               ("/admin/requests", {"cursor": "not-a-cursor"}, "cursor")]
+        bad = [
+            ("/admin/analytics", {"group_by": "colour"}, "group_by"),
+            ("/admin/analytics", {"interval": "week"}, "interval"),
+            ("/admin/analytics", {"from": "yesterday"}, "from"),
+            ("/admin/analytics", {"from": "2025-06-02T00:00:00Z", "to": "2025-06-01T00:00:00Z"}, "to"),
+            ("/admin/analytics", {"from": "2020-01-01T00:00:00Z", "to": "2025-01-01T00:00:00Z"}, "from"),
+            ("/admin/analytics", {"groupby": "model"}, "groupby"),
+            ("/admin/requests", {"limit": "0"}, "limit"),
+            ("/admin/requests", {"limit": "many"}, "limit"),
+            ("/admin/requests", {"status": "ok"}, "status"),
+            ("/admin/requests", {"tag": "team"}, "tag"),
+            ("/admin/requests", {"cursor": "not-a-cursor"}, "cursor"),
+        ]
         answers = [(admin_get(url, path, **params), param) for path, params, param in bad]
         unauthorized = admin_get(url, "/admin/requests", token="wrong")
         fine = admin_get(url, "/admin/analytics", **{"from": "2025-06-01T00:00:00", "to": "2025-06-02T00:00:00+02:00"})
@@ -340,8 +373,9 @@ def test_admin_ledger_endpoints_refuse_bad_parameters_naming_them_and_need_the_a
     assert fine.json()["to"] == "2025-06-01T22:00:00+00:00" and fine.json()["data"] == []
 
 
-def test_without_a_ledger_section_nothing_is_written_and_the_lookups_say_it_is_off(fake_openai, gateway_url,
-                                                                                 client, tmp_path):
+def test_without_a_ledger_section_nothing_is_written_and_the_lookups_say_it_is_off(
+    fake_openai, gateway_url, client, tmp_path
+):
     assert mux.parse_config(gateway_config(fake_openai.base_url)).ledger is None
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -365,13 +399,31 @@ def test_sigterm_with_requests_in_flight_and_rows_queued_loses_no_row(fake_opena
     port = free_port()
     config = tmp_path / "mux.yaml"
     section = {**ledger, "flush_ms": 60_000, "batch_rows": 10_000}  # nothing is written before shutdown
-    config.write_text(json.dumps({
-        "providers": [{"name": "openai", "type": "openai", "base_url": fake_openai.base_url, "api_key":
-                       fake_openai.api_key, "models": ["gpt-4o-mini"]}],
-        "server": {"port": port}, "ledger": section}))
+    config.write_text(
+        json.dumps(
+            {
+                "providers": [
+                    {
+                        "name": "openai",
+                        "type": "openai",
+                        "base_url": fake_openai.base_url,
+                        "api_key": fake_openai.api_key,
+                        "models": ["gpt-4o-mini"],
+                    }
+                ],
+                "server": {"port": port},
+                "ledger": section,
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    process = subprocess.Popen([sys.executable, "app.py", "--config", str(config)], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     seen: list[str] = []
     failures: list[BaseException] = []
@@ -387,8 +439,11 @@ def test_sigterm_with_requests_in_flight_and_rows_queued_loses_no_row(fake_opena
                 time.sleep(0.05)
         with sdk(url) as client:
             for _ in range(5):
-                seen.append(client.chat.completions.with_raw_response.create(
-                    model=MODEL, messages=HELLO).headers["x-mux-request-id"])
+                seen.append(
+                    client.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO).headers[
+                        "x-mux-request-id"
+                    ]
+                )
         assert count_of(ledger) == 0  # five rows answered, all still queued
 
         before = len(fake_openai.chat_requests)

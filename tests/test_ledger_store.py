@@ -17,14 +17,40 @@ DAY = 86400
 
 def full_row(**fields) -> LedgerRow:
     values = dict(
-        request_id="req-full", created_at=NOW, response_id="chatcmpl-full", key_name="key-a", team="search",
-        end_user="alice", tags={"env": "prod", "app": "chat"}, session_id="sess-1", model_requested="@production",
-        model_used="gpt-4o-mini", provider="openai", route="production", route_version=3, strategy="fallback",
-        status=200, error_code=None, attempts=2, prompt_tokens=1200, completion_tokens=345, cached_tokens=1024,
-        cache_write_tokens=64, reasoning_tokens=128, cost_nano=nano_usd(0.000123456), latency_ms=812.5,
-        ttfb_ms=143.25, stream=True, cache_status="miss", budget_outcome="admitted", rate_limit_outcome="admitted",
-        finish_reason="stop", trace={"schema": 1, "attempts": [{"provider": "openai", "status": 200}]},
-        request_body=b'{"model":"@production"}', response_body=b'{"id":"chatcmpl-full"}')
+        request_id="req-full",
+        created_at=NOW,
+        response_id="chatcmpl-full",
+        key_name="key-a",
+        team="search",
+        end_user="alice",
+        tags={"env": "prod", "app": "chat"},
+        session_id="sess-1",
+        model_requested="@production",
+        model_used="gpt-4o-mini",
+        provider="openai",
+        route="production",
+        route_version=3,
+        strategy="fallback",
+        status=200,
+        error_code=None,
+        attempts=2,
+        prompt_tokens=1200,
+        completion_tokens=345,
+        cached_tokens=1024,
+        cache_write_tokens=64,
+        reasoning_tokens=128,
+        cost_nano=nano_usd(0.000123456),
+        latency_ms=812.5,
+        ttfb_ms=143.25,
+        stream=True,
+        cache_status="miss",
+        budget_outcome="admitted",
+        rate_limit_outcome="admitted",
+        finish_reason="stop",
+        trace={"schema": 1, "attempts": [{"provider": "openai", "status": 200}]},
+        request_body=b'{"model":"@production"}',
+        response_body=b'{"id":"chatcmpl-full"}',
+    )
     values.update(fields)
     return LedgerRow(**values)
 
@@ -59,9 +85,16 @@ def test_writes_are_idempotent_by_request_id(backend):
 def test_get_with_another_keys_name_answers_none(backend):
     async def scenario(store):
         await store.write([full_row(), full_row(request_id="req-b", response_id="chatcmpl-b", key_name="key-b")])
-        return [await store.get(i, k) for i, k in [("req-full", "key-b"), ("chatcmpl-full", "key-b"),
-                                                    ("req-full", "key-a"), ("chatcmpl-b", "key-b"),
-                                                    ("chatcmpl-b", None)]]
+        return [
+            await store.get(i, k)
+            for i, k in [
+                ("req-full", "key-b"),
+                ("chatcmpl-full", "key-b"),
+                ("req-full", "key-a"),
+                ("chatcmpl-b", "key-b"),
+                ("chatcmpl-b", None),
+            ]
+        ]
 
     other_by_request, other_by_response, own, own_b, admin = backend.run(scenario)
     assert other_by_request is None and other_by_response is None
@@ -70,10 +103,12 @@ def test_get_with_another_keys_name_answers_none(backend):
 
 def test_get_prefers_the_request_id_then_the_newest_response(backend):
     # a cached answer can carry the id of the response it replays: the id then names several rows
-    rows = [full_row(request_id="r-old", response_id="chatcmpl-x", created_at=NOW),
-            full_row(request_id="r-new", response_id="chatcmpl-x", created_at=NOW + 5),
-            full_row(request_id="chatcmpl-y", response_id=None, created_at=NOW - 5),
-            full_row(request_id="r-z", response_id="chatcmpl-y", created_at=NOW + 9)]
+    rows = [
+        full_row(request_id="r-old", response_id="chatcmpl-x", created_at=NOW),
+        full_row(request_id="r-new", response_id="chatcmpl-x", created_at=NOW + 5),
+        full_row(request_id="chatcmpl-y", response_id=None, created_at=NOW - 5),
+        full_row(request_id="r-z", response_id="chatcmpl-y", created_at=NOW + 9),
+    ]
 
     async def scenario(store):
         await store.write(rows)
@@ -102,19 +137,30 @@ def test_requests_pages_newest_first_without_gaps_or_repeats(backend):
     pages = backend.run(scenario)
     assert [len(p) for p in pages] == [7] * 9 + [6]
     listed = [r for p in pages for r in p]
-    expected = [LedgerRow(**{**{f: getattr(r, f) for f in r.__struct_fields__}, "request_body": None,
-                             "response_body": None}) for r in newest_first(rows)]
+    expected = [
+        LedgerRow(**{**{f: getattr(r, f) for f in r.__struct_fields__}, "request_body": None, "response_body": None})
+        for r in newest_first(rows)
+    ]
     assert listed == expected  # whole rows, without bodies
 
 
 def test_requests_filters_by_key_status_model_and_tag(backend):
     rows = mixed_rows(300, start=NOW, span_s=3 * DAY)
-    filters = [dict(key="key-b"), dict(status=429), dict(model="claude-haiku"), dict(tag=("env", "dev")),
-               dict(key="key-a", status=200, model="gpt-4o-mini", tag=("app", "rag"))]
+    filters = [
+        dict(key="key-b"),
+        dict(status=429),
+        dict(model="claude-haiku"),
+        dict(tag=("env", "dev")),
+        dict(key="key-a", status=200, model="gpt-4o-mini", tag=("app", "rag")),
+    ]
 
     def matches(r, key=None, status=None, model=None, tag=None):
-        return ((key is None or r.key_name == key) and (status is None or r.status == status)
-                and (model is None or r.model_used == model) and (tag is None or r.tags.get(tag[0]) == tag[1]))
+        return (
+            (key is None or r.key_name == key)
+            and (status is None or r.status == status)
+            and (model is None or r.model_used == model)
+            and (tag is None or r.tags.get(tag[0]) == tag[1])
+        )
 
     async def scenario(store):
         await store.write(rows)
@@ -129,7 +175,7 @@ def test_requests_filters_by_key_status_model_and_tag(backend):
             answers.append(ids)
         return answers
 
-    for f, ids in zip(filters, backend.run(scenario)):
+    for f, ids in zip(filters, backend.run(scenario), strict=False):
         expected = [r.request_id for r in newest_first(rows) if matches(r, **f)]
         assert ids == expected and expected, f
 
@@ -176,8 +222,14 @@ def expected_analytics(rows, from_ts, to_ts, group_by, seconds):
     answer = []
     for (g, bucket), rs in sorted(cells.items(), key=lambda c: (rank.index(c[0][0]), c[0][1])):
         cell = {"group": g, "bucket": bucket, "requests": len(rs), "errors": sum(r.status >= 400 for r in rs)}
-        for f in ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
-                  "cost_nano"):
+        for f in (
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "cost_nano",
+        ):
             cell[f] = sum(getattr(r, f) for r in rs)
         cell["cost_usd"] = cell["cost_nano"] / 1e9
         for metric in ("latency_ms", "ttfb_ms"):
@@ -188,22 +240,33 @@ def expected_analytics(rows, from_ts, to_ts, group_by, seconds):
 
 
 def approx_cells(cells):
-    return [{k: (pytest.approx(v, rel=1e-9, abs=1e-9) if isinstance(v, float) else
-                 {kk: pytest.approx(vv, rel=1e-9) if vv is not None else None for kk, vv in v.items()}
-                 if isinstance(v, dict) else v) for k, v in c.items()} for c in cells]
+    return [
+        {
+            k: (
+                pytest.approx(v, rel=1e-9, abs=1e-9)
+                if isinstance(v, float)
+                else {kk: pytest.approx(vv, rel=1e-9) if vv is not None else None for kk, vv in v.items()}
+                if isinstance(v, dict)
+                else v
+            )
+            for k, v in c.items()
+        }
+        for c in cells
+    ]
 
 
 def test_analytics_sums_equal_the_sums_over_the_rows(backend):
     rows = mixed_rows(400, start=NOW - 2 * DAY, span_s=2 * DAY)
     from_ts, to_ts = NOW - 30 * 3600 - 0.5, NOW - 1800  # partial buckets at both ends
-    queries = [(g, "hour") for g in ("key", "model")] + [(g, "day") for g in ("team", "end_user", "provider",
-                                                                              "route", "tag:env", "tag:app")]
+    queries = [(g, "hour") for g in ("key", "model")] + [
+        (g, "day") for g in ("team", "end_user", "provider", "route", "tag:env", "tag:app")
+    ]
 
     async def scenario(store):
         await store.write(rows)
         return [await store.analytics(from_ts, to_ts, g, i) for g, i in queries]
 
-    for (group_by, interval), answer in zip(queries, backend.run(scenario)):
+    for (group_by, interval), answer in zip(queries, backend.run(scenario), strict=False):
         expected = expected_analytics(rows, from_ts, to_ts, group_by, 3600 if interval == "hour" else DAY)
         assert answer == approx_cells(expected), (group_by, interval)
         assert sum(c["cost_nano"] for c in answer) == sum(r.cost_nano for r in rows if from_ts <= r.created_at < to_ts)
@@ -211,8 +274,11 @@ def test_analytics_sums_equal_the_sums_over_the_rows(backend):
 
 def test_analytics_answers_only_the_busiest_groups_and_refuses_bad_arguments(backend):
     sizes = {None: 40, "busy": 30, "mid": 20, "tie-b": 10, "tie-a": 10}
-    rows = [LedgerRow(request_id=f"{key}-{i}", created_at=NOW + i, key_name=key)
-            for key, size in sizes.items() for i in range(size)]
+    rows = [
+        LedgerRow(request_id=f"{key}-{i}", created_at=NOW + i, key_name=key)
+        for key, size in sizes.items()
+        for i in range(size)
+    ]
 
     async def scenario(store):
         await store.write(rows)
@@ -234,19 +300,29 @@ def test_analytics_answers_only_the_busiest_groups_and_refuses_bad_arguments(bac
 def test_spend_sums_a_scope_since_a_time(backend):
     rows = mixed_rows(300, start=NOW - 10 * DAY, span_s=10 * DAY)
     since = NOW - 3 * DAY
-    scopes = [{}, {"key_name": "key-a"}, {"team": "ads"}, {"end_user": "u2"}, {"tag": ("env", "prod")},
-              {"key_name": "key-c", "tag": ("app", "chat")}]
+    scopes = [
+        {},
+        {"key_name": "key-a"},
+        {"team": "ads"},
+        {"end_user": "u2"},
+        {"tag": ("env", "prod")},
+        {"key_name": "key-c", "tag": ("app", "chat")},
+    ]
 
     def matches(r, key_name=None, team=None, end_user=None, tag=None):
-        return (r.created_at >= since and (key_name is None or r.key_name == key_name)
-                and (team is None or r.team == team) and (end_user is None or r.end_user == end_user)
-                and (tag is None or r.tags.get(tag[0]) == tag[1]))
+        return (
+            r.created_at >= since
+            and (key_name is None or r.key_name == key_name)
+            and (team is None or r.team == team)
+            and (end_user is None or r.end_user == end_user)
+            and (tag is None or r.tags.get(tag[0]) == tag[1])
+        )
 
     async def scenario(store):
         await store.write(rows)
         return [await store.spend(since, **s) for s in scopes]
 
-    for scope, spent in zip(scopes, backend.run(scenario)):
+    for scope, spent in zip(scopes, backend.run(scenario), strict=False):
         expected = sum(r.cost_nano for r in rows if matches(r, **scope))
         assert spent == expected and expected > 0, scope
         assert isinstance(spent, int)
@@ -254,10 +330,20 @@ def test_spend_sums_a_scope_since_a_time(backend):
 
 def test_the_main_queries_use_their_indexes(backend):
     # 10 000 rows over 40 days and 200 keys, the statistics refreshed: the plans are the ones a real ledger gets
-    rows = [LedgerRow(request_id=f"r{i:05d}", created_at=NOW - 40 * DAY + i * 345.6, response_id=f"chatcmpl-{i}",
-                      key_name=f"key-{i % 200}", team=f"team-{i % 50}", end_user=f"user-{i % 300}",
-                      model_used="rare" if i % 1000 == 0 else f"model-{i % 20}", tags={"env": f"e{i % 40}"}, cost_nano=i)
-               for i in range(10_000)]
+    rows = [
+        LedgerRow(
+            request_id=f"r{i:05d}",
+            created_at=NOW - 40 * DAY + i * 345.6,
+            response_id=f"chatcmpl-{i}",
+            key_name=f"key-{i % 200}",
+            team=f"team-{i % 50}",
+            end_user=f"user-{i % 300}",
+            model_used="rare" if i % 1000 == 0 else f"model-{i % 20}",
+            tags={"env": f"e{i % 40}"},
+            cost_nano=i,
+        )
+        for i in range(10_000)
+    ]
     queries = {
         "get by request id": (("get", "r00007", "key-7"), {}, "ledger_pkey|sqlite_autoindex_ledger_1"),
         "get by response id": (("get", "chatcmpl-7", "key-7"), {}, "ledger_response"),
@@ -314,4 +400,3 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(backend):
     assert backend.run(reopened) == ([(1,)], 1)
     with pytest.raises(RuntimeError, match="schema is version 2"):
         backend.run(first)
-

@@ -145,8 +145,13 @@ def test_aclose_with_a_timeout_gives_up_on_a_dead_store_and_counts_the_rows_lost
 
 def test_bodies_are_written_only_when_the_writer_stores_bodies(backend):
     def row(request_id):
-        return LedgerRow(request_id=request_id, created_at=NOW, key_name="key-a", request_body=b'{"messages":[]}',
-                         response_body=b'{"choices":[]}')
+        return LedgerRow(
+            request_id=request_id,
+            created_at=NOW,
+            key_name="key-a",
+            request_body=b'{"messages":[]}',
+            response_body=b'{"choices":[]}',
+        )
 
     async def scenario(store):
         plain, keeping = LedgerWriter(store), LedgerWriter(store, store_bodies=True)

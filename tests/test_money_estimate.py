@@ -4,13 +4,19 @@ and the largest max_tokens that fits. A real bill within the estimate never exce
 from __future__ import annotations
 
 import msgspec
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mux.catalog.models import BUILTIN, Catalog, ModelInfo
 from mux.catalog.prices import Price, cost_of
 from mux.config import ProviderConfig
 from mux.money.estimate import (
-    DEFAULT_MAX_OUTPUT, IMAGE_TOKENS, output_bound, prompt_tokens, target_cost, worst_case,
+    DEFAULT_MAX_OUTPUT,
+    IMAGE_TOKENS,
+    output_bound,
+    prompt_tokens,
+    target_cost,
+    worst_case,
 )
 from mux.money.units import to_nano
 from mux.routing.plan import Target
@@ -28,8 +34,17 @@ def test_the_prompt_estimate_counts_text_framing_tools_and_images():
     assert prompt_tokens(chat()) == 3 + 4 + 1  # OpenAI counts 8 prompt tokens for this one ("hi")
     long = chat(messages=[{"role": "system", "content": "x" * 40}, {"role": "user", "content": "y" * 41}])
     assert prompt_tokens(long) == 3 + 4 + 10 + 4 + 11
-    image = chat(messages=[{"role": "user", "content": [
-        {"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": "https://x/i.png"}}]}])
+    image = chat(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is it"},
+                    {"type": "image_url", "image_url": {"url": "https://x/i.png"}},
+                ],
+            }
+        ]
+    )
     assert prompt_tokens(image) == 3 + 4 + 3 + IMAGE_TOKENS
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     assert prompt_tokens(chat(tools=tools)) > prompt_tokens(chat())
@@ -72,23 +87,27 @@ def test_the_prompt_is_priced_at_the_highest_of_its_prompt_prices():
     assert worst.nano == to_nano((8 * 3.0 + 10 * 2.0) / 1e6)
 
 
-prices = st.builds(Price, st.floats(0.01, 80), st.floats(0.01, 80), st.none() | st.floats(0, 80),
-                   st.none() | st.floats(0, 100))
+prices = st.builds(
+    Price, st.floats(0.01, 80), st.floats(0.01, 80), st.none() | st.floats(0, 80), st.none() | st.floats(0, 100)
+)
 
 
 @settings(max_examples=200)
 @given(price=prices, text=st.text(max_size=400), max_tokens=st.integers(1, 20_000), data=st.data())
-def test_a_bill_within_the_prompt_estimate_and_max_tokens_never_exceeds_the_worst_case(price, text, max_tokens,
-                                                                                          data):
+def test_a_bill_within_the_prompt_estimate_and_max_tokens_never_exceeds_the_worst_case(price, text, max_tokens, data):
     request = chat(messages=[{"role": "user", "content": text}], max_tokens=max_tokens)
-    info = ModelInfo(input=price.input, output=price.output, cached_input=price.cached_input,
-                     cache_write=price.cache_write)
+    info = ModelInfo(
+        input=price.input, output=price.output, cached_input=price.cached_input, cache_write=price.cache_write
+    )
     worst = target_cost("t", info, prompt_tokens(request), request).nano
     prompt = data.draw(st.integers(0, prompt_tokens(request)))
     cached = data.draw(st.integers(0, prompt))
     written = data.draw(st.integers(0, prompt - cached))
-    usage = Usage(prompt_tokens=prompt, completion_tokens=data.draw(st.integers(0, max_tokens)),
-                  prompt_tokens_details=PromptTokensDetails(cached_tokens=cached, cache_write_tokens=written))
+    usage = Usage(
+        prompt_tokens=prompt,
+        completion_tokens=data.draw(st.integers(0, max_tokens)),
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached, cache_write_tokens=written),
+    )
     assert to_nano(cost_of(usage, price)) <= worst
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mux.money.gcra import NEVER, WINDOW_US, adjust, decide, level_now, take
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mux.money.periods import PERIODS, check_period, window
 
 
 def ts(*args: int) -> int:
-    return int(datetime(*args, tzinfo=timezone.utc).timestamp())
+    return int(datetime(*args, tzinfo=UTC).timestamp())
 
 
 def test_a_day_runs_from_midnight_to_midnight_utc() -> None:
@@ -45,11 +46,11 @@ def test_an_unknown_period_is_refused_with_the_choices() -> None:
 
 @given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)), st.sampled_from(PERIODS[:3]))
 def test_every_period_holds_now_and_starts_at_midnight(moment: datetime, period: str) -> None:
-    now = moment.replace(tzinfo=timezone.utc).timestamp()
+    now = moment.replace(tzinfo=UTC).timestamp()
     start, resets = window(period, now)
     assert resets is not None and start <= now < resets
-    first = datetime.fromtimestamp(start, timezone.utc)
-    end = datetime.fromtimestamp(resets, timezone.utc)
+    first = datetime.fromtimestamp(start, UTC)
+    end = datetime.fromtimestamp(resets, UTC)
     assert first.time() == end.time() == datetime.min.time()
     if period == "day":
         assert end - first == timedelta(days=1)

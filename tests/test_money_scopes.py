@@ -52,6 +52,11 @@ def test_conditions_combine_and_values_are_encoded_so_no_value_forges_another_co
 
 
 def test_the_narrowest_scope_ranks_first():
-    ranks = [Scope(end_user="*").rank, Scope(key="*").rank, Scope(tags={"a": "*"}).rank, Scope(team="*").rank,
-             Scope().rank]
+    ranks = [
+        Scope(end_user="*").rank,
+        Scope(key="*").rank,
+        Scope(tags={"a": "*"}).rank,
+        Scope(team="*").rank,
+        Scope().rank,
+    ]
     assert ranks == sorted(ranks) and len(set(ranks)) == 5

@@ -6,7 +6,7 @@ and the app sees ``path="/edge/v1/..."`` with ``root_path="/edge"``; the tests s
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -26,8 +26,19 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 
 def config(fake: FakeOpenAI) -> mux.Config:
-    return mux.parse_config({"providers": [{"name": "openai", "type": "openai", "base_url": fake.base_url,
-                                            "api_key": FAKE_OPENAI_KEY, "models": ["gpt-4o-mini"]}]})
+    return mux.parse_config(
+        {
+            "providers": [
+                {
+                    "name": "openai",
+                    "type": "openai",
+                    "base_url": fake.base_url,
+                    "api_key": FAKE_OPENAI_KEY,
+                    "models": ["gpt-4o-mini"],
+                }
+            ]
+        }
+    )
 
 
 @pytest.fixture
@@ -43,7 +54,8 @@ def mounted(fake_openai: FakeOpenAI) -> Iterator[str]:
 def test_the_gateway_mounted_under_a_prefix_serves_chat_through_the_sdk(mounted, fake_openai):
     with openai.OpenAI(base_url=mounted + "/gw/v1", api_key="client", max_retries=0) as client:
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=HELLO, extra_body={"mlx:tags": {"team": "search"}})
+            model="gpt-4o-mini", messages=HELLO, extra_body={"mlx:tags": {"team": "search"}}
+        )
     assert raw.parse().choices[0].message.content
     assert raw.headers["x-mux-request-id"].startswith("req_") and raw.headers["x-mux-provider"] == "openai"
     assert "mlx:tags" not in fake_openai.last.body  # TagsLayer recognised the request and kept its fields home

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_readme_shows_the_example_as_it_is():
     example = (ROOT / "examples" / "one_layer.py").read_text()
-    code = example[example.index("from fastapi"):]
+    code = example[example.index("from fastapi") :]
     assert code.strip() in (ROOT / "README.md").read_text()
 
 
@@ -26,12 +26,15 @@ def test_the_fastapi_example_annotates_its_own_routes_and_validates_its_llm_rout
         assert who.json()["request_id"] == who.headers["x-mux-request-id"]
         with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
             reply = client.chat.completions.create(
-                model="toy", messages=[{"role": "user", "content": "hi"}],
-                extra_body={"mlx:tags": {"tenant": "acme"}, "mlx:end_user": "u2"})
+                model="toy",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_body={"mlx:tags": {"tenant": "acme"}, "mlx:end_user": "u2"},
+            )
             assert reply.choices[0].message.content == "tags={'tenant': 'acme'} end_user=u2"
             try:
-                client.chat.completions.create(model="toy", messages=[{"role": "user", "content": "hi"}],
-                                               extra_body={"mlx:tags": {"tenant": 7}})
+                client.chat.completions.create(
+                    model="toy", messages=[{"role": "user", "content": "hi"}], extra_body={"mlx:tags": {"tenant": 7}}
+                )
             except openai.BadRequestError as error:
                 assert error.status_code == 400 and error.body["param"] == "mlx:tags"
             else:

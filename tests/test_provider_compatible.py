@@ -16,15 +16,18 @@ def provider(type_name: str, **extra):
 
 
 def build(type_name: str, body: dict, **extra):
-    view, fields = decode_request(msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}))
+    view, fields = decode_request(
+        msgspec.json.encode({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body})
+    )
     call = Call(request=view, fields=fields, model=body.get("model", "m"))
     upstream = ADAPTERS[type_name].build_request(provider(type_name, **extra), call)
     return upstream, msgspec.json.decode(upstream.body)
 
 
 def test_groq_drops_unaccepted_parameters_and_says_so_in_the_notes():
-    upstream, body = build("groq", {"model": "llama-3.3-70b-versatile", "logit_bias": {"1": 2}, "temperature": 0.5,
-                                    "store": True})
+    upstream, body = build(
+        "groq", {"model": "llama-3.3-70b-versatile", "logit_bias": {"1": 2}, "temperature": 0.5, "store": True}
+    )
     assert upstream.url == "https://api.groq.com/openai/v1/chat/completions"
     assert upstream.headers["authorization"] == "Bearer sk-up"
     assert "logit_bias" not in body and "store" not in body and body["temperature"] == 0.5
@@ -60,10 +63,12 @@ def test_streams_to_openai_style_presets_ask_for_usage():
 
 
 def test_azure_puts_the_deployment_in_the_path_and_the_key_in_api_key():
-    upstream, body = build("azure", {"model": "prod-gpt4o"}, base_url="https://res.openai.azure.com",
-                           api_version="2025-01-01-preview")
-    assert upstream.url == ("https://res.openai.azure.com/openai/deployments/prod-gpt4o/chat/completions"
-                            "?api-version=2025-01-01-preview")
+    upstream, body = build(
+        "azure", {"model": "prod-gpt4o"}, base_url="https://res.openai.azure.com", api_version="2025-01-01-preview"
+    )
+    assert upstream.url == (
+        "https://res.openai.azure.com/openai/deployments/prod-gpt4o/chat/completions?api-version=2025-01-01-preview"
+    )
     assert upstream.headers["api-key"] == "sk-up" and "authorization" not in upstream.headers
 
 
@@ -81,14 +86,21 @@ def test_azure_without_a_base_url_is_a_config_error():
 
 
 def test_groq_strips_response_only_fields_an_sdk_message_echo_carries():
-    history = [{"role": "user", "content": "hi"},
-               {"role": "assistant", "content": "Hello.", "annotations": [], "refusal": None, "audio": None},
-               {"role": "user", "content": 'say "annotations"'}]
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello.", "annotations": [], "refusal": None, "audio": None},
+        {"role": "user", "content": 'say "annotations"'},
+    ]
     upstream, body = build("groq", {"messages": history})
-    assert body["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."},
-                                {"role": "user", "content": 'say "annotations"'}]
-    assert upstream.notes == ["dropped 'messages[].annotations': not accepted by groq",
-                              "dropped 'messages[].audio': not accepted by groq",
-                              "dropped 'messages[].refusal': not accepted by groq"]
+    assert body["messages"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": 'say "annotations"'},
+    ]
+    assert upstream.notes == [
+        "dropped 'messages[].annotations': not accepted by groq",
+        "dropped 'messages[].audio': not accepted by groq",
+        "dropped 'messages[].refusal': not accepted by groq",
+    ]
     _, body = build("openai_compatible", {"messages": history}, base_url="http://127.0.0.1:8000/v1")
     assert body["messages"][1]["annotations"] == []  # other servers get the message as sent

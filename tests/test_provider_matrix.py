@@ -17,7 +17,8 @@ forwarding the ``annotations`` of an SDK-echoed assistant message to Groq.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -39,38 +40,70 @@ IMAGE_URL = f"data:image/png;base64,{PNG_1PX}"
 
 # Enums pin the arguments: FakeOpenAI derives a tool call's arguments from the schema (first enum value), and the
 # other fakes are scripted with the same ones, so every column must answer the very same calls.
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
-                   "required": ["city"]}}}
-CLOCK = {"type": "function", "function": {
-    "name": "get_time", "description": "Current time in a time zone.",
-    "parameters": {"type": "object", "properties": {"tz": {"type": "string", "enum": ["Europe/Paris"]}},
-                   "required": ["tz"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+            "required": ["city"],
+        },
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Current time in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"tz": {"type": "string", "enum": ["Europe/Paris"]}},
+            "required": ["tz"],
+        },
+    },
+}
 WEATHER_CALL = ("get_weather", {"city": "Paris"})
 CLOCK_CALL = ("get_time", {"tz": "Europe/Paris"})
 # FakeOpenAI calls the tools a user message marks with ``call:<name>``; the other fakes ignore the marks.
 ASK_WEATHER = "What is the weather in Paris? (call:get_weather)"
 ASK_BOTH = "Weather and time in Paris? (call:get_weather call:get_time)"
 
-CITY_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "population", "tags"],
-               "properties": {"city": {"type": "string"}, "population": {"type": "integer"},
-                              "tags": {"type": "array", "items": {"type": "string"}}}}
+CITY_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["city", "population", "tags"],
+    "properties": {
+        "city": {"type": "string"},
+        "population": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+}
 CITY = {"city": "Paris", "population": 2102650, "tags": ["capital"]}
 
-# Prices (USD per million tokens: input, output) of the models the columns use: the built-in ones (mux.catalog.prices) and,
-# for Groq, which has none built in, the catalog entries of the gateway's config below.
+# Prices (USD per million tokens: input, output) of the models the columns use: the built-in ones
+# (mux.catalog.prices) and, for Groq, which has none built in, the catalog entries of the gateway's config below.
 PRICES = {
-    "openai/gpt-4o-mini": (0.15, 0.60), "openai/o4-mini": (1.10, 4.40),
-    "anthropic/claude-haiku-4-5": (1.00, 5.00), "gemini/gemini-2.5-flash": (0.30, 2.50),
-    "groq/meta-llama/llama-4-scout-17b-16e-instruct": (0.11, 0.34), "groq/openai/gpt-oss-20b": (0.075, 0.30),
+    "openai/gpt-4o-mini": (0.15, 0.60),
+    "openai/o4-mini": (1.10, 4.40),
+    "anthropic/claude-haiku-4-5": (1.00, 5.00),
+    "gemini/gemini-2.5-flash": (0.30, 2.50),
+    "groq/meta-llama/llama-4-scout-17b-16e-instruct": (0.11, 0.34),
+    "groq/openai/gpt-oss-20b": (0.075, 0.30),
 }
 
 # Upstream status -> (gateway status, code): the README's "Errors" section.
-GATEWAY_STATUS = {400: (400, "upstream_bad_request"), 401: (502, "upstream_auth_failed"),
-                  403: (502, "upstream_forbidden"), 404: (404, "upstream_not_found"),
-                  429: (429, "upstream_rate_limited"), 500: (502, "upstream_server_error"),
-                  503: (503, "upstream_unavailable"), 529: (503, "upstream_overloaded")}
+GATEWAY_STATUS = {
+    400: (400, "upstream_bad_request"),
+    401: (502, "upstream_auth_failed"),
+    403: (502, "upstream_forbidden"),
+    404: (404, "upstream_not_found"),
+    429: (429, "upstream_rate_limited"),
+    500: (502, "upstream_server_error"),
+    503: (503, "upstream_unavailable"),
+    529: (503, "upstream_overloaded"),
+}
 
 
 # --- the columns ----------------------------------------------------------------------------------------------
@@ -223,8 +256,11 @@ class AnthropicColumn(Column):
         pass  # JSON mode is a forced tool: the fake answers an instance of that tool's input schema
 
     def stop_before(self, text: str, sequence: str) -> None:
-        self.fake.script(anthropic_fake.Reply(blocks=[anthropic_fake.Text(text)], stop_reason="stop_sequence",
-                                              stop_sequence=sequence))
+        self.fake.script(
+            anthropic_fake.Reply(
+                blocks=[anthropic_fake.Text(text)], stop_reason="stop_sequence", stop_sequence=sequence
+            )
+        )
 
     def truncate(self, text: str, tokens: int) -> None:
         self.fake.script(anthropic_fake.Reply(blocks=[anthropic_fake.Text(text)], stop_reason="max_tokens"))
@@ -248,19 +284,31 @@ class AnthropicColumn(Column):
         assert body["messages"] == messages
 
     def check_tools(self, body: dict, tools: list[dict]) -> None:
-        assert body["tools"] == [{"name": t["function"]["name"], "description": t["function"]["description"],
-                                  "input_schema": t["function"]["parameters"]} for t in tools]
+        assert body["tools"] == [
+            {
+                "name": t["function"]["name"],
+                "description": t["function"]["description"],
+                "input_schema": t["function"]["parameters"],
+            }
+            for t in tools
+        ]
 
     def check_tool_result(self, body: dict, call_id: str, name: str, arguments: dict, result: str) -> None:
         *_, asked, answered = body["messages"]
-        assert asked == {"role": "assistant", "content": [
-            {"type": "tool_use", "id": call_id, "name": name, "input": arguments}]}
-        assert answered == {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": call_id, "content": result}]}
+        assert asked == {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": call_id, "name": name, "input": arguments}],
+        }
+        assert answered == {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": call_id, "content": result}],
+        }
 
     def check_image(self, body: dict, part: dict) -> None:
         assert body["messages"][0]["content"][1] == {
-            "type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_1PX}}
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": PNG_1PX},
+        }
 
     def check_json_object(self, body: dict) -> None:
         assert body["tool_choice"] == {"type": "tool", "name": body["tools"][-1]["name"]}
@@ -338,17 +386,27 @@ class GeminiColumn(Column):
         def declaration(tool: dict) -> dict:  # Gemini's Schema: upper-case type names
             function = tool["function"]
             [(key, prop)] = function["parameters"]["properties"].items()
-            return {"name": function["name"], "description": function["description"], "parameters": {
-                "type": "OBJECT", "properties": {key: {"type": "STRING", "enum": prop["enum"]}}, "required": [key]}}
+            return {
+                "name": function["name"],
+                "description": function["description"],
+                "parameters": {
+                    "type": "OBJECT",
+                    "properties": {key: {"type": "STRING", "enum": prop["enum"]}},
+                    "required": [key],
+                },
+            }
 
         assert body["tools"] == [{"functionDeclarations": [declaration(t) for t in tools]}]
 
     def check_tool_result(self, body: dict, call_id: str, name: str, arguments: dict, result: str) -> None:
         *_, asked, answered = body["contents"]
         assert asked["role"] == "model" and [p["functionCall"] for p in asked["parts"]] == [
-            {"name": name, "args": arguments}]
-        assert answered == {"role": "user", "parts": [
-            {"functionResponse": {"name": name, "response": json.loads(result)}}]}
+            {"name": name, "args": arguments}
+        ]
+        assert answered == {
+            "role": "user",
+            "parts": [{"functionResponse": {"name": name, "response": json.loads(result)}}],
+        }
 
     def check_image(self, body: dict, part: dict) -> None:
         assert body["contents"][0]["parts"][1] == {"inlineData": {"mimeType": "image/png", "data": PNG_1PX}}
@@ -360,9 +418,14 @@ class GeminiColumn(Column):
         config = body["generationConfig"]
         assert config["responseMimeType"] == "application/json"
         assert config["responseSchema"] == {
-            "type": "OBJECT", "required": ["city", "population", "tags"],
-            "properties": {"city": {"type": "STRING"}, "population": {"type": "INTEGER"},
-                           "tags": {"type": "ARRAY", "items": {"type": "STRING"}}}}
+            "type": "OBJECT",
+            "required": ["city", "population", "tags"],
+            "properties": {
+                "city": {"type": "STRING"},
+                "population": {"type": "INTEGER"},
+                "tags": {"type": "ARRAY", "items": {"type": "STRING"}},
+            },
+        }
 
     def check_reasoning(self, body: dict) -> None:
         thinking = body["generationConfig"]["thinkingConfig"]
@@ -401,20 +464,34 @@ ERROR_CELLS = [(column, status) for column in COLUMNS for status in ERROR_STATUS
 
 @pytest.fixture(scope="module")
 def columns() -> Iterator[dict[str, Column]]:
-    openai_upstream = openai_fake.FakeOpenAI(api_key=OPENAI_KEY, models={
-        "gpt-4o-mini": "gpt-4o-mini-2024-07-18", "o4-mini": "o4-mini-2025-04-16"})
-    groq_upstream = openai_fake.FakeOpenAI(api_key=GROQ_KEY, message_fields=openai_fake.GROQ_MESSAGE_FIELDS, models={
-        "meta-llama/llama-4-scout-17b-16e-instruct": "meta-llama/llama-4-scout-17b-16e-instruct",
-        "openai/gpt-oss-20b": "openai/gpt-oss-20b"})
+    openai_upstream = openai_fake.FakeOpenAI(
+        api_key=OPENAI_KEY, models={"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "o4-mini": "o4-mini-2025-04-16"}
+    )
+    groq_upstream = openai_fake.FakeOpenAI(
+        api_key=GROQ_KEY,
+        message_fields=openai_fake.GROQ_MESSAGE_FIELDS,
+        models={
+            "meta-llama/llama-4-scout-17b-16e-instruct": "meta-llama/llama-4-scout-17b-16e-instruct",
+            "openai/gpt-oss-20b": "openai/gpt-oss-20b",
+        },
+    )
     anthropic_upstream = anthropic_fake.FakeAnthropic(api_key=ANTHROPIC_KEY)
     gemini_upstream = gemini_fake.FakeGemini(api_key=GEMINI_KEY)
-    with serve(openai_upstream) as openai_url, serve(groq_upstream) as groq_url, \
-            serve(anthropic_upstream) as anthropic_url, serve(gemini_upstream) as gemini_url:
+    with (
+        serve(openai_upstream) as openai_url,
+        serve(groq_upstream) as groq_url,
+        serve(anthropic_upstream) as anthropic_url,
+        serve(gemini_upstream) as gemini_url,
+    ):
         openai_upstream.url, groq_upstream.url = openai_url, groq_url
         anthropic_upstream.url = anthropic_url
         gemini_upstream.url = gemini_url  # type: ignore[attr-defined]
-        yield {"openai": OpenAIColumn(openai_upstream), "groq": GroqColumn(groq_upstream),
-               "anthropic": AnthropicColumn(anthropic_upstream), "gemini": GeminiColumn(gemini_upstream)}
+        yield {
+            "openai": OpenAIColumn(openai_upstream),
+            "groq": GroqColumn(groq_upstream),
+            "anthropic": AnthropicColumn(anthropic_upstream),
+            "gemini": GeminiColumn(gemini_upstream),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -431,7 +508,12 @@ def gateway(columns: dict[str, Column]) -> mux.Gateway:
         ],
         "catalog": {
             "groq/meta-llama/llama-4-scout-17b-16e-instruct": {
-                "input": 0.11, "output": 0.34, "tools": True, "vision": True, "json_schema": True},
+                "input": 0.11,
+                "output": 0.34,
+                "tools": True,
+                "vision": True,
+                "json_schema": True,
+            },
             "groq/openai/gpt-oss-20b": {"input": 0.075, "output": 0.30, "tools": True, "reasoning": True},
         },
     }
@@ -506,8 +588,14 @@ def collect(stream: Any) -> dict[str, Any]:
                 entry["name"] += (part.function.name or "") if part.function else ""
                 entry["arguments"] += (part.function.arguments or "") if part.function else ""
             finish = choice.finish_reason or finish
-    return {"chunks": chunks, "text": text, "reasoning": reasoning, "finish": finish, "role": role,
-            "calls": [calls[i] for i in sorted(calls)]}
+    return {
+        "chunks": chunks,
+        "text": text,
+        "reasoning": reasoning,
+        "finish": finish,
+        "role": role,
+        "calls": [calls[i] for i in sorted(calls)],
+    }
 
 
 def answer(client: openai.OpenAI, model: str, stream: bool, **params: Any) -> dict[str, Any]:
@@ -518,10 +606,15 @@ def answer(client: openai.OpenAI, model: str, stream: bool, **params: Any) -> di
         raw, completion = create(client, model, **params)
         check_cost(raw, completion, model)
         choice = completion.choices[0]
-        return {"text": choice.message.content, "reasoning": (choice.message.model_extra or {}).get("reasoning"),
-                "finish": choice.finish_reason, "calls": choice.message.tool_calls or []}
-    got = collect(client.chat.completions.create(model=model, stream=True, stream_options={"include_usage": True},
-                                                 **params))
+        return {
+            "text": choice.message.content,
+            "reasoning": (choice.message.model_extra or {}).get("reasoning"),
+            "finish": choice.finish_reason,
+            "calls": choice.message.tool_calls or [],
+        }
+    got = collect(
+        client.chat.completions.create(model=model, stream=True, stream_options={"include_usage": True}, **params)
+    )
     final = got["chunks"][-1]
     assert final.choices == [] and final.usage is not None and got["role"] == "assistant"
     assert final.usage.model_extra["cost"] == pytest.approx(price_cost(model, final.usage), rel=1e-6)
@@ -534,9 +627,12 @@ def matches(schema: dict, value: Any) -> bool:
     kind = schema.get("type")
     if kind == "object":
         properties = schema.get("properties", {})
-        return (isinstance(value, dict) and all(k in value for k in schema.get("required", ()))
-                and (schema.get("additionalProperties", True) is not False or set(value) <= set(properties))
-                and all(matches(properties[k], v) for k, v in value.items() if k in properties))
+        return (
+            isinstance(value, dict)
+            and all(k in value for k in schema.get("required", ()))
+            and (schema.get("additionalProperties", True) is not False or set(value) <= set(properties))
+            and all(matches(properties[k], v) for k, v in value.items() if k in properties)
+        )
     if kind == "array":
         return isinstance(value, list) and all(matches(schema.get("items", {}), v) for v in value)
     if kind == "integer":
@@ -548,8 +644,14 @@ def matches(schema: dict, value: Any) -> bool:
 
 def test_the_schema_checker_refuses_what_does_not_match():
     assert matches(CITY_SCHEMA, CITY)
-    for bad in ({"city": "Paris", "population": 1}, {**CITY, "population": "many"}, {**CITY, "tags": [1]},
-                {**CITY, "extra": True}, {**CITY, "population": True}, ["Paris"]):
+    for bad in (
+        {"city": "Paris", "population": 1},
+        {**CITY, "population": "many"},
+        {**CITY, "tags": [1]},
+        {**CITY, "extra": True},
+        {**CITY, "population": True},
+        ["Paris"],
+    ):
         assert not matches(CITY_SCHEMA, bad), bad
 
 
@@ -575,8 +677,7 @@ def test_plain(client, col):
 def test_system_prompt(client, col):
     col.say("Bonjour.")
     rest = [{"role": "user", "content": "Say hello."}]
-    raw, completion = create(client, col.model,
-                             messages=[{"role": "system", "content": "Answer in French."}, *rest])
+    raw, completion = create(client, col.model, messages=[{"role": "system", "content": "Answer in French."}, *rest])
     assert completion.choices[0].message.content == "Bonjour."
     check_cost(raw, completion, col.model)
     col.check_system(col.sent, "Answer in French.", rest)
@@ -584,8 +685,11 @@ def test_system_prompt(client, col):
 
 def test_multi_turn(client, col):
     col.say("You said your name is Ada.")
-    messages = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "Hello Ada."},
-                {"role": "user", "content": "What is my name?"}]
+    messages = [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada."},
+        {"role": "user", "content": "What is my name?"},
+    ]
     raw, completion = create(client, col.model, messages=messages)
     assert completion.choices[0].message.content == "You said your name is Ada."
     check_cost(raw, completion, col.model)
@@ -606,8 +710,11 @@ def test_tools_non_stream(client, col):
 
 def test_tools_stream(client, col):
     col.call(WEATHER_CALL)
-    got = collect(client.chat.completions.create(model=col.model, messages=[{"role": "user", "content": ASK_WEATHER}],
-                                                 tools=[WEATHER], stream=True))
+    got = collect(
+        client.chat.completions.create(
+            model=col.model, messages=[{"role": "user", "content": ASK_WEATHER}], tools=[WEATHER], stream=True
+        )
+    )
     assert got["role"] == "assistant" and got["finish"] == "tool_calls"
     [call] = got["calls"]
     assert call["id"] and call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Paris"}
@@ -626,8 +733,9 @@ def test_parallel_tool_calls(client, col, stream):
         raw, completion = create(client, col.model, **params)
         check_cost(raw, completion, col.model)
         finish = completion.choices[0].finish_reason
-        calls = [(c.id, c.function.name, json.loads(c.function.arguments))
-                 for c in completion.choices[0].message.tool_calls]
+        calls = [
+            (c.id, c.function.name, json.loads(c.function.arguments)) for c in completion.choices[0].message.tool_calls
+        ]
     assert finish == "tool_calls"
     assert [(name, arguments) for _, name, arguments in calls] == [WEATHER_CALL, CLOCK_CALL]
     assert all(call_id for call_id, _, _ in calls) and len({call_id for call_id, _, _ in calls}) == 2
@@ -653,8 +761,11 @@ def test_tool_results_round_trip(client, col):
 def test_image_data_url(client, col):
     col.say("A single pixel.")
     part = {"type": "image_url", "image_url": {"url": IMAGE_URL}}
-    raw, completion = create(client, col.model, messages=[{"role": "user", "content": [
-        {"type": "text", "text": "What is in this image?"}, part]}])
+    raw, completion = create(
+        client,
+        col.model,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "What is in this image?"}, part]}],
+    )
     assert completion.choices[0].message.content == "A single pixel."
     check_cost(raw, completion, col.model)
     col.check_image(col.sent, part)
@@ -666,8 +777,13 @@ STREAMED = pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "
 @STREAMED
 def test_json_object(client, col, stream):
     col.json_answer({"answer": "Paris"})
-    got = answer(client, col.model, stream, messages=[{"role": "user", "content": "Capital of France, as JSON."}],
-                 response_format={"type": "json_object"})
+    got = answer(
+        client,
+        col.model,
+        stream,
+        messages=[{"role": "user", "content": "Capital of France, as JSON."}],
+        response_format={"type": "json_object"},
+    )
     assert isinstance(json.loads(got["text"]), dict)
     assert got["finish"] == "stop" and not got["calls"]
     col.check_json_object(col.sent)
@@ -676,10 +792,17 @@ def test_json_object(client, col, stream):
 @STREAMED
 def test_json_schema(client, col, stream):
     col.json_answer(CITY)
-    response_format = {"type": "json_schema", "json_schema": {"name": "city_info", "strict": True,
-                                                              "schema": CITY_SCHEMA}}
-    got = answer(client, col.model, stream, messages=[{"role": "user", "content": "Tell me about Paris."}],
-                 response_format=response_format)
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "city_info", "strict": True, "schema": CITY_SCHEMA},
+    }
+    got = answer(
+        client,
+        col.model,
+        stream,
+        messages=[{"role": "user", "content": "Tell me about Paris."}],
+        response_format=response_format,
+    )
     value = json.loads(got["text"])
     assert matches(CITY_SCHEMA, value), value
     assert got["finish"] == "stop" and not got["calls"]
@@ -689,8 +812,13 @@ def test_json_schema(client, col, stream):
 @STREAMED
 def test_reasoning(client, col, stream):
     col.think("6 times 7 is 42.", "42")
-    got = answer(client, col.reasoning_model, stream, messages=[{"role": "user", "content": "What is 6*7?"}],
-                 reasoning_effort="low")
+    got = answer(
+        client,
+        col.reasoning_model,
+        stream,
+        messages=[{"role": "user", "content": "What is 6*7?"}],
+        reasoning_effort="low",
+    )
     assert got["text"] == "42" and got["finish"] == "stop"
     assert got["reasoning"] == ("6 times 7 is 42." if col.returns_thinking else None)
     col.check_reasoning(col.sent)
@@ -714,8 +842,14 @@ def test_length(client, col, stream):
 
 def test_stream_plain_with_usage(client, col):
     col.say("Hello there, friend.")
-    got = collect(client.chat.completions.create(model=col.model, messages=[{"role": "user", "content": "Greet me."}],
-                                                 stream=True, stream_options={"include_usage": True}))
+    got = collect(
+        client.chat.completions.create(
+            model=col.model,
+            messages=[{"role": "user", "content": "Greet me."}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert got["role"] == "assistant" and got["text"] == "Hello there, friend." and got["finish"] == "stop"
     chunks = got["chunks"]
     assert all(c.object == "chat.completion.chunk" for c in chunks) and len({c.id for c in chunks}) == 1
@@ -734,8 +868,9 @@ def test_upstream_error_status(client, columns, column, status, stream):
     col = columns[column]
     col.fail(status)
     with pytest.raises(openai.APIStatusError) as info:
-        answer = client.chat.completions.create(model=col.model, messages=[{"role": "user", "content": "Hi"}],
-                                                stream=stream)
+        answer = client.chat.completions.create(
+            model=col.model, messages=[{"role": "user", "content": "Hi"}], stream=stream
+        )
         if stream:
             list(answer)
     gateway_status, code = GATEWAY_STATUS[status]
@@ -743,8 +878,11 @@ def test_upstream_error_status(client, columns, column, status, stream):
     assert (error.status_code, error.code) == (gateway_status, code), error.body
     assert set(error.body) >= {"message", "type", "param", "code"}
     assert error.body["message"].startswith(f"Provider '{col.id}'")
-    assert error.body["type"] == {400: "invalid_request_error", 404: "invalid_request_error",
-                                  429: "rate_limit_error"}.get(gateway_status, "upstream_error")
+    assert error.body["type"] == {
+        400: "invalid_request_error",
+        404: "invalid_request_error",
+        429: "rate_limit_error",
+    }.get(gateway_status, "upstream_error")
     assert col.key not in json.dumps(error.body)
     if status == 429:
         assert error.response.headers["retry-after"] == col.retry_after

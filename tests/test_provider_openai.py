@@ -29,9 +29,13 @@ def call(body: dict[str, Any], *, info: ModelInfo | None = None) -> Call:
 
 
 def build(body: dict[str, Any], *, type_name: str = "openai", info: ModelInfo | None = None):
-    provider = OPENAI if type_name == "openai" else parse_config(
-        {"providers": [{"name": "p", "type": type_name, "api_key": "sk-up", "base_url": "http://127.0.0.1:9"}]}
-    ).providers[0]
+    provider = (
+        OPENAI
+        if type_name == "openai"
+        else parse_config(
+            {"providers": [{"name": "p", "type": type_name, "api_key": "sk-up", "base_url": "http://127.0.0.1:9"}]}
+        ).providers[0]
+    )
     upstream = ADAPTERS[type_name].build_request(provider, call(body, info=info))
     return upstream, msgspec.json.decode(upstream.body)
 
@@ -106,8 +110,14 @@ def test_presets_do_not_inherit_openais_built_in_reasoning_entries():
 
 
 def test_catalog_marks_openai_reasoning_models_and_accepts_the_flag_in_overrides():
-    catalog = Catalog(parse_config({"providers": [{"name": "openai", "type": "openai", "api_key": "k"}],
-                                    "catalog": {"openai/gpt-5.1": {"reasoning_model": True}}}).catalog)
+    catalog = Catalog(
+        parse_config(
+            {
+                "providers": [{"name": "openai", "type": "openai", "api_key": "k"}],
+                "catalog": {"openai/gpt-5.1": {"reasoning_model": True}},
+            }
+        ).catalog
+    )
     assert catalog.info(OPENAI, "o1").reasoning_model is True
     assert catalog.info(OPENAI, "gpt-5.1").reasoning_model is True
     assert not catalog.info(OPENAI, "gpt-4o").reasoning_model
@@ -138,30 +148,41 @@ def test_fake_refuses_max_tokens_and_non_default_sampling_for_reasoning_models(f
 
 
 def test_e2e_reasoning_model_answers_with_the_translated_parameters(client, fake_openai):
-    completion = client.chat.completions.create(model="o3-mini", messages=HELLO, max_tokens=50, temperature=0.2,
-                                                extra_body={"mlx:trace": True})
+    completion = client.chat.completions.create(
+        model="o3-mini", messages=HELLO, max_tokens=50, temperature=0.2, extra_body={"mlx:trace": True}
+    )
 
     sent = fake_openai.last.body
     assert completion.choices[0].message.content
     assert sent["max_completion_tokens"] == 50 and "max_tokens" not in sent and "temperature" not in sent
     events = completion.model_extra["mlx:trace"]["events"]
-    assert {"type": "translation", "target": "openai/o3-mini", "notes": [
-        "renamed 'max_tokens' to 'max_completion_tokens': o3-mini is a reasoning model",
-        "dropped 'temperature': o3-mini takes only the default value (1)"]} in events
+    assert {
+        "type": "translation",
+        "target": "openai/o3-mini",
+        "notes": [
+            "renamed 'max_tokens' to 'max_completion_tokens': o3-mini is a reasoning model",
+            "dropped 'temperature': o3-mini takes only the default value (1)",
+        ],
+    } in events
 
 
 def test_e2e_require_parameters_refuses_temperature_before_any_upstream_call(client, fake_openai):
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="openai/o3-mini", messages=HELLO, temperature=0.2,
-                                       extra_body={"provider": {"require_parameters": True}})
+        client.chat.completions.create(
+            model="openai/o3-mini",
+            messages=HELLO,
+            temperature=0.2,
+            extra_body={"provider": {"require_parameters": True}},
+        )
 
     assert caught.value.param == "temperature" and "temperature" in caught.value.message
     assert fake_openai.chat_requests == []
 
 
 def test_e2e_reasoning_model_stream_is_translated_too(client, fake_openai):
-    chunks = list(client.chat.completions.create(model="gpt-5-mini", messages=HELLO, stream=True, max_tokens=2,
-                                                 top_p=0.5))
+    chunks = list(
+        client.chat.completions.create(model="gpt-5-mini", messages=HELLO, stream=True, max_tokens=2, top_p=0.5)
+    )
 
     sent = fake_openai.last.body
     assert sent["max_completion_tokens"] == 2 and "max_tokens" not in sent and "top_p" not in sent

@@ -61,8 +61,13 @@ def test_sighup_while_the_version_store_lock_is_held_reloads_instead_of_hanging(
     config = tmp_path / "mux.yaml"
     config.write_text(BASE + (f"server: {{state_path: {tmp_path / state}}}\n" if state else ""))
     try:
-        result = subprocess.run([sys.executable, "-c", SCRIPT, loop], cwd=ROOT, capture_output=True, timeout=15,
-                                env=env(MUX_CONFIG=str(config), PYTHONPATH=str(ROOT)))
+        result = subprocess.run(
+            [sys.executable, "-c", SCRIPT, loop],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=15,
+            env=env(MUX_CONFIG=str(config), PYTHONPATH=str(ROOT)),
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("the gateway hung: SIGHUP reloaded inside the signal handler, on a lock its thread held")
     assert result.returncode == 0, result.stderr.decode()

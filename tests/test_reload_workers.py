@@ -23,8 +23,10 @@ from .conftest import FAKE_OPENAI_KEY
 from .servers import free_port
 from .test_app_entry import ROOT, env, wait_healthy
 
-PROVIDERS = [{"name": "a", "type": "openai", "base_url": "http://a.test/v1", "api_key": "k"},
-             {"name": "b", "type": "openai", "base_url": "http://b.test/v1", "api_key": "k"}]
+PROVIDERS = [
+    {"name": "a", "type": "openai", "base_url": "http://a.test/v1", "api_key": "k"},
+    {"name": "b", "type": "openai", "base_url": "http://b.test/v1", "api_key": "k"},
+]
 HELLO = [{"role": "user", "content": "hello"}]
 ADMIN = "admin-token-for-tests"
 
@@ -49,8 +51,10 @@ def served_model(live: LiveRouting) -> str:
 
 def two_workers(tmp_path, source: Source) -> tuple[LiveRouting, LiveRouting]:
     path = str(tmp_path / "state.sqlite")
-    return (LiveRouting(source(), versions=SQLiteVersions(path), source=source),
-            LiveRouting(source(), versions=SQLiteVersions(path), source=source))
+    return (
+        LiveRouting(source(), versions=SQLiteVersions(path), source=source),
+        LiveRouting(source(), versions=SQLiteVersions(path), source=source),
+    )
 
 
 def test_a_reload_in_one_worker_is_served_by_the_other_after_its_next_sync(tmp_path):
@@ -144,7 +148,8 @@ def test_two_workers_both_serve_a_reload_a_rollback_and_a_sighup_within_a_second
             f"api_key: {FAKE_OPENAI_KEY}, models: [gpt-4o-mini, gpt-4o]}}\n"
             f"server: {{admin_token: {ADMIN}}}\n"  # and no state_path: app.py gives the workers a temporary one
             f"state: 'sqlite:///{tmp_path / 'keys.db'}'\n"  # the key store an admin token opens, not the default file
-            f"routes:\n  production: {{targets: [{targets}]}}\n")
+            f"routes:\n  production: {{targets: [{targets}]}}\n"
+        )
 
     def admin(path: str, **kwargs) -> httpx.Response:
         return httpx.post(url + path, headers={"authorization": f"Bearer {ADMIN}"}, timeout=10, **kwargs)
@@ -154,11 +159,21 @@ def test_two_workers_both_serve_a_reload_a_rollback_and_a_sighup_within_a_second
 
     write("gpt-4o-mini")
     log = (tmp_path / "out.log").open("wb")
-    process = subprocess.Popen([sys.executable, "app.py", "--config", str(config), "--port", str(port),
-                                "--workers", "2"], cwd=ROOT, env=env(), stdout=log, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--config", str(config), "--port", str(port), "--workers", "2"],
+        cwd=ROOT,
+        env=env(),
+        stdout=log,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
-    client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0, timeout=10,
-                           http_client=httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)))
+    client = openai.OpenAI(
+        base_url=url + "/v1",
+        api_key="k",
+        max_retries=0,
+        timeout=10,
+        http_client=httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)),
+    )
     try:
         wait_healthy(url, process)
         assert set().union(*answers(client).values()) == {"1"}

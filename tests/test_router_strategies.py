@@ -38,8 +38,18 @@ def labels(plan) -> list[str]:
 
 
 def test_fallback_route_keeps_its_order_limits_and_version():
-    live = routing({"production": {"strategy": "fallback", "total_timeout_ms": 8000, "targets": [
-        {"model": "a/gpt-4o-mini", "timeout_ms": 2000}, {"model": "b/gpt-4o", "timeout_ms": 3000, "retries": 1}]}})
+    live = routing(
+        {
+            "production": {
+                "strategy": "fallback",
+                "total_timeout_ms": 8000,
+                "targets": [
+                    {"model": "a/gpt-4o-mini", "timeout_ms": 2000},
+                    {"model": "b/gpt-4o", "timeout_ms": 3000, "retries": 1},
+                ],
+            }
+        }
+    )
     plan = live.router.plan(request(model="@production"))
     assert labels(plan) == ["a/gpt-4o-mini", "b/gpt-4o"]
     assert [t.timeout_s for t in plan.targets] == [2.0, 3.0] and plan.targets[1].retries == 1
@@ -47,15 +57,24 @@ def test_fallback_route_keeps_its_order_limits_and_version():
 
 
 def test_nested_routes_expand_in_place():
-    live = routing({"outer": {"targets": [{"model": "a/m1"}, {"model": "@inner"}, {"model": "c/m3"}]},
-                    "inner": {"targets": [{"model": "b/m2"}, {"model": "a/m1"}]}})
+    live = routing(
+        {
+            "outer": {"targets": [{"model": "a/m1"}, {"model": "@inner"}, {"model": "c/m3"}]},
+            "inner": {"targets": [{"model": "b/m2"}, {"model": "a/m1"}]},
+        }
+    )
     assert labels(live.router.plan(request(model="@outer"))) == ["a/m1", "b/m2", "c/m3"]
 
 
 def test_route_cycles_are_refused_at_load_naming_the_cycle():
     with pytest.raises(ConfigError, match=r"@x -> @y -> @z -> @x"):
-        routing({"x": {"targets": [{"model": "@y"}]}, "y": {"targets": [{"model": "@z"}]},
-                 "z": {"targets": [{"model": "@x"}]}})
+        routing(
+            {
+                "x": {"targets": [{"model": "@y"}]},
+                "y": {"targets": [{"model": "@z"}]},
+                "z": {"targets": [{"model": "@x"}]},
+            }
+        )
 
 
 def test_unknown_route_is_model_not_found_listing_the_defined_ones():
@@ -73,23 +92,40 @@ def test_weighted_first_choice_stays_within_statistical_bounds(weights, seed):
     trials = 3000
     firsts = Counter(weighted_order(items, weights, rng)[0] for _ in range(trials))
     total = sum(weights)
-    for item, weight in zip(items, weights):
+    for item, weight in zip(items, weights, strict=False):
         expected = weight / total
         spread = 4.5 * (expected * (1 - expected) / trials) ** 0.5  # ~4.5 sigma: a false alarm is vanishingly rare
         assert abs(firsts[item] / trials - expected) <= spread
 
 
 def test_weighted_route_orders_every_target_and_zero_weight_goes_last():
-    live = routing({"w": {"strategy": "weighted", "targets": [
-        {"model": "a/m", "weight": 0}, {"model": "b/m", "weight": 1}, {"model": "c/m", "weight": 1}]}})
+    live = routing(
+        {
+            "w": {
+                "strategy": "weighted",
+                "targets": [
+                    {"model": "a/m", "weight": 0},
+                    {"model": "b/m", "weight": 1},
+                    {"model": "c/m", "weight": 1},
+                ],
+            }
+        }
+    )
     for _ in range(50):
         order = labels(live.router.plan(request(model="@w")))
         assert sorted(order) == ["a/m", "b/m", "c/m"] and order[-1] == "a/m"
 
 
 def test_sticky_weighted_assignment_is_stable_per_end_user_and_spread_across_users():
-    live = routing({"w": {"strategy": "weighted", "sticky": "end_user",
-                          "targets": [{"model": "a/m", "weight": 1}, {"model": "b/m", "weight": 1}]}})
+    live = routing(
+        {
+            "w": {
+                "strategy": "weighted",
+                "sticky": "end_user",
+                "targets": [{"model": "a/m", "weight": 1}, {"model": "b/m", "weight": 1}],
+            }
+        }
+    )
     firsts = {}
     for user in range(200):
         seen = {labels(live.router.plan(request(model="@w"), end_user=f"u{user}"))[0] for _ in range(5)}
@@ -100,9 +136,13 @@ def test_sticky_weighted_assignment_is_stable_per_end_user_and_spread_across_use
 
 
 def test_ab_test_picks_one_variant_sticky_per_end_user_and_reports_it():
-    live = routing({"exp": {"strategy": "ab_test", "targets": [{"model": "@va", "weight": 90}, {"model": "@vb", "weight": 10}]},
-                    "va": {"targets": [{"model": "a/m"}, {"model": "c/m"}]},
-                    "vb": {"targets": [{"model": "b/m"}]}})
+    live = routing(
+        {
+            "exp": {"strategy": "ab_test", "targets": [{"model": "@va", "weight": 90}, {"model": "@vb", "weight": 10}]},
+            "va": {"targets": [{"model": "a/m"}, {"model": "c/m"}]},
+            "vb": {"targets": [{"model": "b/m"}]},
+        }
+    )
     variants = Counter()
     for user in range(300):
         plans = [live.router.plan(request(model="@exp"), end_user=f"user-{user}") for _ in range(3)]
@@ -123,8 +163,14 @@ def test_latency_strategy_prefers_the_faster_healthy_target_and_tries_unmeasured
 
 
 def test_cost_strategy_tries_the_cheapest_priced_target_first():
-    live = routing({"cheap": {"strategy": "cost", "targets": [
-        {"model": "a/gpt-4o"}, {"model": "b/unpriced-model"}, {"model": "c/gpt-4o-mini"}]}})
+    live = routing(
+        {
+            "cheap": {
+                "strategy": "cost",
+                "targets": [{"model": "a/gpt-4o"}, {"model": "b/unpriced-model"}, {"model": "c/gpt-4o-mini"}],
+            }
+        }
+    )
     assert labels(live.router.plan(request(model="@cheap"))) == ["c/gpt-4o-mini", "a/gpt-4o", "b/unpriced-model"]
 
 
@@ -148,7 +194,10 @@ def test_provider_order_wins_over_routing_prefer_and_limits_apply_last():
     base = {"model": "a/m", "fallbacks": ["b/m", "c/m"]}
     both = request(**base, provider={"order": ["b"]}, routing={"prefer": ["c"]})
     assert labels(live.router.plan(both)) == ["b/m", "c/m", "a/m"]
-    assert labels(live.router.plan(request(**base, routing={"prefer": ["c"], "max_provider_tries": 2}))) == ["c/m", "a/m"]
+    assert labels(live.router.plan(request(**base, routing={"prefer": ["c"], "max_provider_tries": 2}))) == [
+        "c/m",
+        "a/m",
+    ]
     assert labels(live.router.plan(request(**base, provider={"allow_fallbacks": False}))) == ["a/m"]
     assert labels(live.router.plan(request(**base, routing={"allow_fallbacks": False}))) == ["a/m"]
 
@@ -156,7 +205,11 @@ def test_provider_order_wins_over_routing_prefer_and_limits_apply_last():
 def test_sort_by_price_and_max_price_use_the_price_catalog():
     live = routing({})
     base = {"model": "a/gpt-4o", "fallbacks": ["b/gpt-4o-mini", "c/gpt-4.1"]}
-    assert labels(live.router.plan(request(**base, provider={"sort": "price"}))) == ["b/gpt-4o-mini", "c/gpt-4.1", "a/gpt-4o"]
+    assert labels(live.router.plan(request(**base, provider={"sort": "price"}))) == [
+        "b/gpt-4o-mini",
+        "c/gpt-4.1",
+        "a/gpt-4o",
+    ]
     assert labels(live.router.plan(request(**base, route="sort"))) == ["b/gpt-4o-mini", "c/gpt-4.1", "a/gpt-4o"]
     plan = live.router.plan(request(**base, provider={"max_price": {"prompt": 1.0}}))
     assert labels(plan) == ["b/gpt-4o-mini"]
@@ -178,7 +231,10 @@ def test_retry_budget_never_allows_more_than_its_share_plus_floor(requests, rati
 
 
 def test_reload_assigns_new_versions_only_to_changed_routes_and_rollback_restores_content():
-    config = {"providers": PROVIDERS, "routes": {"p": {"targets": [{"model": "a/m"}]}, "q": {"targets": [{"model": "b/m"}]}}}
+    config = {
+        "providers": PROVIDERS,
+        "routes": {"p": {"targets": [{"model": "a/m"}]}, "q": {"targets": [{"model": "b/m"}]}},
+    }
     live = LiveRouting(parse_config(config))
     changed = {**config, "routes": {**config["routes"], "p": {"targets": [{"model": "c/m"}]}}}
     assert live.reload(parse_config(changed)) == {"p": 2, "q": 1}
@@ -203,8 +259,15 @@ def test_sqlite_versions_persist_across_restarts_and_only_grow(tmp_path):
 
 def test_capability_prefilter_skips_targets_that_cannot_serve_the_request_with_the_reason():
     live = routing({"r": {"targets": [{"model": "a/o3-mini"}, {"model": "b/gpt-4o-mini"}]}})
-    image = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                          {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]}]
+    image = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "https://x/cat.png"}},
+            ],
+        }
+    ]
     plan = live.router.plan(request(model="@r", messages=image))
     assert labels(plan) == ["b/gpt-4o-mini"]
     assert [(s.target, s.reason) for s in plan.skipped] == [("a/o3-mini", "does not support images")]
@@ -222,10 +285,15 @@ def test_when_no_target_is_capable_a_400_says_why():
 
 
 def test_unknown_models_are_never_filtered_and_config_catalog_entries_extend_and_override():
-    config = parse_config({"providers": PROVIDERS, "catalog": {
-        "a/local-llama": {"context_window": 8192, "tools": False, "input": 0.0, "output": 0.0},
-        "openai/gpt-4o-mini": {"input": 0.10},
-    }})
+    config = parse_config(
+        {
+            "providers": PROVIDERS,
+            "catalog": {
+                "a/local-llama": {"context_window": 8192, "tools": False, "input": 0.0, "output": 0.0},
+                "openai/gpt-4o-mini": {"input": 0.10},
+            },
+        }
+    )
     live = LiveRouting(config)
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     plan = live.router.plan(request(model="a/local-llama", fallbacks=["b/mystery"], tools=tools))
@@ -241,8 +309,15 @@ def accept_everything(request, answer) -> bool:
 
 
 def test_cascade_validators_are_loaded_at_config_time():
-    live = routing({"c": {"strategy": "cascade", "targets": [{"model": "a/m"}, {"model": "b/m"}],
-                          "cascade": {"validator": "tests.test_router_strategies:accept_everything"}}})
+    live = routing(
+        {
+            "c": {
+                "strategy": "cascade",
+                "targets": [{"model": "a/m"}, {"model": "b/m"}],
+                "cascade": {"validator": "tests.test_router_strategies:accept_everything"},
+            }
+        }
+    )
     assert live.routes["c"].config.cascade.validator.endswith("accept_everything")
     for bad in ("no_colon", "tests.test_router_strategies:missing", "no.such.module:f"):
         with pytest.raises(ConfigError, match="cascade.validator"):

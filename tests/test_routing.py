@@ -14,10 +14,19 @@ from mux.wire import decode_request
 
 from .asgi_calls import ScriptedApp, call
 
-CONFIG = parse_config({"providers": [
-    {"name": "openai", "type": "openai", "api_key": "k"},
-    {"name": "local", "type": "openai", "base_url": "http://127.0.0.1:8000/v1", "models": ["meta-llama/Llama-3-8B"]},
-]})
+CONFIG = parse_config(
+    {
+        "providers": [
+            {"name": "openai", "type": "openai", "api_key": "k"},
+            {
+                "name": "local",
+                "type": "openai",
+                "base_url": "http://127.0.0.1:8000/v1",
+                "models": ["meta-llama/Llama-3-8B"],
+            },
+        ]
+    }
+)
 
 
 @pytest.mark.parametrize(
@@ -49,10 +58,16 @@ def test_provider_type_known_but_unconfigured_explains_the_setting():
 
 
 def test_plan_tries_model_then_models_then_fallbacks_without_repeats():
-    view, _ = decode_request(msgspec.json.encode({
-        "model": "gpt-4o", "models": ["gpt-4o", "local/a"], "fallbacks": ["local/a", "openai/gpt-4o-mini"],
-        "messages": [{"role": "user", "content": "x"}],
-    }))
+    view, _ = decode_request(
+        msgspec.json.encode(
+            {
+                "model": "gpt-4o",
+                "models": ["gpt-4o", "local/a"],
+                "fallbacks": ["local/a", "openai/gpt-4o-mini"],
+                "messages": [{"role": "user", "content": "x"}],
+            }
+        )
+    )
     plan = plan_for(view, Resolver(CONFIG))
     assert [t.label for t in plan.targets] == ["openai/gpt-4o", "local/a", "openai/gpt-4o-mini"]
 
@@ -63,6 +78,7 @@ def test_router_layer_writes_the_plan_and_answers_unknown_models_itself():
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}
     call(layer, msgspec.json.encode(body))
     assert [t.label for t in inner.seen[0]["ctx"].plan.targets] == ["openai/gpt-4o"]
-    result = call(RouterLayer(ScriptedApp(), routing=LiveRouting(CONFIG)),
-                  msgspec.json.encode({**body, "model": "unknown"}))
+    result = call(
+        RouterLayer(ScriptedApp(), routing=LiveRouting(CONFIG)), msgspec.json.encode({**body, "model": "unknown"})
+    )
     assert result.status == 404 and result.json()["error"]["code"] == "model_not_found"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import msgspec
@@ -27,13 +27,17 @@ HELLO = [{"role": "user", "content": "hello there"}]
 def config(base_url: str, **routes_override) -> dict:
     provider = {"type": "openai", "base_url": base_url, "api_key": FAKE_OPENAI_KEY}
     routes = {
-        "production": {"strategy": "fallback", "targets": [{"model": "primary/gpt-4o-mini"},
-                                                           {"model": "backup/gpt-4o"}]},
+        "production": {
+            "strategy": "fallback",
+            "targets": [{"model": "primary/gpt-4o-mini"}, {"model": "backup/gpt-4o"}],
+        },
         "quick": {"strategy": "fallback", "targets": [{"model": "slow/gpt-4o-mini"}, {"model": "backup/gpt-4o"}]},
         "dead": {"strategy": "fallback", "targets": [{"model": "closed/gpt-4o-mini"}, {"model": "backup/gpt-4o"}]},
         "json": {"strategy": "cascade", "targets": [{"model": "primary/gpt-4o-mini"}, {"model": "backup/gpt-4o"}]},
-        "retrying": {"strategy": "fallback", "targets": [{"model": "primary/gpt-4o-mini", "retries": 2},
-                                                         {"model": "backup/gpt-4o", "retries": 2}]},
+        "retrying": {
+            "strategy": "fallback",
+            "targets": [{"model": "primary/gpt-4o-mini", "retries": 2}, {"model": "backup/gpt-4o", "retries": 2}],
+        },
         **routes_override,
     }
     return {
@@ -92,8 +96,9 @@ def test_streamed_fallback_before_the_first_byte_then_a_clean_stream(routed):
 def test_no_fallback_after_the_first_byte_the_cut_reaches_the_client(routed):
     _, url, client, fake = routed
     fake.script(Reply(cut_after=2))
-    with httpx.stream("POST", url + "/v1/chat/completions", json={"model": "@production", "messages": HELLO,
-                                                                  "stream": True}) as response:
+    with httpx.stream(
+        "POST", url + "/v1/chat/completions", json={"model": "@production", "messages": HELLO, "stream": True}
+    ) as response:
         body = b"".join(response.iter_bytes())
     assert response.status_code == 200
     assert not body.endswith(b"data: [DONE]\n\n") and b'"code":"upstream_stream_cut"' in body
@@ -113,8 +118,13 @@ def test_refused_connection_falls_over(routed):
     assert raw.headers["x-mux-provider"] == "backup" and models_called(fake) == ["gpt-4o"]
 
 
-@pytest.mark.parametrize("reply", [Reply(body=b"", content_type="text/event-stream"),
-                                   Reply(body=b"<html>bad gateway</html>", content_type="text/html")])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(body=b"", content_type="text/event-stream"),
+        Reply(body=b"<html>bad gateway</html>", content_type="text/html"),
+    ],
+)
 def test_empty_or_html_200_falls_over_before_the_first_byte(routed, reply):
     _, _, client, fake = routed
     fake.script(reply)
@@ -133,12 +143,16 @@ def test_client_errors_are_neither_retried_nor_failed_over(routed):
 def test_retries_at_the_same_target_back_off_then_succeed(routed):
     _, _, client, fake = routed
     fake.script(Reply(status=500), Reply(status=502))
-    raw = client.chat.completions.with_raw_response.create(model="@retrying", messages=HELLO,
-                                                           extra_body={"mlx:trace": True})
+    raw = client.chat.completions.with_raw_response.create(
+        model="@retrying", messages=HELLO, extra_body={"mlx:trace": True}
+    )
     assert models_called(fake) == ["gpt-4o-mini"] * 3
     trace = raw.http_response.json()["mlx:trace"]
     assert [a["status"] for a in trace["attempts"]] == ["error", "error", "ok"]
-    assert trace["decision"] == {"target": "primary/gpt-4o-mini", "reason": "answered after 2 failed or escalated attempts"}
+    assert trace["decision"] == {
+        "target": "primary/gpt-4o-mini",
+        "reason": "answered after 2 failed or escalated attempts",
+    }
 
 
 def test_retry_budget_bounds_upstream_attempts_under_a_provider_that_always_fails(routed):
@@ -166,11 +180,13 @@ def test_tripped_breaker_skips_its_target_and_lets_it_back_after_the_cooldown(ro
     for _ in range(3):  # three failing primaries, each answered by the backup
         client.chat.completions.create(model="@production", messages=HELLO)
     assert models_called(fake) == ["gpt-4o-mini", "gpt-4o"] * 3
-    raw = client.chat.completions.with_raw_response.create(model="@production", messages=HELLO,
-                                                           extra_body={"mlx:trace": True})
+    raw = client.chat.completions.with_raw_response.create(
+        model="@production", messages=HELLO, extra_body={"mlx:trace": True}
+    )
     assert models_called(fake)[-1:] == ["gpt-4o"] and len(fake.chat_requests) == 7  # primary skipped
-    assert raw.http_response.json()["mlx:trace"]["skipped"] == [{"target": "primary/gpt-4o-mini",
-                                                                 "reason": "circuit open"}]
+    assert raw.http_response.json()["mlx:trace"]["skipped"] == [
+        {"target": "primary/gpt-4o-mini", "reason": "circuit open"}
+    ]
     time.sleep(0.6)
     raw = client.chat.completions.with_raw_response.create(model="@production", messages=HELLO)
     assert raw.headers["x-mux-provider"] == "primary"  # the half-open probe succeeded
@@ -180,38 +196,53 @@ def test_cascade_escalates_when_the_cheaper_answer_is_not_valid_json(routed):
     _, _, client, fake = routed
     fake.script(Reply(content="Sure! Here is your JSON: {oops"))
     raw = client.chat.completions.with_raw_response.create(
-        model="@json", messages=[{"role": "user", "content": "answer in json"}], response_format={"type": "json_object"}, extra_body={"mlx:trace": True})
+        model="@json",
+        messages=[{"role": "user", "content": "answer in json"}],
+        response_format={"type": "json_object"},
+        extra_body={"mlx:trace": True},
+    )
     assert raw.headers["x-mux-provider"] == "backup"
     attempts = raw.http_response.json()["mlx:trace"]["attempts"]
     assert [(a["target"], a["status"], a.get("reason")) for a in attempts] == [
-        ("primary/gpt-4o-mini", "escalated", "invalid_json"), ("backup/gpt-4o", "ok", None)]
+        ("primary/gpt-4o-mini", "escalated", "invalid_json"),
+        ("backup/gpt-4o", "ok", None),
+    ]
 
 
 def test_decision_trace_is_returned_in_the_body_and_in_a_final_stream_chunk(routed):
     _, url, client, fake = routed
     fake.script(Reply(status=503))
     body = client.chat.completions.with_raw_response.create(
-        model="@production", messages=HELLO, extra_body={"mlx:trace": True}).http_response.json()
+        model="@production", messages=HELLO, extra_body={"mlx:trace": True}
+    ).http_response.json()
     trace = body["mlx:trace"]
     assert trace["schema"] == 1 and trace["config"] == "production" and trace["config_version"] == 1
     assert trace["strategy"] == "fallback"
     assert [c["target"] for c in trace["candidates"]] == ["primary/gpt-4o-mini", "backup/gpt-4o"]
     assert [(a["target"], a["status"], a.get("http_status")) for a in trace["attempts"]] == [
-        ("primary/gpt-4o-mini", "error", 503), ("backup/gpt-4o", "ok", None)]
+        ("primary/gpt-4o-mini", "error", 503),
+        ("backup/gpt-4o", "ok", None),
+    ]
     assert trace["decision"]["target"] == "backup/gpt-4o"
-    with httpx.stream("POST", url + "/v1/chat/completions", json={
-            "model": "@production", "messages": HELLO, "stream": True, "mlx:trace": True}) as response:
+    with httpx.stream(
+        "POST",
+        url + "/v1/chat/completions",
+        json={"model": "@production", "messages": HELLO, "stream": True, "mlx:trace": True},
+    ) as response:
         data = b"".join(response.iter_bytes())
     events = data.split(b"\n\n")
     assert events[-2] == b"data: [DONE]" and b'"mlx:trace"' in events[-3]
-    streamed = msgspec.json.decode(events[-3][len(b"data: "):])
+    streamed = msgspec.json.decode(events[-3][len(b"data: ") :])
     assert streamed["choices"] == [] and streamed["mlx:trace"]["attempts"][0]["status"] == "ok"
 
 
 def test_dry_run_returns_the_plan_without_calling_any_provider(routed):
     _, url, _, fake = routed
-    response = httpx.post(url + "/v1/chat/completions", headers={"x-mux-dry-run": "true"},
-                          json={"model": "@production", "messages": HELLO})
+    response = httpx.post(
+        url + "/v1/chat/completions",
+        headers={"x-mux-dry-run": "true"},
+        json={"model": "@production", "messages": HELLO},
+    )
     assert response.status_code == 200 and fake.chat_requests == []
     trace = response.json()["mlx:trace"]
     assert trace["decision"]["target"] == "primary/gpt-4o-mini" and trace["attempts"] == []
@@ -244,8 +275,7 @@ def test_reload_never_drops_an_in_flight_stream_and_rollback_restores_the_old_ve
         worker = threading.Thread(target=consume)
         worker.start()
         time.sleep(0.2)  # the stream is under way
-        current["config"] = config(base, production={"strategy": "fallback",
-                                                     "targets": [{"model": "backup/gpt-4o"}]})
+        current["config"] = config(base, production={"strategy": "fallback", "targets": [{"model": "backup/gpt-4o"}]})
         reloaded = admin(url, "POST", "/admin/reload")
         assert reloaded.status_code == 200 and reloaded.json()["routes"]["production"]["version"] == 2
         worker.join(10)
@@ -262,12 +292,18 @@ def test_reload_never_drops_an_in_flight_stream_and_rollback_restores_the_old_ve
 
 STRATEGY_ROUTES = {
     "single": {"strategy": "single", "targets": [{"model": "primary/gpt-4o-mini"}]},
-    "weighted": {"strategy": "weighted", "sticky": "end_user",
-                 "targets": [{"model": "primary/gpt-4o-mini", "weight": 3}, {"model": "backup/gpt-4o", "weight": 1}]},
+    "weighted": {
+        "strategy": "weighted",
+        "sticky": "end_user",
+        "targets": [{"model": "primary/gpt-4o-mini", "weight": 3}, {"model": "backup/gpt-4o", "weight": 1}],
+    },
     "latency": {"strategy": "latency", "targets": [{"model": "primary/gpt-4o-mini"}, {"model": "backup/gpt-4o"}]},
     "cost": {"strategy": "cost", "targets": [{"model": "backup/gpt-4o"}, {"model": "primary/gpt-4o-mini"}]},
     "cascade": {"strategy": "cascade", "targets": [{"model": "primary/gpt-4o-mini"}, {"model": "backup/gpt-4o"}]},
-    "ab_test": {"strategy": "ab_test", "targets": [{"model": "@arm_a", "weight": 50}, {"model": "@arm_b", "weight": 50}]},
+    "ab_test": {
+        "strategy": "ab_test",
+        "targets": [{"model": "@arm_a", "weight": 50}, {"model": "@arm_b", "weight": 50}],
+    },
     "arm_a": {"targets": [{"model": "primary/gpt-4o-mini"}]},
     "arm_b": {"targets": [{"model": "backup/gpt-4o"}]},
 }
@@ -285,7 +321,8 @@ def strategies_gateway(fake_openai_server: FakeOpenAI) -> Iterator[str]:
 def test_every_strategy_answers_through_the_openai_sdk(strategies_gateway, fake_openai, route, stream):
     client = openai.OpenAI(base_url=strategies_gateway + "/v1", api_key="k", max_retries=0, timeout=10)
     raw = client.chat.completions.with_raw_response.create(
-        model=f"@{route}", messages=HELLO, stream=stream, extra_body={"mlx:end_user": "user-7"})
+        model=f"@{route}", messages=HELLO, stream=stream, extra_body={"mlx:end_user": "user-7"}
+    )
     if stream:
         text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     else:
@@ -300,6 +337,7 @@ def test_every_strategy_answers_through_the_openai_sdk(strategies_gateway, fake_
         variant = raw.headers["x-mux-ab-variant"]
         assert called == (["gpt-4o-mini"] if variant == "@arm_a" else ["gpt-4o"])
         again = client.chat.completions.with_raw_response.create(
-            model="@ab_test", messages=HELLO, extra_body={"mlx:end_user": "user-7"})
+            model="@ab_test", messages=HELLO, extra_body={"mlx:end_user": "user-7"}
+        )
         assert again.headers["x-mux-ab-variant"] == variant  # sticky per end user
     client.close()

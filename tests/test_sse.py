@@ -18,7 +18,7 @@ def parse_all(chunks: list[bytes]) -> list[SSEEvent]:
 
 STREAM = (
     b": comment line\n"
-    b"event: message_start\ndata: {\"a\":1}\n\n"
+    b'event: message_start\ndata: {"a":1}\n\n'
     b"data: line one\r\ndata: line two\r\n\r\n"
     b"id: 7\rretry: 1500\rdata: cr only\r\r"
     b"data:no-space\n\n"
@@ -56,8 +56,9 @@ def test_any_split_of_the_bytes_yields_the_same_events(cuts):
     assert parse_all(chunks) == EXPECTED
 
 
-payloads = st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b),
-                    min_size=1, max_size=8)
+payloads = st.lists(
+    st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b), min_size=1, max_size=8
+)
 
 
 @settings(max_examples=200, deadline=None)

@@ -19,7 +19,9 @@ from mux.layers import RouterLayer, TagsLayer, TraceLayer
 
 from .servers import serve
 
-CONFIG = mux.parse_config({"providers": [{"name": "openai", "type": "openai", "api_key": "k", "models": ["gpt-4o-mini"]}]})
+CONFIG = mux.parse_config(
+    {"providers": [{"name": "openai", "type": "openai", "api_key": "k", "models": ["gpt-4o-mini"]}]}
+)
 
 
 def test_default_stack_passes_the_field_check():
@@ -71,8 +73,10 @@ def test_one_layer_alone_inside_a_starlette_app_annotates_the_request():
         seen["body"] = await request.json()  # the body is replayed to the app
         return JSONResponse({"ok": True})
 
-    app = Starlette(routes=[Route("/v1/chat/completions", endpoint, methods=["POST"])],
-                    middleware=[Middleware(TraceLayer), Middleware(TagsLayer)])
+    app = Starlette(
+        routes=[Route("/v1/chat/completions", endpoint, methods=["POST"])],
+        middleware=[Middleware(TraceLayer), Middleware(TagsLayer)],
+    )
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "mlx:tags": {"team": "a"}}
     with serve(app) as url:
         response = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"x-mux-end-user": "u7"})
@@ -86,8 +90,10 @@ def test_standalone_app_answers_health_and_models_over_a_socket():
     with serve(mux.build_app(CONFIG)) as url:
         assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
         listed = msgspec.json.decode(httpx.get(f"{url}/api/v1/models").content)
-        assert listed == {"object": "list", "data": [
-            {"id": "openai/gpt-4o-mini", "object": "model", "created": 0, "owned_by": "openai"}]}
+        assert listed == {
+            "object": "list",
+            "data": [{"id": "openai/gpt-4o-mini", "object": "model", "created": 0, "owned_by": "openai"}],
+        }
 
 
 def test_check_stack_checks_reads_after_against_the_whole_stack():
@@ -118,11 +124,12 @@ def test_importing_one_layer_imports_a_small_part_of_mux():
     import subprocess
     import sys
 
-    probe = ("import sys, mux.layers.tags; "
-             "print(len([m for m in sys.modules if m == 'mux' or m.startswith('mux.')]))")
+    probe = "import sys, mux.layers.tags; print(len([m for m in sys.modules if m == 'mux' or m.startswith('mux.')]))"
     alone = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
-    probe_all = ("import sys, mux, mux.gateway; "
-                 "print(len([m for m in sys.modules if m == 'mux' or m.startswith('mux.')]))")
-    everything = int(subprocess.run([sys.executable, "-c", probe_all], capture_output=True, text=True,
-                                    check=True).stdout)
+    probe_all = (
+        "import sys, mux, mux.gateway; print(len([m for m in sys.modules if m == 'mux' or m.startswith('mux.')]))"
+    )
+    everything = int(
+        subprocess.run([sys.executable, "-c", probe_all], capture_output=True, text=True, check=True).stdout
+    )
     assert alone * 4 <= everything, (alone, everything)

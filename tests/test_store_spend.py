@@ -11,7 +11,8 @@ import asyncio
 import random
 import sqlite3
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,14 @@ from mux.stores.spend.redis import RedisSpendStore
 from mux.stores.spend.sqlite import SqliteSpendStore
 from mux.stores.state_url import parse_state_url
 from tests.store_backends import (
-    BACKENDS, DAY_T0_END, Backend, Clock, require_redis, run_two, spend_worker, wipe,
+    BACKENDS,
+    DAY_T0_END,
+    Backend,
+    Clock,
+    require_redis,
+    run_two,
+    spend_worker,
+    wipe,
 )
 
 DAY = 86_400
@@ -105,8 +113,9 @@ def test_two_processes_sharing_the_state_admit_no_more_than_the_cap(kind: str, t
         asyncio.run(require_redis())
     b = Backend(kind, str(tmp_path))
     try:
-        admitted = run_two(spend_worker, *[(kind, str(tmp_path), b.prefix, name, 10 * 1_000, 1_000, 50)
-                                           for name in ("a", "b")])
+        admitted = run_two(
+            spend_worker, *[(kind, str(tmp_path), b.prefix, name, 10 * 1_000, 1_000, 50) for name in ("a", "b")]
+        )
         assert sum(admitted) == 10, admitted
         assert run(b.spend(), lambda s: s.usage(BudgetWindow("shared", "key:shared", 0, "day"))) == (0, 10_000)
     finally:
@@ -349,8 +358,12 @@ def test_every_backend_answers_a_random_history_alike(tmp_path: Any) -> None:
     side by side, across a midnight: every answer is equal, and an enforced window's spent + reserved never
     passes its cap by more than the spend settled after its reservation had expired."""
     asyncio.run(require_redis())
-    windows = [key_window(5_000, "day", "k-day"), key_window(12_000, "month", "k-month"),
-               BudgetWindow("team", "team:t", 8_000, "week"), BudgetWindow("soft", "global", 3_000, "day", False)]
+    windows = [
+        key_window(5_000, "day", "k-day"),
+        key_window(12_000, "month", "k-month"),
+        BudgetWindow("team", "team:t", 8_000, "week"),
+        BudgetWindow("soft", "global", 3_000, "day", False),
+    ]
     backends = [Backend(kind, str(tmp_path)) for kind in BACKENDS]
     clock = Clock(DAY_T0_END - 7200)
     rng = random.Random(20270310)
@@ -388,7 +401,7 @@ def test_every_backend_answers_a_random_history_alike(tmp_path: Any) -> None:
                 else:
                     answers = [await s.usage(w) for s in stores for w in windows]
                     n = len(windows)
-                    answers = [tuple(answers[i * n:(i + 1) * n]) for i in range(len(stores))]
+                    answers = [tuple(answers[i * n : (i + 1) * n]) for i in range(len(stores))]
                 assert answers[1:] == answers[:-1], (step, answers)
                 for w in windows:
                     if w.enforce:
@@ -406,8 +419,10 @@ def test_every_backend_answers_a_random_history_alike(tmp_path: Any) -> None:
 
 def test_an_unreachable_redis_is_reported_quickly_without_its_password() -> None:
     async def main() -> None:
-        for store in (RedisSpendStore("redis://:hunter2@127.0.0.1:1/0"),
-                      RedisRateLimitStore("redis://:hunter2@127.0.0.1:1/0")):
+        for store in (
+            RedisSpendStore("redis://:hunter2@127.0.0.1:1/0"),
+            RedisRateLimitStore("redis://:hunter2@127.0.0.1:1/0"),
+        ):
             started = time.monotonic()
             with pytest.raises(StoreUnavailable) as e:
                 await store.open()

@@ -32,28 +32,38 @@ def test_a_redis_password_is_not_in_the_repr() -> None:
     assert "hunter2" not in repr(state) and "hunter2" not in str(state) and "***" in repr(state)
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("", "expected 'memory'"),
-    ("Memory", "expected 'memory'"),
-    ("postgresql://localhost/test", "unsupported state"),
-    ("sqlite://host/mux.db", "names a host"),
-    ("sqlite://mux.db", "names a host"),
-    ("sqlite:///", "names no file"),
-    ("sqlite:///dir/", "names no file"),
-    ("sqlite:///:memory:", "use 'memory'"),
-    ("sqlite:///mux.db?mode=ro", "no query"),
-    ("redis://", "names no host"),
-    ("redis://cache:port/0", "invalid host or port"),
-    ("redis://cache:6379/zero", "database is a number"),
-    ("redis://cache:6379/0?timeout=1", "no query"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("", "expected 'memory'"),
+        ("Memory", "expected 'memory'"),
+        ("postgresql://localhost/test", "unsupported state"),
+        ("sqlite://host/mux.db", "names a host"),
+        ("sqlite://mux.db", "names a host"),
+        ("sqlite:///", "names no file"),
+        ("sqlite:///dir/", "names no file"),
+        ("sqlite:///:memory:", "use 'memory'"),
+        ("sqlite:///mux.db?mode=ro", "no query"),
+        ("redis://", "names no host"),
+        ("redis://cache:port/0", "invalid host or port"),
+        ("redis://cache:6379/zero", "database is a number"),
+        ("redis://cache:6379/0?timeout=1", "no query"),
+    ],
+)
 def test_anything_else_is_refused_saying_what_is_accepted(text: str, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         parse_state_url(text)
 
 
-@pytest.mark.parametrize("text", ["redis://:hunter2@cache:port/0", "redis://u:hunter2@cache:1/x",
-                                  "redis://:hunter2@cache:1/0?a=b", "mysql://root:hunter2@db/x"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "redis://:hunter2@cache:port/0",
+        "redis://u:hunter2@cache:1/x",
+        "redis://:hunter2@cache:1/0?a=b",
+        "mysql://root:hunter2@db/x",
+    ],
+)
 def test_a_refusal_never_repeats_the_password(text: str) -> None:
     with pytest.raises(ValueError) as e:
         parse_state_url(text)

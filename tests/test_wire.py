@@ -13,10 +13,14 @@ from mux.wire import GATEWAY_KEYS, decode_request, encoder, forwardable_fields
 text = st.text(max_size=20)
 user_content = st.one_of(
     text,
-    st.lists(st.one_of(
-        st.builds(lambda t: {"type": "text", "text": t}, text),
-        st.builds(lambda u: {"type": "image_url", "image_url": {"url": "https://x/" + u}}, text),
-    ), min_size=1, max_size=3),
+    st.lists(
+        st.one_of(
+            st.builds(lambda t: {"type": "text", "text": t}, text),
+            st.builds(lambda u: {"type": "image_url", "image_url": {"url": "https://x/" + u}}, text),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
 )
 message = st.one_of(
     st.builds(lambda c: {"role": "system", "content": c}, text),
@@ -24,27 +28,33 @@ message = st.one_of(
     st.builds(lambda c: {"role": "assistant", "content": c}, text),
     st.builds(lambda c, i: {"role": "tool", "content": c, "tool_call_id": i}, text, text),
 )
-optional = st.fixed_dictionaries({}, optional={
-    "temperature": st.floats(0, 2),
-    "top_p": st.floats(0, 1),
-    "presence_penalty": st.floats(-2, 2),
-    "frequency_penalty": st.floats(-2, 2),
-    "max_tokens": st.integers(1, 100_000),
-    "n": st.integers(1, 8),
-    "seed": st.integers(-(2**53) + 1, 2**53 - 1),
-    "stop": st.one_of(text, st.lists(text, max_size=4)),
-    "stream": st.booleans(),
-    "user": text,
-    "tool_choice": st.sampled_from(["none", "auto", "required"]),
-    "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}]),
-    "mlx:tags": st.dictionaries(st.text(min_size=1, max_size=10), text, max_size=4),
-    "some_future_param": st.one_of(st.integers(), text, st.lists(st.integers(), max_size=3)),
-})
+optional = st.fixed_dictionaries(
+    {},
+    optional={
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0, 1),
+        "presence_penalty": st.floats(-2, 2),
+        "frequency_penalty": st.floats(-2, 2),
+        "max_tokens": st.integers(1, 100_000),
+        "n": st.integers(1, 8),
+        "seed": st.integers(-(2**53) + 1, 2**53 - 1),
+        "stop": st.one_of(text, st.lists(text, max_size=4)),
+        "stream": st.booleans(),
+        "user": text,
+        "tool_choice": st.sampled_from(["none", "auto", "required"]),
+        "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}]),
+        "mlx:tags": st.dictionaries(st.text(min_size=1, max_size=10), text, max_size=4),
+        "some_future_param": st.one_of(st.integers(), text, st.lists(st.integers(), max_size=3)),
+    },
+)
 
 
 @st.composite
 def requests(draw):
-    body = {"model": draw(st.text(min_size=1, max_size=30)), "messages": draw(st.lists(message, min_size=1, max_size=5))}
+    body = {
+        "model": draw(st.text(min_size=1, max_size=30)),
+        "messages": draw(st.lists(message, min_size=1, max_size=5)),
+    }
     body.update(draw(optional))
     return body
 

@@ -17,7 +17,8 @@ requests that just ended. A malformed parameter is a 400 naming it.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from mux.asgi import Scope
 from mux.errors import InvalidRequest, MuxError, NotFound
@@ -67,8 +68,9 @@ def requests_query(query: dict[str, str]) -> Query:
         tag = (name, value)
 
     async def run(ledger: LedgerWriter) -> dict[str, Any]:
-        rows, next_cursor = await ledger.store.requests(key=query.get("key"), status=status, model=query.get("model"),
-                                                        tag=tag, limit=limit, cursor=cursor)
+        rows, next_cursor = await ledger.store.requests(
+            key=query.get("key"), status=status, model=query.get("model"), tag=tag, limit=limit, cursor=cursor
+        )
         return {"data": [row_view(r) for r in rows], "next_cursor": next_cursor}
 
     return run

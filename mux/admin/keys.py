@@ -18,7 +18,8 @@ it takes effect here at once and elsewhere within the cache's bound. Log lines n
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -46,8 +47,15 @@ class Rotation(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class KeyAdmin:
     """Handles ``/admin/keys*`` over an open key store and the ``KeyCache`` in front of it."""
 
-    def __init__(self, *, store: KeyStore, cache: KeyCache, secret: str | bytes | None = None,
-                 logger: Any = None, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        store: KeyStore,
+        cache: KeyCache,
+        secret: str | bytes | None = None,
+        logger: Any = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.cache = cache
         self.secret = secret
@@ -57,7 +65,7 @@ class KeyAdmin:
     async def handle(self, scope: Scope, receive: Receive, path: str, method: str) -> tuple[int, Any]:
         """Answer the status and JSON-ready body for a request to ``path`` (under ``/admin/keys``); raise a
         ``MuxError`` for refusals."""
-        rest = path[len(PREFIX):].strip("/")
+        rest = path[len(PREFIX) :].strip("/")
         if not rest:
             if method == "GET":
                 return 200, {"object": "list", "data": [public_view(r) for r in await self.store.list()]}
@@ -80,8 +88,11 @@ class KeyAdmin:
         if spec.key is not None and spec.key_sha256 is not None:
             raise InvalidRequest("Give at most one of 'key' and 'key_sha256'.", param="key")
         if await self.store.get(spec.name) is not None:
-            raise Conflict(f"A key named '{spec.name}' exists; rotate, patch or delete it instead.",
-                           param="name", code="key_exists")
+            raise Conflict(
+                f"A key named '{spec.name}' exists; rotate, patch or delete it instead.",
+                param="name",
+                code="key_exists",
+            )
         record, made = record_from_spec(spec, secret=self.secret, now=self.wall(), source="api")
         await self._put(record)
         self.logger.info("key_created", key_name=record.name, team=record.team)
@@ -90,8 +101,7 @@ class KeyAdmin:
     async def rotate(self, name: str, rotation: Rotation) -> dict[str, Any]:
         record = self._writable(await self._get(name), "rotated")
         raw = rotation.key if rotation.key is not None else new_key()
-        new = rotated(record, hash_key(raw, self.secret), now=self.wall(), grace_s=rotation.grace_s,
-                      hint=hint_of(raw))
+        new = rotated(record, hash_key(raw, self.secret), now=self.wall(), grace_s=rotation.grace_s, hint=hint_of(raw))
         await self._put(new)
         self.logger.info("key_rotated", key_name=name, grace_s=rotation.grace_s)
         return {**public_view(new), "key": raw}
@@ -120,17 +130,20 @@ class KeyAdmin:
         try:
             await self.store.put(record)
         except KeyHashInUse as exc:
-            raise Conflict(f"That key already belongs to the key '{exc.other}'; use another.", param="key",
-                           code="key_in_use") from None
+            raise Conflict(
+                f"That key already belongs to the key '{exc.other}'; use another.", param="key", code="key_in_use"
+            ) from None
         finally:
             self.cache.clear()
 
     @staticmethod
     def _writable(record: KeyRecord, verb: str) -> KeyRecord:
         if record.source == "config":
-            raise Conflict(f"The key '{record.name}' comes from the config file, which is authoritative for it "
-                           f"(rewritten at each start); it cannot be {verb} here: change the file and restart.",
-                           code="config_key")
+            raise Conflict(
+                f"The key '{record.name}' comes from the config file, which is authoritative for it "
+                f"(rewritten at each start); it cannot be {verb} here: change the file and restart.",
+                code="config_key",
+            )
         return record
 
 

@@ -29,8 +29,8 @@ from mux.errors import InvalidRequest, MethodNotAllowed, MuxError, NotFound, Una
 from mux.routing.live import LiveRouting
 
 if TYPE_CHECKING:
-    from mux.ledger import LedgerWriter
     from mux.admin.keys import KeyAdmin
+    from mux.ledger import LedgerWriter
 
 PREFIX = "/admin/"
 KEYS_PREFIX = "/admin/keys"
@@ -41,8 +41,15 @@ class _Rollback(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Admin:
-    def __init__(self, *, routing: LiveRouting, token: str | None, ledger: LedgerWriter | None = None,
-                 logger: Any = None, keys: KeyAdmin | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        routing: LiveRouting,
+        token: str | None,
+        ledger: LedgerWriter | None = None,
+        logger: Any = None,
+        keys: KeyAdmin | None = None,
+    ) -> None:
         self.routing = routing
         self.ledger = ledger
         self.token = token.encode() if token else None
@@ -73,8 +80,16 @@ class Admin:
             return {"routes": await asyncio.to_thread(self.routes)}
         if path == "/admin/health" and method == "GET":
             health = self.routing.health
-            return {"targets": {label: {"state": health.state(label), "consecutive_failures": h.failures,
-                                        "latency_ms": h.latency_ms} for label, h in health.targets.items()}}
+            return {
+                "targets": {
+                    label: {
+                        "state": health.state(label),
+                        "consecutive_failures": h.failures,
+                        "latency_ms": h.latency_ms,
+                    }
+                    for label, h in health.targets.items()
+                }
+            }
         if path in analytics.PATHS and method == "GET":
             return await analytics.answer(self.ledger, path, scope)
         if path == "/admin/reload":
@@ -84,11 +99,11 @@ class Admin:
             return {"routes": await asyncio.to_thread(self.routes)}
         if path.startswith("/admin/routes/") and path.endswith("/rollback"):
             _require_post(method, path)
-            name = path[len("/admin/routes/"): -len("/rollback")]
+            name = path[len("/admin/routes/") : -len("/rollback")]
             try:
                 wanted = msgspec.json.decode(await read_body(scope, receive, 4096), type=_Rollback)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise InvalidRequest(f"Expected {{\"version\": N}}: {exc}", param="version") from None
+                raise InvalidRequest(f'Expected {{"version": N}}: {exc}', param="version") from None
             served = await asyncio.to_thread(self.routing.rollback, name, wanted.version)
             self.logger.info("route_rolled_back", route=name, version=served.version)
             return {"routes": await asyncio.to_thread(self.routes)}
@@ -97,10 +112,16 @@ class Admin:
     def routes(self) -> dict[str, Any]:
         answer = {}
         for name, served in self.routing.routes.items():
-            history = [{"version": r.version, "hash": r.hash, "created": r.created}
-                       for r in self.routing.versions.history(name)]
-            answer[name] = {"version": served.version, "hash": served.hash, "strategy": served.config.strategy,
-                            "history": history}
+            history = [
+                {"version": r.version, "hash": r.hash, "created": r.created}
+                for r in self.routing.versions.history(name)
+            ]
+            answer[name] = {
+                "version": served.version,
+                "hash": served.hash,
+                "strategy": served.config.strategy,
+                "history": history,
+            }
         return answer
 
 

@@ -48,10 +48,25 @@ class ModelInfo(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         return Price(self.input, self.output, self.cached_input, self.cache_write)
 
 
-def _info(context: int, output: int, *, tools: bool = True, vision: bool = True, json_schema: bool = True,
-          reasoning: bool = False, reasoning_model: bool | None = None) -> ModelInfo:
-    return ModelInfo(context_window=context, max_output=output, tools=tools, vision=vision,
-                     json_schema=json_schema, reasoning=reasoning, reasoning_model=reasoning_model)
+def _info(
+    context: int,
+    output: int,
+    *,
+    tools: bool = True,
+    vision: bool = True,
+    json_schema: bool = True,
+    reasoning: bool = False,
+    reasoning_model: bool | None = None,
+) -> ModelInfo:
+    return ModelInfo(
+        context_window=context,
+        max_output=output,
+        tools=tools,
+        vision=vision,
+        json_schema=json_schema,
+        reasoning=reasoning,
+        reasoning_model=reasoning_model,
+    )
 
 
 def _openai_reasoning(context: int, output: int, *, vision: bool = True) -> ModelInfo:
@@ -95,8 +110,13 @@ _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$|-\d{8}$|-\d{3}$|-latest$")
 class Catalog:
     """Answers a model's ``ModelInfo``: config overrides first, then built-in capabilities and prices."""
 
-    def __init__(self, overrides: dict[str, ModelInfo] | None = None, *,
-                 capabilities: dict[str, ModelInfo] = CAPABILITIES, prices: dict[str, Price] = PRICES) -> None:
+    def __init__(
+        self,
+        overrides: dict[str, ModelInfo] | None = None,
+        *,
+        capabilities: dict[str, ModelInfo] = CAPABILITIES,
+        prices: dict[str, Price] = PRICES,
+    ) -> None:
         self.overrides = overrides or {}
         self.capabilities = capabilities
         self.prices = prices
@@ -125,8 +145,13 @@ class Catalog:
             if capability is not None or price is not None:
                 builtin = capability or ModelInfo()
                 if price is not None:
-                    builtin = structs.replace(builtin, input=price.input, output=price.output,
-                                              cached_input=price.cached_input, cache_write=price.cache_write)
+                    builtin = structs.replace(
+                        builtin,
+                        input=price.input,
+                        output=price.output,
+                        cached_input=price.cached_input,
+                        cache_write=price.cache_write,
+                    )
                 break
         override = None
         for name in names:

@@ -16,8 +16,22 @@ from .schema import (
 )
 
 __all__ = [
-    "BudgetConfig", "RateLimitConfig", "ScopeConfig",
-    "CascadeConfig", "Config", "ConfigError", "HealthConfig", "ProviderConfig", "RouteConfig", "RouteTarget",
-    "ServerConfig", "check_state", "config_from_env", "interpolate", "load_config", "load_validator",
-    "parse_config", "validated",
+    "BudgetConfig",
+    "RateLimitConfig",
+    "ScopeConfig",
+    "CascadeConfig",
+    "Config",
+    "ConfigError",
+    "HealthConfig",
+    "ProviderConfig",
+    "RouteConfig",
+    "RouteTarget",
+    "ServerConfig",
+    "check_state",
+    "config_from_env",
+    "interpolate",
+    "load_config",
+    "load_validator",
+    "parse_config",
+    "validated",
 ]

@@ -8,15 +8,15 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
+from mux.config.schema import Config, ConfigError, ProviderConfig, RouteConfig
 from mux.keys.spec import check_specs
 from mux.providers import ADAPTERS
 from mux.stores.state_url import MemoryState, parse_state_url
-from mux.config.schema import Config, ConfigError, ProviderConfig, RouteConfig
-from mux.stores.state_url import parse_state_url
 
 _ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
@@ -26,6 +26,7 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
 
     Raises ``ConfigError`` naming the key path when a variable without a default is unset."""
     if isinstance(value, str):
+
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group("name"), match.group("default")
             if name in environ and (environ[name] or default is None):
@@ -124,7 +125,8 @@ def check_state(config: Config, workers: int) -> None:
         raise ConfigError(
             f"state: 'memory' keeps keys (and budgets and rate limits) in one process's memory, so each of "
             f"the {workers} workers would have its own: a key revoked or a budget spent in one would not "
-            "count in the others. Use sqlite:///path (the workers of one machine) or redis://host:port/db.")
+            "count in the others. Use sqlite:///path (the workers of one machine) or redis://host:port/db."
+        )
 
 
 # ---- budgets, rate limits and their state ----------------------------------------------------------------
@@ -175,8 +177,9 @@ def _check_routes(config: Config) -> None:
             try:
                 load_validator(route.cascade.validator)
             except (ImportError, AttributeError, ValueError) as exc:
-                raise ConfigError(f"routes.{name}.cascade.validator: cannot load "
-                                  f"'{route.cascade.validator}': {exc}") from None
+                raise ConfigError(
+                    f"routes.{name}.cascade.validator: cannot load '{route.cascade.validator}': {exc}"
+                ) from None
     for name in config.routes:
         cycle = _cycle_from(name, config.routes, [])
         if cycle:
@@ -197,7 +200,7 @@ def load_validator(path: str) -> Callable[..., bool]:
 
 def _cycle_from(name: str, routes: dict[str, RouteConfig], path: list[str]) -> list[str] | None:
     if name in path:
-        return path[path.index(name):] + [name]
+        return path[path.index(name) :] + [name]
     for target in routes[name].targets:
         if target.model.startswith("@"):
             cycle = _cycle_from(target.model[1:], routes, path + [name])

@@ -6,7 +6,7 @@ serves. Reading, interpolating and cross-checking a file is ``mux.config.load``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Literal, Mapping
+from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -66,8 +66,9 @@ class ServerConfig(Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __repr__(self) -> str:
         hidden = {"admin_token", "key_secret"}
-        fields = ", ".join(f"{f}={'***' if f in hidden and getattr(self, f) else getattr(self, f)!r}"
-                           for f in self.__struct_fields__)
+        fields = ", ".join(
+            f"{f}={'***' if f in hidden and getattr(self, f) else getattr(self, f)!r}" for f in self.__struct_fields__
+        )
         return f"ServerConfig({fields})"
 
     @property
@@ -136,12 +137,16 @@ class LedgerConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     shutdown_timeout_s: PositiveSeconds = 30.0  # at shutdown, rows not written by then are counted lost and logged
 
     def __post_init__(self) -> None:
-        if not (self.store.startswith(("postgresql://", "postgres://"))
-                or (self.store.startswith("sqlite:///") and len(self.store) > len("sqlite:///"))):
+        if not (
+            self.store.startswith(("postgresql://", "postgres://"))
+            or (self.store.startswith("sqlite:///") and len(self.store) > len("sqlite:///"))
+        ):
             raise ValueError("store must be sqlite:///FILE or postgresql://…")
 
     def __repr__(self) -> str:
-        return f"LedgerConfig(store={masked_url(self.store)!r}, schema={self.schema!r}, store_bodies={self.store_bodies})"
+        return (
+            f"LedgerConfig(store={masked_url(self.store)!r}, schema={self.schema!r}, store_bodies={self.store_bodies})"
+        )
 
     @property
     def secrets(self) -> list[str]:
@@ -221,5 +226,3 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
             if provider.name == name:
                 return provider
         return None
-
-

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import msgspec
 
@@ -39,8 +40,9 @@ class StreamEnd(msgspec.Struct, gc=False):
     last: bytes | None = None  # the last payload already sent (for its finish_reason)
 
 
-async def run_attempts(ctx: Context, plan: Plan, build: Build, once: Once, health: Health, rng: random.Random,
-                       check: Check | None = None) -> tuple[Target, Any]:
+async def run_attempts(
+    ctx: Context, plan: Plan, build: Build, once: Once, health: Health, rng: random.Random, check: Check | None = None
+) -> tuple[Target, Any]:
     """Run the plan's targets under the policy; answer the first success (a stream that failed after its first
     byte counts: nothing can be retried once sent).
 
@@ -90,8 +92,11 @@ async def run_attempts(ctx: Context, plan: Plan, build: Build, once: Once, healt
                         ctx.trace.append(Attempt(label, "skipped", reason=blocked))
                         break
                     if label != plan.panic:  # the plan kept it; it was blocked since: it is sent anyway
-                        ctx.trace.append(Note("policy", note=f"{label}: {blocked}, and no other target is left: "
-                                                              "sending to it anyway"))
+                        ctx.trace.append(
+                            Note(
+                                "policy", note=f"{label}: {blocked}, and no other target is left: sending to it anyway"
+                            )
+                        )
             try:
                 prepared = build(target)
             except MuxError as exc:  # the adapter refuses this request: the next target may serve it
@@ -119,15 +124,24 @@ async def run_attempts(ctx: Context, plan: Plan, build: Build, once: Once, healt
             latency_ms = (perf_counter() - started) * 1000
             if isinstance(result, StreamEnd) and result.error is not None:
                 health.failed(label, result.error, probe=probe)
-                _attempt(ctx, target, "partial", started, spent, error=result.error, retry=repeat,
-                         ttfb_ms=result.ttfb_ms)
+                _attempt(
+                    ctx, target, "partial", started, spent, error=result.error, retry=repeat, ttfb_ms=result.ttfb_ms
+                )
                 return target, result
             health.record(label, True, latency_ms, probe=probe)
             reason = None
             if check is not None and plan.cascade is not None and index < last and not isinstance(result, StreamEnd):
                 reason = check(plan.cascade, result)
-            _attempt(ctx, target, "escalated" if reason else "ok", started, spent, retry=repeat, reason=reason,
-                     ttfb_ms=getattr(result, "ttfb_ms", None))
+            _attempt(
+                ctx,
+                target,
+                "escalated" if reason else "ok",
+                started,
+                spent,
+                retry=repeat,
+                reason=reason,
+                ttfb_ms=getattr(result, "ttfb_ms", None),
+            )
             if reason is None:
                 return target, result
             escalated, error = (target, result), None
@@ -151,11 +165,27 @@ def retryable(error: MuxError, retry_on: frozenset[int | str]) -> bool:
     return "5xx" in retry_on  # a malformed, empty or cut answer is the provider's fault, like a 5xx
 
 
-def _attempt(ctx: Context, target: Target, status: str, started: float, spent: int, *, error: MuxError | None = None,
-             retry: int = 0, reason: str | None = None, ttfb_ms: float | None = None) -> None:
+def _attempt(
+    ctx: Context,
+    target: Target,
+    status: str,
+    started: float,
+    spent: int,
+    *,
+    error: MuxError | None = None,
+    retry: int = 0,
+    reason: str | None = None,
+    ttfb_ms: float | None = None,
+) -> None:
     """Append one attempt to the trace, with the usage and cost it settled (if any)."""
-    event = Attempt(target.label, status, latency_ms=round((perf_counter() - started) * 1000, 3), ttfb_ms=ttfb_ms,
-                    retry=retry, reason=reason)
+    event = Attempt(
+        target.label,
+        status,
+        latency_ms=round((perf_counter() - started) * 1000, 3),
+        ttfb_ms=ttfb_ms,
+        retry=retry,
+        reason=reason,
+    )
     if error is not None:
         event.error = error.code
         event.http_status = getattr(error, "upstream_status", None) or error.status

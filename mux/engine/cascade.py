@@ -6,7 +6,8 @@ internal answer body, so the checks hold whichever front door the client used an
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 

@@ -14,11 +14,11 @@ cancels the upstream request and frees its connection; nothing more is sent and 
 
 from __future__ import annotations
 
-import asyncio
 import random
+from collections.abc import Awaitable
 from functools import partial
-from time import perf_counter, time
-from typing import Any, Awaitable
+from time import time
+from typing import Any
 
 import msgspec
 
@@ -40,7 +40,6 @@ from mux.routing.live import LiveRouting
 from mux.routing.plan import Plan, Target
 from mux.wire.openai import ChatRequest, EmbeddingsRequest, trace_chunk, usage_chunk
 
-
 _GONE = ClientDisconnected("The client went away before its answer was complete.")
 
 
@@ -51,8 +50,15 @@ class Dispatch:
     reads_after: frozenset[str] = frozenset()
     writes = frozenset({"outcome"})
 
-    def __init__(self, *, routing: LiveRouting, transport: Transport, adapters: dict[str, Adapter] = ADAPTERS,
-                 max_body_bytes: int = 10 * 1024 * 1024, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        routing: LiveRouting,
+        transport: Transport,
+        adapters: dict[str, Adapter] = ADAPTERS,
+        max_body_bytes: int = 10 * 1024 * 1024,
+        rng: random.Random | None = None,
+    ) -> None:
         self.routing = routing
         self.transport = transport
         self.adapters = adapters
@@ -71,18 +77,29 @@ class Dispatch:
             mlx = ctx.mlx
             try:
                 plan = ctx.plan = self.routing.router.plan(
-                    request, end_user=mlx.end_user if mlx else None, session=mlx.session_id if mlx else None)
+                    request, end_user=mlx.end_user if mlx else None, session=mlx.session_id if mlx else None
+                )
             except MuxError as error:
                 _failed(ctx.outcome, error)
                 return deny(scope, send, error)
-        ingress: Ingress = ctx.ingress  # type: ignore[assignment]  (set: ingress_of answered it)
+        ingress = ctx.ingress
+        assert ingress is not None  # ingress_of answered it before the body was decoded
         if ingress.operation == "embeddings":
             build = partial(self._build_embeddings, ctx, request)
             return self._complete(ctx, ingress, plan, scope, receive, send, build, partial(self._embed_once, ctx))
         if request.stream:
             return self._stream(ctx, ingress, request, plan, scope, receive, send)
-        return self._complete(ctx, ingress, plan, scope, receive, send, partial(self._build_chat, ctx, request),
-                              partial(self._chat_once, ctx), partial(self._check, request))
+        return self._complete(
+            ctx,
+            ingress,
+            plan,
+            scope,
+            receive,
+            send,
+            partial(self._build_chat, ctx, request),
+            partial(self._chat_once, ctx),
+            partial(self._check, request),
+        )
 
     # --- preparing an attempt: the adapter builds the upstream request, or refuses it -------------------
 
@@ -90,20 +107,34 @@ class Dispatch:
         call = _call(ctx, request, target, self.routing.catalog)
         return call, _built(ctx, target, self.adapters[target.provider.type].build_request(target.provider, call))
 
-    def _build_embeddings(self, ctx: Context, request: EmbeddingsRequest,
-                          target: Target) -> tuple[EmbeddingCall, UpstreamRequest]:
+    def _build_embeddings(
+        self, ctx: Context, request: EmbeddingsRequest, target: Target
+    ) -> tuple[EmbeddingCall, UpstreamRequest]:
         provider = target.provider
         adapter: Any = self.adapters[provider.type]
         if not hasattr(adapter, "build_embeddings"):
-            raise InvalidRequest(f"Provider '{provider.name}' (type {provider.type}) does not serve embeddings.",
-                                 param="model", code="unsupported_operation")
+            raise InvalidRequest(
+                f"Provider '{provider.name}' (type {provider.type}) does not serve embeddings.",
+                param="model",
+                code="unsupported_operation",
+            )
         call = EmbeddingCall(request=request, fields=ctx.fields or {}, model=target.model)
         return call, _built(ctx, target, adapter.build_embeddings(provider, call))
 
     # --- non-streamed ----------------------------------------------------------------------------------
 
-    async def _complete(self, ctx: Context, ingress: Ingress, plan: Plan, scope: Scope, receive: Receive, send: Send,
-                        build: Any, once: Any, check: Any = None) -> None:
+    async def _complete(
+        self,
+        ctx: Context,
+        ingress: Ingress,
+        plan: Plan,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        build: Any,
+        once: Any,
+        check: Any = None,
+    ) -> None:
         """Answer the plan's completion; a client that goes away cancels the upstream request."""
         outcome = ctx.outcome
         with ClientWatch(receive):  # a ``with`` block, not a coroutine: no frame added to the request
@@ -124,8 +155,9 @@ class Dispatch:
             return await send_json(send, 200, ingress.answer(completion.body, replace))
         _failed(outcome, _GONE)  # reached only when the watch absorbed the client's going away
 
-    async def _chat_once(self, ctx: Context, target: Target, prepared: tuple[Call, UpstreamRequest],
-                         timeout_s: float) -> Completion:
+    async def _chat_once(
+        self, ctx: Context, target: Target, prepared: tuple[Call, UpstreamRequest], timeout_s: float
+    ) -> Completion:
         call, upstream = prepared
         provider = target.provider
         adapter = self.adapters[provider.type]
@@ -136,8 +168,9 @@ class Dispatch:
         charge(ctx.outcome, self.routing.catalog, target, completion.model, completion.usage)
         return completion
 
-    async def _embed_once(self, ctx: Context, target: Target, prepared: tuple[EmbeddingCall, UpstreamRequest],
-                          timeout_s: float) -> Completion:
+    async def _embed_once(
+        self, ctx: Context, target: Target, prepared: tuple[EmbeddingCall, UpstreamRequest], timeout_s: float
+    ) -> Completion:
         call, upstream = prepared
         provider = target.provider
         adapter: Any = self.adapters[provider.type]
@@ -153,22 +186,32 @@ class Dispatch:
 
     # --- streamed --------------------------------------------------------------------------------------
 
-    async def _stream(self, ctx: Context, ingress: Ingress, request: ChatRequest, plan: Plan, scope: Scope,
-                      receive: Receive, send: Send) -> None:
+    async def _stream(
+        self,
+        ctx: Context,
+        ingress: Ingress,
+        request: ChatRequest,
+        plan: Plan,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
         """Stream the plan's answer; a client that goes away cancels the upstream request."""
         ctx.outcome.streamed = True
         with ClientWatch(receive):
             return await self._stream_attempts(ctx, ingress, request, plan, scope, send)
         _failed(ctx.outcome, _GONE)  # reached only when the watch absorbed the client's going away
 
-    async def _stream_attempts(self, ctx: Context, ingress: Ingress, request: ChatRequest, plan: Plan, scope: Scope,
-                               send: Send) -> None:
+    async def _stream_attempts(
+        self, ctx: Context, ingress: Ingress, request: ChatRequest, plan: Plan, scope: Scope, send: Send
+    ) -> None:
         outcome = ctx.outcome
         encoder = ingress.stream()
         once = partial(self._stream_once, ctx, encoder, send)
         try:
-            target, end = await run_attempts(ctx, plan, partial(self._build_chat, ctx, request), once,
-                                             self.routing.health, self.rng)
+            target, end = await run_attempts(
+                ctx, plan, partial(self._build_chat, ctx, request), once, self.routing.health, self.rng
+            )
         except MuxError as error:
             _failed(outcome, error)
             return await deny(scope, send, error)
@@ -190,8 +233,15 @@ class Dispatch:
             tail += encoder.fail(end.error)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def _stream_once(self, ctx: Context, encoder: Any, send: Send, target: Target,
-                           prepared: tuple[Call, UpstreamRequest], timeout_s: float) -> StreamEnd:
+    async def _stream_once(
+        self,
+        ctx: Context,
+        encoder: Any,
+        send: Send,
+        target: Target,
+        prepared: tuple[Call, UpstreamRequest],
+        timeout_s: float,
+    ) -> StreamEnd:
         call, upstream = prepared
         provider = target.provider
         adapter = self.adapters[provider.type]
@@ -202,16 +252,23 @@ class Dispatch:
             answered_by(outcome, target, translator.model)
             outcome.stream_id = outcome.response_id = translator.id
 
-        end = await relay_stream(self.transport, upstream, provider, adapter, translator, encoder, send, timeout_s,
-                                 started)
+        end = await relay_stream(
+            self.transport, upstream, provider, adapter, translator, encoder, send, timeout_s, started
+        )
         charge(outcome, self.routing.catalog, target, translator.model, translator.usage)
         return end
 
 
 def _call(ctx: Context, request: ChatRequest, target: Target, catalog: Catalog) -> Call:
     end_user = ctx.mlx.end_user if ctx.mlx is not None else None
-    return Call(request=request, fields=ctx.fields or {}, model=target.model, end_user=end_user, body=ctx.body or b"",
-                info=catalog.info(target.provider, target.model))
+    return Call(
+        request=request,
+        fields=ctx.fields or {},
+        model=target.model,
+        end_user=end_user,
+        body=ctx.body or b"",
+        info=catalog.info(target.provider, target.model),
+    )
 
 
 def _built(ctx: Context, target: Target, upstream: UpstreamRequest) -> UpstreamRequest:
@@ -266,5 +323,3 @@ def _finish_reason(chunk: bytes | None) -> str | None:
 def _failed(outcome: Outcome, error: MuxError) -> None:
     outcome.status = error.status
     outcome.error_type = error.code
-
-

@@ -9,8 +9,8 @@ is answered in ``StreamEnd.error`` for the caller to end the stream with.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from time import perf_counter
-from typing import Callable, Mapping
 
 from mux.asgi import Send
 from mux.config.schema import ProviderConfig
@@ -23,8 +23,9 @@ from mux.providers.base import Adapter, StreamTranslator, UpstreamRequest
 from mux.sse import SSEParser
 
 
-async def exchange(transport: Transport, upstream: UpstreamRequest, provider: ProviderConfig,
-                   timeout_s: float) -> tuple[int, Mapping[str, str], bytes]:
+async def exchange(
+    transport: Transport, upstream: UpstreamRequest, provider: ProviderConfig, timeout_s: float
+) -> tuple[int, Mapping[str, str], bytes]:
     """Send a non-streamed upstream request and read its whole answer within ``timeout_s`` (and the provider's
     first-byte limit, if set); answer status, headers and body. Raises ``UpstreamTimeout`` or
     ``UpstreamError``."""
@@ -44,9 +45,17 @@ async def exchange(transport: Transport, upstream: UpstreamRequest, provider: Pr
     return response.status, response.headers, body
 
 
-async def relay_stream(transport: Transport, upstream: UpstreamRequest, provider: ProviderConfig, adapter: Adapter,
-                       translator: StreamTranslator, encoder: StreamEncoder, send: Send, timeout_s: float,
-                       started: Callable[[StreamTranslator], None]) -> StreamEnd:
+async def relay_stream(
+    transport: Transport,
+    upstream: UpstreamRequest,
+    provider: ProviderConfig,
+    adapter: Adapter,
+    translator: StreamTranslator,
+    encoder: StreamEncoder,
+    send: Send,
+    timeout_s: float,
+    started: Callable[[StreamTranslator], None],
+) -> StreamEnd:
     """Run one streamed attempt up to its last payloads (the caller sends them and ends the stream).
 
     ``started`` is called once, just before the response starts (the first chunk is ready). Raises

@@ -26,7 +26,9 @@ def charge(outcome: Outcome, catalog: Catalog, target: Target, model: str | None
     outcome.usage = usage
     if usage is None:
         return None
-    price = catalog.price(target.provider, outcome.model or target.model) or catalog.price(target.provider, target.model)
+    price = catalog.price(target.provider, outcome.model or target.model) or catalog.price(
+        target.provider, target.model
+    )
     cost = cost_of(usage, price) if price is not None else None
     outcome.spent.append(Spend(target.label, usage, cost))
     if cost is not None:

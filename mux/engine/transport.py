@@ -1,8 +1,9 @@
 """The one seam between mux and the network: send an ``UpstreamRequest``, get status, headers and body.
 
 ``AiohttpTransport`` is the default: on this project's benchmark a pass-through over aiohttp forwards 13 to
-31 times the requests per CPU-second of the same pass-through over httpx 0.28 (see bench/). ``HttpxTransport`` serves where httpx's API is wanted (a
-custom ``httpx.AsyncClient``, ``httpx.MockTransport`` in tests). Each maps its library's failures to
+31 times the requests per CPU-second of the same pass-through over httpx 0.28 (see bench/).
+``HttpxTransport`` serves where httpx's API is wanted (a custom ``httpx.AsyncClient``,
+``httpx.MockTransport`` in tests). Each maps its library's failures to
 ``UpstreamError``/``UpstreamTimeout`` here, at the boundary; nothing above this module sees aiohttp or httpx.
 
 The transport applies only the connect timeout; the time to answer is bounded by the caller (Dispatch), which
@@ -11,7 +12,8 @@ knows the attempt's deadline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AsyncIterator, Mapping, Protocol
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mux.errors import UpstreamError, UpstreamTimeout
 
@@ -63,7 +65,7 @@ class _AiohttpResponse:
         self._response = response
         self._provider = provider
         self.status = response.status
-        self.headers = _LowerHeaders(response.headers)
+        self.headers: Mapping[str, str] = _LowerHeaders(response.headers)
 
     async def read(self) -> bytes:
         import aiohttp
@@ -96,7 +98,7 @@ class _AiohttpResponse:
             response.close()
 
 
-class _LowerHeaders:
+class _LowerHeaders(Mapping[str, str]):
     """A read-only view answering lower-case header names over aiohttp's case-insensitive mapping."""
 
     __slots__ = ("_headers",)
@@ -104,7 +106,7 @@ class _LowerHeaders:
     def __init__(self, headers: Mapping[str, str]) -> None:
         self._headers = headers
 
-    def get(self, name: str, default: str | None = None) -> str | None:
+    def get(self, name: str, default: Any = None) -> Any:
         return self._headers.get(name, default)
 
     def __getitem__(self, name: str) -> str:
@@ -113,7 +115,7 @@ class _LowerHeaders:
     def __contains__(self, name: object) -> bool:
         return name in self._headers
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return (k.lower() for k in self._headers)
 
     def __len__(self) -> int:
@@ -134,12 +136,18 @@ class AiohttpTransport:
         import aiohttp
 
         connector = aiohttp.TCPConnector(
-            limit=self._limit, limit_per_host=self._limit_per_host, keepalive_timeout=self._keepalive_s,
+            limit=self._limit,
+            limit_per_host=self._limit_per_host,
+            keepalive_timeout=self._keepalive_s,
             ttl_dns_cache=300,
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
-            timeout=aiohttp.ClientTimeout(total=None), raise_for_status=False, trust_env=False,
+            connector=connector,
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+            timeout=aiohttp.ClientTimeout(total=None),
+            raise_for_status=False,
+            trust_env=False,
         )
         return self._session
 
@@ -149,7 +157,8 @@ class AiohttpTransport:
             import aiohttp
 
             timeout = self._timeouts[connect_s] = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=connect_s, sock_read=None)
+                total=None, connect=None, sock_connect=connect_s, sock_read=None
+            )
         return timeout
 
     async def send(self, request: UpstreamRequest, provider: ProviderConfig) -> _AiohttpResponse:
@@ -158,8 +167,12 @@ class AiohttpTransport:
         session = self._session or self._open()
         try:
             response = await session.request(
-                request.method, request.url, data=request.body, headers=request.headers,
-                timeout=self._timeout(provider.connect_timeout_s), allow_redirects=False,
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=self._timeout(provider.connect_timeout_s),
+                allow_redirects=False,
             )
         except aiohttp.ServerTimeoutError as exc:
             raise _connect_timeout(provider) from exc

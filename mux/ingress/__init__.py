@@ -10,7 +10,8 @@ front door, imported on first use, so a layer that only reads headers never impo
 from __future__ import annotations
 
 import importlib
-from typing import Any, Awaitable, Callable, Literal, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
 
 import msgspec
 

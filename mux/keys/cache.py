@@ -24,21 +24,29 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from mux.stores.keys import KeyStore, KeyStoreUnavailable
 from mux.keys.decide import MISSING, check
 from mux.keys.hashing import hash_key
 from mux.keys.model import KeyRecord
+from mux.stores.keys import KeyStore, KeyStoreUnavailable
 
 
 class KeyCache:
     """Lookups by hash, cached per the bounds above. ``clock`` is monotonic seconds (entry ages, checks),
     ``wall`` epoch seconds (key expiry); both injectable for tests."""
 
-    def __init__(self, store: KeyStore, *, secret: str | bytes | None = None, ttl_s: float = 1.0,
-                 check_every_s: float = 0.25, max_entries: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        secret: str | bytes | None = None,
+        ttl_s: float = 1.0,
+        check_every_s: float = 0.25,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         if not 0 <= check_every_s <= ttl_s:
             raise ValueError("check_every_s must be between 0 and ttl_s")
         self.store = store

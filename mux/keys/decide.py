@@ -13,8 +13,8 @@ Answers (``Denial.error()`` makes the OpenAI-shaped ``MuxError``):
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from msgspec import Struct
 
@@ -37,15 +37,16 @@ class Denial(Struct, frozen=True):
         return cls(self.message, code=self.code, param=self.param, status=self.status)
 
 
-MISSING = Denial(401, "invalid_api_key",
-                 "Missing API key: send 'Authorization: Bearer <key>' or the 'x-api-key' header.")
+MISSING = Denial(
+    401, "invalid_api_key", "Missing API key: send 'Authorization: Bearer <key>' or the 'x-api-key' header."
+)
 INVALID = Denial(401, "invalid_api_key", "Invalid API key.")
 ROTATED = Denial(401, "invalid_api_key", "This API key was rotated; use its replacement.")
 DISABLED = Denial(403, "key_disabled", "This API key is disabled.")
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def check(record: KeyRecord | None, now: float, key_hash: str) -> Denial | None:

@@ -66,14 +66,16 @@ def public_view(record: KeyRecord) -> dict[str, Any]:
     return data
 
 
-def rotated(record: KeyRecord, new_hash: str, *, now: float, grace_s: float = 0.0,
-            hint: str | None = None) -> KeyRecord:
+def rotated(
+    record: KeyRecord, new_hash: str, *, now: float, grace_s: float = 0.0, hint: str | None = None
+) -> KeyRecord:
     """Answer ``record`` with ``new_hash`` as its key; the old key keeps working for ``grace_s`` seconds
     after ``now`` (0: refused at once, as rotated). A key still in an earlier grace period is dropped."""
     if grace_s < 0:
         raise ValueError("grace_s must not be negative")
-    return msgspec.structs.replace(record, key_hash=new_hash, previous_hash=record.key_hash,
-                                   previous_expires_at=now + grace_s, hint=hint)
+    return msgspec.structs.replace(
+        record, key_hash=new_hash, previous_hash=record.key_hash, previous_expires_at=now + grace_s, hint=hint
+    )
 
 
 class KeyPatch(Struct, kw_only=True, forbid_unknown_fields=True):

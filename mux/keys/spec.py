@@ -10,14 +10,15 @@ replace whatever the store holds under those names, and config keys dropped from
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 from msgspec.structs import replace
 
 from mux.keys.hashing import from_sha256, hash_key, hint_of, new_key
-from mux.keys.model import KeyName, KeyRecord, NonNegativeUSD, PerMinute, Period, epoch
+from mux.keys.model import KeyName, KeyRecord, NonNegativeUSD, Period, PerMinute, epoch
 
 MIN_KEY_LENGTH = 16
 RawKey = Annotated[str, Meta(min_length=MIN_KEY_LENGTH, max_length=512)]
@@ -67,8 +68,9 @@ def check_specs(specs: Sequence[KeySpec], where: str = "keys") -> None:
         digests.add(digest)
 
 
-def record_from_spec(spec: KeySpec, *, secret: str | bytes | None, now: float,
-                     source: Literal["config", "api"] = "api") -> tuple[KeyRecord, str | None]:
+def record_from_spec(
+    spec: KeySpec, *, secret: str | bytes | None, now: float, source: Literal["config", "api"] = "api"
+) -> tuple[KeyRecord, str | None]:
     """Answer the record for ``spec`` and the raw key if one was made here (neither ``key`` nor
     ``key_sha256`` given), to be shown once to whoever asked for it."""
     made = None
@@ -78,16 +80,27 @@ def record_from_spec(spec: KeySpec, *, secret: str | bytes | None, now: float,
         raw = spec.key if spec.key is not None else (made := new_key())
         key_hash, hint = hash_key(raw, secret), hint_of(raw)
     record = KeyRecord(
-        name=spec.name, key_hash=key_hash, created_at=now, team=spec.team, metadata=dict(spec.metadata),
-        models=list(spec.models), expires_at=epoch(spec.expires_at), disabled=spec.disabled,
-        budget_usd=spec.budget_usd, budget_period=spec.budget_period, rpm=spec.rpm, tpm=spec.tpm,
-        hint=hint, source=source,
+        name=spec.name,
+        key_hash=key_hash,
+        created_at=now,
+        team=spec.team,
+        metadata=dict(spec.metadata),
+        models=list(spec.models),
+        expires_at=epoch(spec.expires_at),
+        disabled=spec.disabled,
+        budget_usd=spec.budget_usd,
+        budget_period=spec.budget_period,
+        rpm=spec.rpm,
+        tpm=spec.tpm,
+        hint=hint,
+        source=source,
     )
     return record, made
 
 
-async def load_config_keys(store, specs: Sequence[KeySpec], *, secret: str | bytes | None,
-                           now: float | None = None) -> dict[str, list[str]]:
+async def load_config_keys(
+    store, specs: Sequence[KeySpec], *, secret: str | bytes | None, now: float | None = None
+) -> dict[str, list[str]]:
     """Make the store hold exactly the config's keys under their names: put each (keeping ``created_at``
     when the key itself is unchanged) and delete config-sourced keys no longer in the config. Keys made
     through the admin API under other names are left alone. Answer the names ``put`` and ``deleted``.
@@ -112,4 +125,3 @@ async def load_config_keys(store, specs: Sequence[KeySpec], *, secret: str | byt
         await store.put(record)
         put.append(spec.name)
     return {"put": put, "deleted": deleted}
-

@@ -25,9 +25,9 @@ No key, hash or admin token appears in an answer, a header or a log line.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Iterable
-
 import hmac
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import structlog
 
@@ -50,10 +50,18 @@ class AuthLayer:
     reads: frozenset[str] = frozenset()
     writes = frozenset({"key"})
 
-    def __init__(self, app: ASGIApp, *, cache: KeyCache, prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
-                 resolve: Resolve | None = None, max_body_bytes: int = 10 * 1024 * 1024,
-                 admin_token: str | None = None, admin_paths: frozenset[str] = ADMIN_PATHS,
-                 logger: Any = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        cache: KeyCache,
+        prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
+        resolve: Resolve | None = None,
+        max_body_bytes: int = 10 * 1024 * 1024,
+        admin_token: str | None = None,
+        admin_paths: frozenset[str] = ADMIN_PATHS,
+        logger: Any = None,
+    ) -> None:
         """``cache`` is the lookup cache over an open key store. ``resolve`` answers the ``provider/model``
         targets a bare model name resolves to, so a key listing ``openai/gpt-4o`` may ask for ``gpt-4o``
         (without it, a bare name must be listed itself). ``admin_token`` passes on ``admin_paths``."""

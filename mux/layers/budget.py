@@ -39,9 +39,10 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from time import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -115,8 +116,9 @@ def applicable(rules: Sequence[Rule], key: Any, end_user: str | None, tags: dict
     for rule in rules:
         scope_key = rule.scope.of(name, team, end_user, tags)
         if scope_key is not None:
-            out.append(Applied(rule, BudgetWindow(rule.name, scope_key, rule.cap_nano, rule.period,
-                                                  rule.action != "warn")))
+            out.append(
+                Applied(rule, BudgetWindow(rule.name, scope_key, rule.cap_nano, rule.period, rule.action != "warn"))
+            )
     return out
 
 
@@ -146,7 +148,7 @@ def iso(ts: int | None) -> str | None:
     """Answer epoch seconds as ISO 8601 UTC (``2027-03-11T00:00:00Z``), None for None."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def usd_text(nano: int) -> str:
@@ -172,7 +174,7 @@ def warnings(applied: Sequence[Applied], windows: Sequence[WindowUsage], back_na
     refuse (``warn``, or downgraded) past its cap, counting ``back_nano`` of this request's reservation as
     unused."""
     out = []
-    for a, w in zip(applied, windows):
+    for a, w in zip(applied, windows, strict=False):
         used = w.cap_nano - left_nano(w, back_nano)
         threshold = a.rule.warn_at
         if (threshold is not None and used >= threshold * w.cap_nano) or (not w.enforce and used > w.cap_nano):
@@ -186,9 +188,11 @@ def refusal_message(refused: WindowUsage, worst: WorstCase, room: int) -> str:
     ``max_tokens`` that would fit ``room`` nano-USD."""
     period = "in total" if refused.period == "total" else f"this {refused.period}"
     held = f" and {usd_text(refused.reserved_nano)} USD held by requests in flight" if refused.reserved_nano else ""
-    text = (f"Budget '{refused.name}' cannot cover this request: {usd_text(refused.spent_nano)} of "
-            f"{usd_text(refused.cap_nano)} USD spent {period}{held}, and this request may cost up to "
-            f"{usd_text(worst.nano)} USD.")
+    text = (
+        f"Budget '{refused.name}' cannot cover this request: {usd_text(refused.spent_nano)} of "
+        f"{usd_text(refused.cap_nano)} USD spent {period}{held}, and this request may cost up to "
+        f"{usd_text(worst.nano)} USD."
+    )
     fit = worst.largest_max_tokens(room)
     if fit is None:
         return text + " Even its prompt does not fit: shorten it, or wait for the budget to reset."
@@ -219,8 +223,13 @@ class BudgetStateUnavailable(MuxError):
 
 def refusal(refused: WindowUsage, worst: WorstCase, room: int, now: float) -> BudgetRefused:
     """Answer the 402 for a request refused by ``refused``."""
-    budget = {"name": refused.name, "spend_usd": to_usd(refused.spent_nano), "cap_usd": to_usd(refused.cap_nano),
-              "period": refused.period, "resets_at": iso(refused.resets_at)}
+    budget = {
+        "name": refused.name,
+        "spend_usd": to_usd(refused.spent_nano),
+        "cap_usd": to_usd(refused.cap_nano),
+        "period": refused.period,
+        "resets_at": iso(refused.resets_at),
+    }
     headers = []
     if refused.resets_at is not None:
         headers.append(("retry-after", str(max(1, math.ceil(refused.resets_at - now)))))
@@ -231,9 +240,11 @@ def budget_headers(window: WindowUsage, back_nano: int, warned: list[str]) -> li
     """Answer the ``x-mux-budget-*`` headers for ``window`` with ``back_nano`` of this request's reservation
     known to be unused, and the ``warned`` budgets."""
     reset = iso(window.resets_at) or "never"
-    headers = [(b"x-mux-budget-name", window.name.encode()),
-               (b"x-mux-budget-remaining-usd", usd_text(left_nano(window, back_nano)).encode()),
-               (b"x-mux-budget-reset", reset.encode())]
+    headers = [
+        (b"x-mux-budget-name", window.name.encode()),
+        (b"x-mux-budget-remaining-usd", usd_text(left_nano(window, back_nano)).encode()),
+        (b"x-mux-budget-reset", reset.encode()),
+    ]
     if warned:
         headers.append((b"x-mux-budget-warning", ", ".join(warned).encode()))
     return headers
@@ -247,9 +258,17 @@ class BudgetLayer:
     reads_after = frozenset({"outcome"})
     writes = frozenset({"budget"})  # and "plan" when a downgrade budget re-plans (see the module docstring)
 
-    def __init__(self, app: ASGIApp, *, store: SpendStore, routing: LiveRouting,
-                 budgets: Sequence[Any] | None = None, max_body_bytes: int = 10 * 1024 * 1024,
-                 logger: Any = None, clock: Callable[[], float] = time) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: SpendStore,
+        routing: LiveRouting,
+        budgets: Sequence[Any] | None = None,
+        max_body_bytes: int = 10 * 1024 * 1024,
+        logger: Any = None,
+        clock: Callable[[], float] = time,
+    ) -> None:
         """``budgets`` (``BudgetConfig``s) default to the served config's, so a reload applies their edits;
         ``store`` is the spend store (``mux.stores.spend``); ``routing`` gives the catalog, the health
         settings and, for ``downgrade``, the router."""
@@ -289,40 +308,45 @@ class BudgetLayer:
         plan = ctx.plan
         try:
             if plan is None:  # no RouterLayer outside: plan as Dispatch would
-                plan = ctx.plan = routing.router.plan(request, end_user=end_user,
-                                                      session=mlx.session_id if mlx else None)
+                plan = ctx.plan = routing.router.plan(
+                    request, end_user=end_user, session=mlx.session_id if mlx else None
+                )
             request_id = ctx.request_id or "bud_" + uuid.uuid4().hex
             try:
                 admission, worst, applied = await self._reserve(ctx, request, plan, applied, request_id)
             except StoreUnavailable as exc:
                 if all(a.rule.fail_open for a in applied):
-                    self.logger.warning("budget_state_unavailable", request_id=ctx.request_id, error=str(exc),
-                                        action="fail_open")
+                    self.logger.warning(
+                        "budget_state_unavailable", request_id=ctx.request_id, error=str(exc), action="fail_open"
+                    )
                     ctx.budget = "fail_open"
                     return await self.app(scope, receive, send)
                 ctx.budget = "unavailable"
-                return await deny(scope, send, BudgetStateUnavailable(
-                    f"Budgets cannot be checked, so this request is refused: {exc}"))
+                return await deny(
+                    scope, send, BudgetStateUnavailable(f"Budgets cannot be checked, so this request is refused: {exc}")
+                )
         except MuxError as error:  # a downgrade route that cannot serve this request, or planning failed
             return await deny(scope, send, error)
         if not admission.admitted:
             ctx.budget = "blocked"
             refused = admission.refused
             assert refused is not None
-            error = refusal(refused, worst, admission.headroom_nano or 0, self.clock())
+            denial = refusal(refused, worst, admission.headroom_nano or 0, self.clock())
             headers = budget_headers(refused, 0, [])
-            error.headers.extend((k.decode(), v.decode()) for k, v in headers)
-            return await deny(scope, send, error)
+            denial.headers.extend((k.decode(), v.decode()) for k, v in headers)
+            return await deny(scope, send, denial)
         await self._serve(ctx, scope, receive, send, request_id, admission, worst, applied)
 
-    async def _reserve(self, ctx: Context, request: Any, plan: Plan, applied: list[Applied],
-                       request_id: str) -> tuple[Admission, WorstCase, list[Applied]]:
+    async def _reserve(
+        self, ctx: Context, request: Any, plan: Plan, applied: list[Applied], request_id: str
+    ) -> tuple[Admission, WorstCase, list[Applied]]:
         """Reserve the plan's worst case in every window; downgrade once if a downgrade budget refuses."""
         routing = self.routing
         backoff = routing.config.health.backoff_max_ms / 1000
         worst = worst_case(plan.targets, request, routing.catalog, cascade=plan.cascade is not None)
-        admission = await self.store.reserve(request_id, [a.window for a in applied], worst.nano,
-                                             reservation_ttl(plan, backoff))
+        admission = await self.store.reserve(
+            request_id, [a.window for a in applied], worst.nano, reservation_ttl(plan, backoff)
+        )
         ctx.budget = "ok"
         if admission.admitted or admission.refused is None:
             return admission, worst, applied
@@ -334,23 +358,39 @@ class BudgetLayer:
         rerouted = msgspec.structs.replace(request, model=rule.to)
         if hasattr(rerouted, "models"):
             rerouted = msgspec.structs.replace(rerouted, models=None, fallbacks=None)
-        cheaper = routing.router.plan(rerouted, end_user=mlx.end_user if mlx else None,
-                                      session=mlx.session_id if mlx else None)
-        relaxed = [Applied(a.rule, msgspec.structs.replace(a.window, enforce=False))
-                   if a.rule.action == "downgrade" and a.rule.to == rule.to else a for a in applied]
+        cheaper = routing.router.plan(
+            rerouted, end_user=mlx.end_user if mlx else None, session=mlx.session_id if mlx else None
+        )
+        relaxed = [
+            Applied(a.rule, msgspec.structs.replace(a.window, enforce=False))
+            if a.rule.action == "downgrade" and a.rule.to == rule.to
+            else a
+            for a in applied
+        ]
         cheap_worst = worst_case(cheaper.targets, request, routing.catalog, cascade=cheaper.cascade is not None)
-        second = await self.store.reserve(request_id, [a.window for a in relaxed], cheap_worst.nano,
-                                          reservation_ttl(cheaper, backoff))
+        second = await self.store.reserve(
+            request_id, [a.window for a in relaxed], cheap_worst.nano, reservation_ttl(cheaper, backoff)
+        )
         if not second.admitted:
             return second, cheap_worst, relaxed
         ctx.plan = cheaper
         ctx.budget = "downgrade"
-        ctx.trace.append(Note("policy", note=f"budget '{rule.name}' cannot cover this request: served through "
-                                             f"{rule.to}"))
+        ctx.trace.append(
+            Note("policy", note=f"budget '{rule.name}' cannot cover this request: served through {rule.to}")
+        )
         return second, cheap_worst, relaxed
 
-    async def _serve(self, ctx: Context, scope: Scope, receive: Receive, send: Send, request_id: str,
-                     admission: Admission, worst: WorstCase, applied: list[Applied]) -> None:
+    async def _serve(
+        self,
+        ctx: Context,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        admission: Admission,
+        worst: WorstCase,
+        applied: list[Applied],
+    ) -> None:
         """Run the inner app with the budget headers, then settle or release the reservation."""
         shown = tightest(admission.windows)
         answered = False
@@ -364,8 +404,7 @@ class BudgetLayer:
                 warned = warnings(applied, admission.windows, back)
                 if warned and ctx.budget == "ok":
                     ctx.budget = "warn"
-                message = {**message, "headers": [*message.get("headers", ()),
-                                                  *budget_headers(shown, back, warned)]}
+                message = {**message, "headers": [*message.get("headers", ()), *budget_headers(shown, back, warned)]}
             return send(message)
 
         try:
@@ -389,11 +428,15 @@ class BudgetLayer:
                 return
             except StoreUnavailable as exc:
                 if delay is None:
-                    self.logger.error("budget_settle_failed", request_id=request_id, amount_nano=amount,
-                                      error=str(exc))
+                    self.logger.error("budget_settle_failed", request_id=request_id, amount_nano=amount, error=str(exc))
                     return
                 await asyncio.sleep(delay)
             except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
-                self.logger.error("budget_settle_failed", request_id=request_id, amount_nano=amount,
-                                  error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+                self.logger.error(
+                    "budget_settle_failed",
+                    request_id=request_id,
+                    amount_nano=amount,
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=exc,
+                )
                 return

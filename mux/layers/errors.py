@@ -1,14 +1,16 @@
 """ErrorLayer: the outermost net. Anything unexpected becomes an OpenAI-shaped 500 carrying the request id.
 
-Reads ``ctx.request_id`` and ``ctx.ingress`` (to answer in the request's dialect). Writes nothing. Logs the failure with the request id and the exception's class
-and traceback (never its response body, which holds neither); the client sees only a generic message.
-A failure after the response started cannot change its status: it is logged and the response is ended, a
-server-sent event stream with one error event (and no ``[DONE]``).
+Reads ``ctx.request_id`` and ``ctx.ingress`` (to answer in the request's dialect). Writes nothing. Logs the
+failure with the request id and the exception's class and traceback (never its response body, which holds
+neither); the client sees only a generic message. A failure after the response started cannot change its
+status: it is logged and the response is ended, a server-sent event stream with one error event (and no
+``[DONE]``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Awaitable
+from collections.abc import Awaitable
+from typing import Any
 
 import structlog
 
@@ -38,8 +40,9 @@ class ErrorLayer:
             nonlocal response_started, response_ended, event_stream
             if message["type"] == "http.response.start":
                 response_started = True
-                event_stream = any(k == b"content-type" and v.startswith(b"text/event-stream")
-                                   for k, v in message.get("headers", ()))
+                event_stream = any(
+                    k == b"content-type" and v.startswith(b"text/event-stream") for k, v in message.get("headers", ())
+                )
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_ended = True
             return send(message)
@@ -53,12 +56,18 @@ class ErrorLayer:
             if isinstance(exc, MuxError):
                 error = exc
             else:
-                self.logger.error("unhandled_error", request_id=request_id, error_type=type(exc).__name__,
-                                  path=scope.get("path"), exc_info=exc)
+                self.logger.error(
+                    "unhandled_error",
+                    request_id=request_id,
+                    error_type=type(exc).__name__,
+                    path=scope.get("path"),
+                    exc_info=exc,
+                )
                 error = MuxError(f"The gateway failed to handle this request (request id {request_id or 'unknown'}).")
             if not response_started:
-                await send_error(send, error, request_id,
-                                 body=ingress.render_error(error) if ingress is not None else None)
+                await send_error(
+                    send, error, request_id, body=ingress.render_error(error) if ingress is not None else None
+                )
             elif not response_ended:  # a stream ends with an error event, so the cut is never taken for an end
                 tail = b""
                 if event_stream:

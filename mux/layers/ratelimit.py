@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from msgspec import Struct
@@ -81,8 +82,12 @@ class Bucket(Struct, frozen=True, gc=False):
 
 def compile_limits(limits: Sequence[Any]) -> list[LimitRule]:
     """Answer the rules of ``limits`` (``mux.config.RateLimitConfig``)."""
-    return [LimitRule(c.name, Who(key=c.scope.key, team=c.scope.team, end_user=c.scope.end_user, tags=c.scope.tag),
-                      c.rpm, c.tpm) for c in limits]
+    return [
+        LimitRule(
+            c.name, Who(key=c.scope.key, team=c.scope.team, end_user=c.scope.end_user, tags=c.scope.tag), c.rpm, c.tpm
+        )
+        for c in limits
+    ]
 
 
 def applicable(rules: Sequence[LimitRule], key: Any, end_user: str | None, tags: dict[str, str]) -> list[Bucket]:
@@ -135,9 +140,11 @@ def limit_headers(requests: LimitState | None, tokens: LimitState | None) -> lis
     headers = []
     for kind, state in (("requests", requests), ("tokens", tokens)):
         if state is not None:
-            headers += [(f"x-ratelimit-limit-{kind}".encode(), str(state.limit).encode()),
-                        (f"x-ratelimit-remaining-{kind}".encode(), str(state.remaining).encode()),
-                        (f"x-ratelimit-reset-{kind}".encode(), duration_text(state.reset_s).encode())]
+            headers += [
+                (f"x-ratelimit-limit-{kind}".encode(), str(state.limit).encode()),
+                (f"x-ratelimit-remaining-{kind}".encode(), str(state.remaining).encode()),
+                (f"x-ratelimit-reset-{kind}".encode(), duration_text(state.reset_s).encode()),
+            ]
     return headers
 
 
@@ -157,13 +164,20 @@ def refusal(bucket: Bucket, decision: RateDecision, tokens: int) -> RateLimited:
     wait = decision.retry_after_s
     headers = [(k.decode(), v.decode()) for k, v in limit_headers(r, t)]
     if math.isinf(wait):
-        message = (f"Request too large for rate limit '{bucket.name}' on tokens per min (TPM): Limit {state.limit}, "
-                   f"Requested {tokens} (estimated). Send fewer tokens.")
+        message = (
+            f"Request too large for rate limit '{bucket.name}' on tokens per min (TPM): Limit {state.limit}, "
+            f"Requested {tokens} (estimated). Send fewer tokens."
+        )
         headers.append(("x-should-retry", "false"))
     else:
-        message = (f"Rate limit reached for '{bucket.name}' on {kind} per min ({unit}): Limit {state.limit}, "
-                   f"Remaining {state.remaining}. Please try again in {duration_text(wait)}.")
-        headers += [("retry-after", str(max(1, math.ceil(wait)))), ("retry-after-ms", str(max(1, math.ceil(wait * 1000))))]
+        message = (
+            f"Rate limit reached for '{bucket.name}' on {kind} per min ({unit}): Limit {state.limit}, "
+            f"Remaining {state.remaining}. Please try again in {duration_text(wait)}."
+        )
+        headers += [
+            ("retry-after", str(max(1, math.ceil(wait)))),
+            ("retry-after-ms", str(max(1, math.ceil(wait * 1000)))),
+        ]
     error = RateLimited(message, headers=headers)
     error.type = kind
     return error
@@ -186,9 +200,16 @@ class RateLimitLayer:
     reads_after = frozenset({"outcome"})
     writes = frozenset({"ratelimit"})
 
-    def __init__(self, app: ASGIApp, *, store: RateLimitStore, limits: Sequence[Any] | None = None,
-                 routing: LiveRouting | None = None, max_body_bytes: int = 10 * 1024 * 1024,
-                 logger: Any = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: RateLimitStore,
+        limits: Sequence[Any] | None = None,
+        routing: LiveRouting | None = None,
+        max_body_bytes: int = 10 * 1024 * 1024,
+        logger: Any = None,
+    ) -> None:
         """``limits`` are ``RateLimitConfig``s; without them the layer follows ``routing``'s served config (a
         reload applies their edits), or has none. ``store`` is the rate-limit store (``mux.stores.limits``)."""
         self.app = app
@@ -239,8 +260,9 @@ class RateLimitLayer:
             now = monotonic()
             if now - self._warned_at >= WARN_EVERY_S:
                 self._warned_at = now
-                self.logger.warning("rate_limit_state_unavailable", request_id=ctx.request_id, error=str(exc),
-                                    action="fail_open")
+                self.logger.warning(
+                    "rate_limit_state_unavailable", request_id=ctx.request_id, error=str(exc), action="fail_open"
+                )
             ctx.ratelimit = "fail_open"
             return await self.app(scope, receive, send)
         ctx.ratelimit = "ok"
@@ -276,6 +298,7 @@ class RateLimitLayer:
                 try:
                     await self.store.correct(bucket.key, bucket.tpm, delta)
                 except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
-                    self.logger.warning("rate_limit_correction_skipped", bucket=bucket.name,
-                                        error=f"{type(exc).__name__}: {exc}")
+                    self.logger.warning(
+                        "rate_limit_correction_skipped", bucket=bucket.name, error=f"{type(exc).__name__}: {exc}"
+                    )
                     return

@@ -8,7 +8,8 @@ Answers 404 ``model_not_found``, 400 ``provider_not_configured`` and 503 ``no_ro
 
 from __future__ import annotations
 
-from typing import Any, Awaitable
+from collections.abc import Awaitable
+from typing import Any
 
 import msgspec
 
@@ -37,12 +38,12 @@ class RouterLayer:
             return self.app(scope, receive, send)
         return with_request(scope, receive, send, self.max_body_bytes, self._route)
 
-    def _route(self, ctx: Context, request: Any, scope: Scope, receive: Receive,
-               send: Send) -> Awaitable[None]:
+    def _route(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         mlx = ctx.mlx
         try:
             ctx.plan = self.routing.router.plan(
-                request, end_user=mlx.end_user if mlx else None, session=mlx.session_id if mlx else None)
+                request, end_user=mlx.end_user if mlx else None, session=mlx.session_id if mlx else None
+            )
         except MuxError as error:
             return deny(scope, send, error)
         if header(scope, b"x-mux-dry-run") in (b"true", b"1"):

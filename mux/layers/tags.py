@@ -14,7 +14,8 @@ fields is forwarded upstream (Dispatch drops them when it builds the upstream bo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Awaitable
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from mux.asgi import ASGIApp, Receive, Scope, Send
@@ -46,8 +47,7 @@ class TagsLayer:
             return self._annotate(context_of(scope), None, scope, receive, send)
         return with_request(scope, receive, send, self.max_body_bytes, self._annotate)
 
-    def _annotate(self, ctx: Context, request: Any, scope: Scope, receive: Receive,
-                  send: Send) -> Awaitable[None]:
+    def _annotate(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         tags = end_user = session = None
         for name, value in scope["headers"]:  # one pass for the three headers this layer reads
             if name == b"x-mux-tags":
@@ -57,7 +57,7 @@ class TagsLayer:
             elif name == b"x-session-id":
                 session = value
         try:
-            ctx.mlx = annotations(
+            ctx.mlx = merged_annotations(
                 body_tags=getattr(request, "mlx_tags", None),
                 metadata=getattr(request, "metadata", None),
                 body_end_user=getattr(request, "mlx_end_user", None),
@@ -74,9 +74,19 @@ class TagsLayer:
         return self.app(scope, receive, send)
 
 
-def annotations(*, body_tags: dict[str, str] | None, metadata: dict[str, str] | None, body_end_user: str | None,
-                user: str | None, cache: CacheControl | None, trace: bool | None, body_session: str | None,
-                header_tags: bytes | None, header_end_user: bytes | None, header_session: bytes | None) -> Mlx:
+def merged_annotations(
+    *,
+    body_tags: dict[str, str] | None,
+    metadata: dict[str, str] | None,
+    body_end_user: str | None,
+    user: str | None,
+    cache: CacheControl | None,
+    trace: bool | None,
+    body_session: str | None,
+    header_tags: bytes | None,
+    header_end_user: bytes | None,
+    header_session: bytes | None,
+) -> Mlx:
     """Answer the merged annotations (pure); raise ``InvalidRequest`` naming the bad field."""
     if metadata or header_tags:
         tags: dict[str, str] = dict(metadata) if metadata else {}
@@ -106,8 +116,10 @@ def parse_tag_header(raw: bytes) -> dict[str, str]:
         if not eq or not key:
             raise InvalidRequest(f"Header x-mux-tags: '{pair}' is not of the form key=value.", param="x-mux-tags")
         if len(key) > MAX_KEY or len(value) > MAX_VALUE:
-            raise InvalidRequest(f"Header x-mux-tags: tag keys are limited to {MAX_KEY} characters and values to "
-                                 f"{MAX_VALUE}.", param="x-mux-tags")
+            raise InvalidRequest(
+                f"Header x-mux-tags: tag keys are limited to {MAX_KEY} characters and values to {MAX_VALUE}.",
+                param="x-mux-tags",
+            )
         tags[key] = value
     return tags
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Awaitable
 from time import perf_counter, time
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -78,8 +79,14 @@ class TraceLayer:
     uses = frozenset({"outcome", "request", "mlx", "plan", "trace"})  # read when present, after answering
     writes = frozenset({"request_id"})
 
-    def __init__(self, app: ASGIApp, *, logger: Any = None, prefixes: tuple[str, ...] | None = None,
-                 ledger: LedgerWriter | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        logger: Any = None,
+        prefixes: tuple[str, ...] | None = None,
+        ledger: LedgerWriter | None = None,
+    ) -> None:
         """``prefixes`` limits the layer to paths starting with one of them (``None``: every HTTP request);
         ``ledger`` receives one row per LLM request (``None``: no ledger)."""
         self.app = app
@@ -168,8 +175,9 @@ def error_code_of(body: bytes) -> str | None:
     return (error.code or error.type) if error is not None else None
 
 
-def record(ctx: Context, scope: Scope, status: int, first_byte: float | None, error_code: str | None,
-           failure: str | None) -> dict[str, Any]:
+def record(
+    ctx: Context, scope: Scope, status: int, first_byte: float | None, error_code: str | None, failure: str | None
+) -> dict[str, Any]:
     """Answer the fields of the request's log record."""
     now = perf_counter()
     outcome = ctx.outcome
@@ -219,8 +227,14 @@ def record(ctx: Context, scope: Scope, status: int, first_byte: float | None, er
     return fields
 
 
-def ledger_row(ctx: Context, fields: dict[str, Any], sent_status: int, error_code: str | None, failure: str | None,
-               sent: list[bytes] | None = None) -> LedgerRow:
+def ledger_row(
+    ctx: Context,
+    fields: dict[str, Any],
+    sent_status: int,
+    error_code: str | None,
+    failure: str | None,
+    sent: list[bytes] | None = None,
+) -> LedgerRow:
     """Answer the request's ledger row from its context and its log record's ``fields`` (latency, first byte,
     stream flag, decision trace); ``sent_status`` is the status sent (0: none), ``error_code`` the one peeked
     from an error body, ``failure`` the name of the exception the inner app raised, ``sent`` the response body

@@ -22,7 +22,7 @@ def store_from_url(url: str, *, schema: str = "public") -> LedgerStore:
     if url.startswith("sqlite:///"):
         from mux.ledger.sqlite import SQLiteLedgerStore
 
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if not path:
             raise ValueError("a sqlite ledger URL needs a file: sqlite:///mux.db")
         return SQLiteLedgerStore(path)

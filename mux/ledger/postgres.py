@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
@@ -27,26 +28,64 @@ from mux.ledger.sql import COLUMNS, Params, SqlLedgerStore, row_values
 from mux.stores.lifecycle import Connected
 
 TYPES = {
-    "request_id": "text", "created_at": "double precision", "response_id": "text", "key_name": "text",
-    "team": "text", "end_user": "text", "tags": "json", "session_id": "text", "model_requested": "text",
-    "model_used": "text", "provider": "text", "route": "text", "route_version": "integer", "strategy": "text",
-    "status": "integer", "error_code": "text", "attempts": "integer", "prompt_tokens": "integer",
-    "completion_tokens": "integer", "cached_tokens": "integer", "cache_write_tokens": "integer",
-    "reasoning_tokens": "integer", "cost_nano": "bigint", "latency_ms": "double precision",
-    "ttfb_ms": "double precision", "stream": "boolean", "cache_status": "text", "budget_outcome": "text",
-    "rate_limit_outcome": "text", "finish_reason": "text", "trace": "json", "request_body": "bytea",
+    "request_id": "text",
+    "created_at": "double precision",
+    "response_id": "text",
+    "key_name": "text",
+    "team": "text",
+    "end_user": "text",
+    "tags": "json",
+    "session_id": "text",
+    "model_requested": "text",
+    "model_used": "text",
+    "provider": "text",
+    "route": "text",
+    "route_version": "integer",
+    "strategy": "text",
+    "status": "integer",
+    "error_code": "text",
+    "attempts": "integer",
+    "prompt_tokens": "integer",
+    "completion_tokens": "integer",
+    "cached_tokens": "integer",
+    "cache_write_tokens": "integer",
+    "reasoning_tokens": "integer",
+    "cost_nano": "bigint",
+    "latency_ms": "double precision",
+    "ttfb_ms": "double precision",
+    "stream": "boolean",
+    "cache_status": "text",
+    "budget_outcome": "text",
+    "rate_limit_outcome": "text",
+    "finish_reason": "text",
+    "trace": "json",
+    "request_body": "bytea",
     "response_body": "bytea",
 }
 assert tuple(TYPES) == COLUMNS, "the PostgreSQL column types must follow LedgerRow's fields"
-_REQUIRED = {"request_id", "created_at", "tags", "status", "attempts", "prompt_tokens", "completion_tokens",
-             "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost_nano", "latency_ms", "stream"}
+_REQUIRED = {
+    "request_id",
+    "created_at",
+    "tags",
+    "status",
+    "attempts",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nano",
+    "latency_ms",
+    "stream",
+}
 _TEXT = [i for i, c in enumerate(COLUMNS) if TYPES[c] == "text"]
 
 
 def schema_v1(s: str) -> list[str]:
     columns = ",\n    ".join(
         f"{c} {TYPES[c]}{' PRIMARY KEY' if c == 'request_id' else ' NOT NULL' if c in _REQUIRED else ''}"
-        for c in COLUMNS)
+        for c in COLUMNS
+    )
     return [
         f"CREATE TABLE {s}.ledger (\n    {columns}\n)",
         f"CREATE INDEX ledger_time ON {s}.ledger (created_at, request_id)",
@@ -85,12 +124,16 @@ class PostgresLedgerStore(Connected[asyncpg.Pool], SqlLedgerStore):
         self._dsn, self._min_size, self._max_size = dsn, min_size, max_size
         selected = ", ".join(f"u.{c}::json" if TYPES[c] == "json" else f"u.{c}" for c in COLUMNS)
         arrays = ", ".join(f"${i}::{'text' if TYPES[c] == 'json' else TYPES[c]}[]" for i, c in enumerate(COLUMNS, 1))
-        self._insert_rows = (f"INSERT INTO {self.ledger} ({', '.join(COLUMNS)}) SELECT {selected} "
-                             f"FROM unnest({arrays}) AS u({', '.join(COLUMNS)}) "
-                             "ON CONFLICT (request_id) DO NOTHING RETURNING 1")
-        self._insert_tags = (f"INSERT INTO {self.tags} (request_id, name, value, created_at) "
-                             "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::double precision[]) "
-                             "ON CONFLICT (request_id, name) DO NOTHING")
+        self._insert_rows = (
+            f"INSERT INTO {self.ledger} ({', '.join(COLUMNS)}) SELECT {selected} "
+            f"FROM unnest({arrays}) AS u({', '.join(COLUMNS)}) "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING 1"
+        )
+        self._insert_tags = (
+            f"INSERT INTO {self.tags} (request_id, name, value, created_at) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::double precision[]) "
+            "ON CONFLICT (request_id, name) DO NOTHING"
+        )
 
     async def _connect(self) -> asyncpg.Pool:
         pool = await asyncpg.create_pool(self._dsn, min_size=self._min_size, max_size=self._max_size)
@@ -110,8 +153,10 @@ class PostgresLedgerStore(Connected[asyncpg.Pool], SqlLedgerStore):
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"mux.ledger:{self.schema}")
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-            await conn.execute(f"CREATE TABLE IF NOT EXISTS {s}.ledger_schema_version "
-                               "(version integer PRIMARY KEY, applied_at double precision NOT NULL)")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {s}.ledger_schema_version "
+                "(version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+            )
             version = await conn.fetchval(f"SELECT COALESCE(MAX(version), 0) FROM {s}.ledger_schema_version")
             if version > len(MIGRATIONS):
                 raise RuntimeError(f"the ledger schema is version {version}; this mux knows up to {len(MIGRATIONS)}")
@@ -127,12 +172,12 @@ class PostgresLedgerStore(Connected[asyncpg.Pool], SqlLedgerStore):
         for values in records:
             for i in _TEXT:
                 values[i] = _clean(values[i])
-        columns = [list(c) for c in zip(*records)]
+        columns = [list(c) for c in zip(*records, strict=False)]
         tags = [(_clean(r.request_id), _clean(n), _clean(v), r.created_at) for r in rows for n, v in r.tags.items()]
         async with self._conn().acquire() as conn, conn.transaction():
             written = len(await conn.fetch(self._insert_rows, *columns))
             if tags:
-                await conn.execute(self._insert_tags, *(list(c) for c in zip(*tags)))
+                await conn.execute(self._insert_tags, *(list(c) for c in zip(*tags, strict=False)))
         return written
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:

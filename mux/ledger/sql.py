@@ -23,13 +23,24 @@ depth. ``status`` has no index: it is filtered while walking one of the indexes 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from mux.ledger.row import NANO_PER_USD, LedgerRow
-from mux.ledger.store import (DEFAULT_LIMIT, MAX_CELLS, MAX_GROUPS, PERCENTILES, buckets_of, decode_cursor, encode_cursor,
-                    group_of, page_limit, percentile)
+from mux.ledger.store import (
+    DEFAULT_LIMIT,
+    MAX_CELLS,
+    MAX_GROUPS,
+    PERCENTILES,
+    buckets_of,
+    decode_cursor,
+    encode_cursor,
+    group_of,
+    page_limit,
+    percentile,
+)
 
 # The row's fields in column order; tags and trace are stored as JSON text.
 COLUMNS = tuple(LedgerRow.__struct_fields__)
@@ -58,7 +69,7 @@ def row_of(record: Sequence[Any]) -> LedgerRow:
     values[_TAGS] = _tags_decoder.decode(values[_TAGS]) if values[_TAGS] else {}
     values[_TRACE] = None if values[_TRACE] is None else _trace_decoder.decode(values[_TRACE])
     values[_STREAM] = bool(values[_STREAM])
-    return LedgerRow(**dict(zip(COLUMNS, values)))
+    return LedgerRow(**dict(zip(COLUMNS, values, strict=False)))
 
 
 class Params:
@@ -111,15 +122,23 @@ class SqlLedgerStore:
 
     # requests
 
-    def _requests_sql(self, *, key: str | None = None, status: int | None = None, model: str | None = None,
-                      tag: tuple[str, str] | None = None, limit: int = DEFAULT_LIMIT,
-                      cursor: str | None = None) -> tuple[str, list[Any]]:
+    def _requests_sql(
+        self,
+        *,
+        key: str | None = None,
+        status: int | None = None,
+        model: str | None = None,
+        tag: tuple[str, str] | None = None,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> tuple[str, list[Any]]:
         p = Params(self.numbered_params)
         limit = page_limit(limit)
         join, order, where = "", "l", []
         if tag is not None:  # walk the tag index in time order: its rows carry created_at too
-            join = (f" JOIN {self.tags} t ON t.request_id = l.request_id AND t.name = {p(tag[0])} "
-                    f"AND t.value = {p(tag[1])}")
+            join = (
+                f" JOIN {self.tags} t ON t.request_id = l.request_id AND t.name = {p(tag[0])} AND t.value = {p(tag[1])}"
+            )
             order = "t"
         if key is not None:
             where.append(f"l.key_name = {p(key)}")
@@ -130,41 +149,70 @@ class SqlLedgerStore:
         if cursor is not None:
             created_at, request_id = decode_cursor(cursor)
             where.append(f"({order}.created_at, {order}.request_id) < ({p(created_at)}, {p(request_id)})")
-        sql = (f"SELECT {SELECT_ROW_NO_BODIES} FROM {self.ledger} l{join}"
-               f"{' WHERE ' + ' AND '.join(where) if where else ''} "
-               f"ORDER BY {order}.created_at DESC, {order}.request_id DESC LIMIT {p(limit + 1)}")
+        sql = (
+            f"SELECT {SELECT_ROW_NO_BODIES} FROM {self.ledger} l{join}"
+            f"{' WHERE ' + ' AND '.join(where) if where else ''} "
+            f"ORDER BY {order}.created_at DESC, {order}.request_id DESC LIMIT {p(limit + 1)}"
+        )
         return sql, p.values
 
-    async def requests(self, *, key: str | None = None, status: int | None = None, model: str | None = None,
-                       tag: tuple[str, str] | None = None, limit: int = DEFAULT_LIMIT,
-                       cursor: str | None = None) -> tuple[list[LedgerRow], str | None]:
+    async def requests(
+        self,
+        *,
+        key: str | None = None,
+        status: int | None = None,
+        model: str | None = None,
+        tag: tuple[str, str] | None = None,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> tuple[list[LedgerRow], str | None]:
         limit = page_limit(limit)
-        records = await self._fetch(*self._requests_sql(key=key, status=status, model=model, tag=tag, limit=limit,
-                                                        cursor=cursor))
+        records = await self._fetch(
+            *self._requests_sql(key=key, status=status, model=model, tag=tag, limit=limit, cursor=cursor)
+        )
         rows = [row_of(r) for r in records[:limit]]
         more = len(records) > limit
         return rows, encode_cursor(rows[-1].created_at, rows[-1].request_id) if more else None
 
     # spend
 
-    def _spend_sql(self, since_ts: float, *, key_name: str | None = None, team: str | None = None,
-                   end_user: str | None = None, tag: tuple[str, str] | None = None) -> tuple[str, list[Any]]:
+    def _spend_sql(
+        self,
+        since_ts: float,
+        *,
+        key_name: str | None = None,
+        team: str | None = None,
+        end_user: str | None = None,
+        tag: tuple[str, str] | None = None,
+    ) -> tuple[str, list[Any]]:
         p = Params(self.numbered_params)
         join, where = "", []
         if tag is not None:
-            join = (f" JOIN {self.tags} t ON t.request_id = l.request_id AND t.name = {p(tag[0])} "
-                    f"AND t.value = {p(tag[1])} AND t.created_at >= {p(since_ts)}")
+            join = (
+                f" JOIN {self.tags} t ON t.request_id = l.request_id AND t.name = {p(tag[0])} "
+                f"AND t.value = {p(tag[1])} AND t.created_at >= {p(since_ts)}"
+            )
         for column, value in (("key_name", key_name), ("team", team), ("end_user", end_user)):
             if value is not None:
                 where.append(f"l.{column} = {p(value)}")
         where.append(f"l.created_at >= {p(since_ts)}")
-        return (f"SELECT COALESCE(SUM(l.cost_nano), 0) FROM {self.ledger} l{join} WHERE {' AND '.join(where)}",
-                p.values)
+        return (
+            f"SELECT COALESCE(SUM(l.cost_nano), 0) FROM {self.ledger} l{join} WHERE {' AND '.join(where)}",
+            p.values,
+        )
 
-    async def spend(self, since_ts: float, *, key_name: str | None = None, team: str | None = None,
-                    end_user: str | None = None, tag: tuple[str, str] | None = None) -> int:
-        records = await self._fetch(*self._spend_sql(since_ts, key_name=key_name, team=team, end_user=end_user,
-                                                      tag=tag))
+    async def spend(
+        self,
+        since_ts: float,
+        *,
+        key_name: str | None = None,
+        team: str | None = None,
+        end_user: str | None = None,
+        tag: tuple[str, str] | None = None,
+    ) -> int:
+        records = await self._fetch(
+            *self._spend_sql(since_ts, key_name=key_name, team=team, end_user=end_user, tag=tag)
+        )
         return int(records[0][0])
 
     # analytics
@@ -173,8 +221,7 @@ class SqlLedgerStore:
         """Answer (group expression, FROM … WHERE … over the window) for ``group_by``."""
         column, tag = group_of(group_by)
         if tag is not None:
-            source = (f"{self.ledger} l LEFT JOIN {self.tags} t ON t.request_id = l.request_id "
-                      f"AND t.name = {p(tag)}")
+            source = f"{self.ledger} l LEFT JOIN {self.tags} t ON t.request_id = l.request_id AND t.name = {p(tag)}"
             group = "t.value"
         else:
             source, group = f"{self.ledger} l", f"l.{column}"
@@ -183,8 +230,11 @@ class SqlLedgerStore:
     def _top_groups_sql(self, from_ts: float, to_ts: float, group_by: str, cap: int) -> tuple[str, list[Any]]:
         p = Params(self.numbered_params)
         group, source = self._analytics_source(p, from_ts, to_ts, group_by)
-        return (f"SELECT {group}, COUNT(*) {source} GROUP BY {group} "
-                f"ORDER BY COUNT(*) DESC, {group} IS NULL, {group}{self.text_order} LIMIT {p(cap + 1)}", p.values)
+        return (
+            f"SELECT {group}, COUNT(*) {source} GROUP BY {group} "
+            f"ORDER BY COUNT(*) DESC, {group} IS NULL, {group}{self.text_order} LIMIT {p(cap + 1)}",
+            p.values,
+        )
 
     def _window_filter(self, p: Params, group: str, groups: list[str | None] | None) -> str:
         if groups is None:
@@ -195,39 +245,58 @@ class SqlLedgerStore:
             terms.append(f"{group} IS NULL")
         return f" AND ({' OR '.join(terms)})"
 
-    def _aggregate_sql(self, from_ts: float, to_ts: float, group_by: str, seconds: int,
-                       groups: list[str | None] | None) -> tuple[str, list[Any]]:
+    def _aggregate_sql(
+        self, from_ts: float, to_ts: float, group_by: str, seconds: int, groups: list[str | None] | None
+    ) -> tuple[str, list[Any]]:
         p = Params(self.numbered_params)
         group, source = self._analytics_source(p, from_ts, to_ts, group_by)
-        sums = ", ".join(f"SUM(l.{c})" for c in ("prompt_tokens", "completion_tokens", "cached_tokens",
-                                                  "cache_write_tokens", "reasoning_tokens", "cost_nano"))
+        sums = ", ".join(
+            f"SUM(l.{c})"
+            for c in (
+                "prompt_tokens",
+                "completion_tokens",
+                "cached_tokens",
+                "cache_write_tokens",
+                "reasoning_tokens",
+                "cost_nano",
+            )
+        )
         percentiles = ""
         if self.native_percentiles:
             ps = ", ".join(str(q) for q in PERCENTILES)
-            percentiles = "".join(f", percentile_cont(ARRAY[{ps}]::double precision[]) WITHIN GROUP (ORDER BY l.{m})"
-                                  for m in ("latency_ms", "ttfb_ms"))
-        sql = (f"SELECT {group}, {self._bucket(seconds)}, COUNT(*), "
-               f"SUM(CASE WHEN l.status >= 400 THEN 1 ELSE 0 END), {sums}{percentiles} "
-               f"{source}{self._window_filter(p, group, groups)} GROUP BY 1, 2")
+            percentiles = "".join(
+                f", percentile_cont(ARRAY[{ps}]::double precision[]) WITHIN GROUP (ORDER BY l.{m})"
+                for m in ("latency_ms", "ttfb_ms")
+            )
+        sql = (
+            f"SELECT {group}, {self._bucket(seconds)}, COUNT(*), "
+            f"SUM(CASE WHEN l.status >= 400 THEN 1 ELSE 0 END), {sums}{percentiles} "
+            f"{source}{self._window_filter(p, group, groups)} GROUP BY 1, 2"
+        )
         return sql, p.values
 
-    def _percentile_sql(self, from_ts: float, to_ts: float, group_by: str, seconds: int,
-                        groups: list[str | None] | None, metric: str) -> tuple[str, list[Any]]:
+    def _percentile_sql(
+        self, from_ts: float, to_ts: float, group_by: str, seconds: int, groups: list[str | None] | None, metric: str
+    ) -> tuple[str, list[Any]]:
         """Answer the query of the values at the positions percentiles interpolate between (window functions,
         for a store without percentile_cont): (group, bucket, position, count, value)."""
         p = Params(self.numbered_params)
         group, source = self._analytics_source(p, from_ts, to_ts, group_by)
         bucket = self._bucket(seconds)
-        positions = " OR ".join(f"i = CAST({q} * (n - 1) AS INTEGER) OR i = CAST({q} * (n - 1) AS INTEGER) + 1"
-                                for q in PERCENTILES)
-        sql = (f"SELECT g, b, i, n, v FROM (SELECT {group} AS g, {bucket} AS b, l.{metric} AS v, "
-               f"ROW_NUMBER() OVER (PARTITION BY {group}, {bucket} ORDER BY l.{metric}) - 1 AS i, "
-               f"COUNT(*) OVER (PARTITION BY {group}, {bucket}) AS n "
-               f"{source} AND l.{metric} IS NOT NULL{self._window_filter(p, group, groups)}) w WHERE {positions}")
+        positions = " OR ".join(
+            f"i = CAST({q} * (n - 1) AS INTEGER) OR i = CAST({q} * (n - 1) AS INTEGER) + 1" for q in PERCENTILES
+        )
+        sql = (
+            f"SELECT g, b, i, n, v FROM (SELECT {group} AS g, {bucket} AS b, l.{metric} AS v, "
+            f"ROW_NUMBER() OVER (PARTITION BY {group}, {bucket} ORDER BY l.{metric}) - 1 AS i, "
+            f"COUNT(*) OVER (PARTITION BY {group}, {bucket}) AS n "
+            f"{source} AND l.{metric} IS NOT NULL{self._window_filter(p, group, groups)}) w WHERE {positions}"
+        )
         return sql, p.values
 
-    async def analytics(self, from_ts: float, to_ts: float, group_by: str, interval: str = "hour", *,
-                        max_groups: int = MAX_GROUPS) -> list[dict]:
+    async def analytics(
+        self, from_ts: float, to_ts: float, group_by: str, interval: str = "hour", *, max_groups: int = MAX_GROUPS
+    ) -> list[dict]:
         seconds, buckets = buckets_of(from_ts, to_ts, interval)
         cap = max(1, min(max_groups, MAX_CELLS // buckets))
         top = await self._fetch(*self._top_groups_sql(from_ts, to_ts, group_by, cap))
@@ -245,23 +314,35 @@ class SqlLedgerStore:
                 continue
             latency, ttfb = spreads.get((group, bucket), (None, None))
             cost = int(r[9] or 0)
-            answer.append({
-                "group": group, "bucket": bucket, "requests": int(r[2]), "errors": int(r[3] or 0),
-                "prompt_tokens": int(r[4] or 0), "completion_tokens": int(r[5] or 0),
-                "cached_tokens": int(r[6] or 0), "cache_write_tokens": int(r[7] or 0),
-                "reasoning_tokens": int(r[8] or 0), "cost_nano": cost, "cost_usd": cost / NANO_PER_USD,
-                "latency_ms": _spread(latency), "ttfb_ms": _spread(ttfb),
-            })
+            answer.append(
+                {
+                    "group": group,
+                    "bucket": bucket,
+                    "requests": int(r[2]),
+                    "errors": int(r[3] or 0),
+                    "prompt_tokens": int(r[4] or 0),
+                    "completion_tokens": int(r[5] or 0),
+                    "cached_tokens": int(r[6] or 0),
+                    "cache_write_tokens": int(r[7] or 0),
+                    "reasoning_tokens": int(r[8] or 0),
+                    "cost_nano": cost,
+                    "cost_usd": cost / NANO_PER_USD,
+                    "latency_ms": _spread(latency),
+                    "ttfb_ms": _spread(ttfb),
+                }
+            )
         answer.sort(key=lambda a: (rank[a["group"]], a["bucket"]))
         return answer
 
-    async def _window_percentiles(self, from_ts: float, to_ts: float, group_by: str, seconds: int,
-                                  groups: list[str | None] | None) -> dict[tuple[Any, int], tuple]:
+    async def _window_percentiles(
+        self, from_ts: float, to_ts: float, group_by: str, seconds: int, groups: list[str | None] | None
+    ) -> dict[tuple[Any, int], tuple]:
         spreads: dict[tuple[Any, int], list] = {}
         for index, metric in enumerate(("latency_ms", "ttfb_ms")):
             found: dict[tuple[Any, int], tuple[int, dict[int, float]]] = {}
-            for g, b, i, n, v in await self._fetch(*self._percentile_sql(from_ts, to_ts, group_by, seconds,
-                                                                          groups, metric)):
+            for g, b, i, n, v in await self._fetch(
+                *self._percentile_sql(from_ts, to_ts, group_by, seconds, groups, metric)
+            ):
                 found.setdefault((g, int(b)), (n, {}))[1][i] = v
             for cell, (n, values) in found.items():
                 spreads.setdefault(cell, [None, None])[index] = [percentile(values, n, q) for q in PERCENTILES]
@@ -274,8 +355,9 @@ class SqlLedgerStore:
         ``spend``, ``analytics``), as the database prints it."""
         if method == "get":
             id, key_name = args[0], args[1] if len(args) > 1 else kwargs.get("key_name")
-            return "\n".join([await self._plan(*self._get_sql(id, key_name, by))
-                              for by in ("request_id", "response_id")])
+            return "\n".join(
+                [await self._plan(*self._get_sql(id, key_name, by)) for by in ("request_id", "response_id")]
+            )
         if method == "analytics":
             from_ts, to_ts, group_by, interval = args
             seconds, _ = buckets_of(from_ts, to_ts, interval)
@@ -289,5 +371,7 @@ class SqlLedgerStore:
 
 def _spread(values: Sequence[float | None] | None) -> dict[str, float | None]:
     values = values or (None,) * len(PERCENTILES)
-    return {f"p{round(q * 100)}": (None if v is None or math.isnan(v) else float(v))
-            for q, v in zip(PERCENTILES, values)}
+    return {
+        f"p{round(q * 100)}": (None if v is None or math.isnan(v) else float(v))
+        for q, v in zip(PERCENTILES, values, strict=False)
+    }

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from mux.ledger.row import LedgerRow
 from mux.ledger.sql import COLUMNS, Params, SqlLedgerStore, row_values
@@ -74,10 +75,14 @@ SCHEMA_V1 = [
 ]
 MIGRATIONS: list[list[str]] = [SCHEMA_V1]
 
-_INSERT_ROW = (f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
-               "ON CONFLICT (request_id) DO NOTHING")
-_INSERT_TAG = ("INSERT INTO ledger_tags (request_id, name, value, created_at) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT (request_id, name) DO NOTHING")
+_INSERT_ROW = (
+    f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
+    "ON CONFLICT (request_id) DO NOTHING"
+)
+_INSERT_TAG = (
+    "INSERT INTO ledger_tags (request_id, name, value, created_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (request_id, name) DO NOTHING"
+)
 
 
 class SQLiteLedgerStore(sqlite_file.SqliteBacked, SqlLedgerStore):
@@ -121,8 +126,9 @@ def _write(conn: sqlite3.Connection, values: list[list[Any]], tags: list[tuple[s
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create or migrate the schema to ``len(MIGRATIONS)`` (``sqlite_file.connect`` runs this in one
     transaction)."""
-    conn.execute("CREATE TABLE IF NOT EXISTS ledger_schema_version "
-                 "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS ledger_schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
     (version,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM ledger_schema_version").fetchone()
     if version > len(MIGRATIONS):
         raise RuntimeError(f"the ledger schema is version {version}; this mux knows up to {len(MIGRATIONS)}")

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 
@@ -26,8 +27,14 @@ MAX_GROUPS = 1000  # groups per `analytics` answer (the busiest ones)
 MAX_BUCKETS = 1000  # interval buckets per `analytics` window (about 41 days by hour, 2.7 years by day)
 MAX_CELLS = 50_000  # (group, bucket) entries per `analytics` answer: fewer groups when there are many buckets
 INTERVALS = {"hour": 3600, "day": 86400}
-GROUP_COLUMNS = {"key": "key_name", "team": "team", "end_user": "end_user", "model": "model_used",
-                 "provider": "provider", "route": "route"}  # and "tag:NAME"
+GROUP_COLUMNS = {
+    "key": "key_name",
+    "team": "team",
+    "end_user": "end_user",
+    "model": "model_used",
+    "provider": "provider",
+    "route": "route",
+}  # and "tag:NAME"
 PERCENTILES = (0.5, 0.95, 0.99)
 
 
@@ -44,19 +51,34 @@ class LedgerStore(Protocol):
         """Answer the record whose request id or response id is ``id`` (the request id wins; then the newest),
         only among ``key_name``'s records when it is given."""
 
-    async def requests(self, *, key: str | None = None, status: int | None = None, model: str | None = None,
-                       tag: tuple[str, str] | None = None, limit: int = DEFAULT_LIMIT,
-                       cursor: str | None = None) -> tuple[list[LedgerRow], str | None]:
+    async def requests(
+        self,
+        *,
+        key: str | None = None,
+        status: int | None = None,
+        model: str | None = None,
+        tag: tuple[str, str] | None = None,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> tuple[list[LedgerRow], str | None]:
         """Answer up to ``limit`` (at most 500) records matching every filter given, newest first, without
         bodies, and the cursor of the next page (``None`` on the last)."""
 
-    async def analytics(self, from_ts: float, to_ts: float, group_by: str, interval: str = "hour", *,
-                        max_groups: int = MAX_GROUPS) -> list[dict]:
+    async def analytics(
+        self, from_ts: float, to_ts: float, group_by: str, interval: str = "hour", *, max_groups: int = MAX_GROUPS
+    ) -> list[dict]:
         """Answer per group and interval bucket over ``from_ts <= created_at < to_ts``: requests, errors,
         tokens by class, cost and latency / first-byte percentiles (see ``README``); the busiest groups only."""
 
-    async def spend(self, since_ts: float, *, key_name: str | None = None, team: str | None = None,
-                    end_user: str | None = None, tag: tuple[str, str] | None = None) -> int:
+    async def spend(
+        self,
+        since_ts: float,
+        *,
+        key_name: str | None = None,
+        team: str | None = None,
+        end_user: str | None = None,
+        tag: tuple[str, str] | None = None,
+    ) -> int:
         """Answer the nano-USD spent since ``since_ts`` by the records matching every filter given (all
         records when none is)."""
 
@@ -68,8 +90,9 @@ def encode_cursor(created_at: float, request_id: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
-        created_at, request_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)),
-                                                     type=tuple[float, str])
+        created_at, request_id = msgspec.json.decode(
+            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), type=tuple[float, str]
+        )
     except (ValueError, msgspec.DecodeError) as exc:
         raise InvalidRequest("cursor is not one this server answered", param="cursor") from exc
     return created_at, request_id
@@ -100,8 +123,7 @@ def buckets_of(from_ts: float, to_ts: float, interval: str) -> tuple[int, int]:
         raise InvalidRequest("to must be after from", param="to")
     count = math.ceil(to_ts / seconds) - math.floor(from_ts / seconds)
     if count > MAX_BUCKETS:
-        raise InvalidRequest(f"the window holds {count} {interval}s; at most {MAX_BUCKETS} are answered",
-                             param="from")
+        raise InvalidRequest(f"the window holds {count} {interval}s; at most {MAX_BUCKETS} are answered", param="from")
     return seconds, count
 
 

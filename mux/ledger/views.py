@@ -7,8 +7,9 @@ or malformed is refused with a 400 naming it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from mux.asgi import Scope
@@ -34,8 +35,9 @@ def parse_time(text: str, param: str) -> float:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidRequest(f"{param} must be an ISO 8601 time such as 2025-06-15T15:00:00Z, not {text!r}.",
-                             param=param) from None
+        raise InvalidRequest(
+            f"{param} must be an ISO 8601 time such as 2025-06-15T15:00:00Z, not {text!r}.", param=param
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()

@@ -33,7 +33,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import structlog
@@ -62,9 +63,18 @@ class WriterStats(msgspec.Struct, frozen=True):
 class LedgerWriter:
     """Queues ledger rows and writes them to ``store`` in batches, off the request path."""
 
-    def __init__(self, store: LedgerStore, *, batch_rows: int = 500, flush_ms: float = 5, max_queue: int = 100_000,
-                 store_bodies: bool = False, retry_base_s: float = 0.05, retry_max_s: float = 2.0,
-                 logger: Any = None) -> None:
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        batch_rows: int = 500,
+        flush_ms: float = 5,
+        max_queue: int = 100_000,
+        store_bodies: bool = False,
+        retry_base_s: float = 0.05,
+        retry_max_s: float = 2.0,
+        logger: Any = None,
+    ) -> None:
         if batch_rows < 1 or max_queue < 1:
             raise ValueError("batch_rows and max_queue must be at least 1")
         self.store = store
@@ -111,15 +121,24 @@ class LedgerWriter:
         now = time.monotonic()
         if now - self._last_drop_log >= _DROP_LOG_EVERY_S:
             self._last_drop_log = now
-            self._logger.warning("ledger_rows_dropped", dropped=self._dropped, max_queue=self._max_queue,
-                                 closed=self._finished)
+            self._logger.warning(
+                "ledger_rows_dropped", dropped=self._dropped, max_queue=self._max_queue, closed=self._finished
+            )
 
     @property
     def stats(self) -> WriterStats:
-        return WriterStats(submitted=self._submitted, written=self._written, duplicates=self._duplicates,
-                           dropped=self._dropped, lost=self._lost, write_errors=self._write_errors,
-                           batches=self._batches, queue_depth=len(self._queue), in_flight=len(self._in_flight),
-                           max_queue_depth=self._max_depth)
+        return WriterStats(
+            submitted=self._submitted,
+            written=self._written,
+            duplicates=self._duplicates,
+            dropped=self._dropped,
+            lost=self._lost,
+            write_errors=self._write_errors,
+            batches=self._batches,
+            queue_depth=len(self._queue),
+            in_flight=len(self._in_flight),
+            max_queue_depth=self._max_depth,
+        )
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Write every row submitted before the call now (not waiting for a batch to fill); answer ``True``
@@ -214,8 +233,13 @@ class LedgerWriter:
                 written = await self.store.write(batch)
             except Exception as exc:  # the store's failure, whatever it is: retry (the write is idempotent)
                 self._write_errors += 1
-                self._logger.warning("ledger_write_failed", rows=len(batch), error=type(exc).__name__,
-                                     message=str(exc)[:200], retry_in_s=delay)
+                self._logger.warning(
+                    "ledger_write_failed",
+                    rows=len(batch),
+                    error=type(exc).__name__,
+                    message=str(exc)[:200],
+                    retry_in_s=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
                 continue

@@ -12,18 +12,20 @@ model's maximum output in the catalog; without either, the model's maximum outpu
 (4096) — times ``n`` choices. Embeddings have no output.
 
 **Worst case of a plan** (``worst_case``): each target's prompt estimate at the highest of its input,
-cached-input and cache-write prices (the worst any prompt token can cost) plus its output bound at the output price. A cascade may
-pay for an answer at every target it escalates through, so its worst case is the **sum** over its targets; any
-other plan (a single target, a fallback, weighted, latency, cost) is answered by one attempt — failed attempts
-report no usage and cost nothing — so its worst case is the **max** over its targets. Retries at one target
-are failures and add nothing. A target without a catalog price costs 0: budgets count only what mux can
-price (give a model prices under ``catalog:`` to budget it). Amounts are integer nano-USD, rounded up.
+cached-input and cache-write prices (the worst any prompt token can cost) plus its output bound at the output
+price. A cascade may pay for an answer at every target it escalates through, so its worst case is the **sum**
+over its targets; any other plan (a single target, a fallback, weighted, latency, cost) is answered by one
+attempt — failed attempts report no usage and cost nothing — so its worst case is the **max** over its
+targets. Retries at one target are failures and add nothing. A target without a catalog price costs 0: budgets
+count only what mux can price (give a model prices under ``catalog:`` to budget it). Amounts are integer
+nano-USD, rounded up.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 from msgspec import Struct

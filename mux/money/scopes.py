@@ -10,7 +10,7 @@ keys, so no value can forge another's counter. Pure: no I/O.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import quote
 
 ANY = "*"
@@ -30,8 +30,14 @@ class Scope:
 
     __slots__ = ("key", "team", "end_user", "tags", "rank", "_fixed")
 
-    def __init__(self, *, key: str | None = None, team: str | None = None, end_user: str | None = None,
-                 tags: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        key: str | None = None,
+        team: str | None = None,
+        end_user: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         self.key = key
         self.team = team
         self.end_user = end_user
@@ -63,8 +69,7 @@ class Scope:
             return self._fixed
         return self._compose(key, team, end_user, {k: tags[k] for k in self.tags} if self.tags else None)
 
-    def _compose(self, key: str | None, team: str | None, end_user: str | None,
-                 tags: Mapping[str, str] | None) -> str:
+    def _compose(self, key: str | None, team: str | None, end_user: str | None, tags: Mapping[str, str] | None) -> str:
         parts = []
         if self.key is not None:
             parts.append("key:" + _q(key or ""))

@@ -68,15 +68,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from time import time
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 from msgspec import Struct
 
 from mux.errors import InvalidRequest, MuxError, UpstreamError, redact
+from mux.providers.base import Call, Completion, UpstreamRequest, drop_parameter, malformed, upstream_error
 from mux.sse import SSEEvent
 from mux.wire.openai import (
+    GATEWAY_KEYS,
     AllowedToolsChoice,
     AssistantMessage,
     ChatCompletion,
@@ -92,7 +95,6 @@ from mux.wire.openai import (
     DeltaToolCallFunction,
     DeveloperMessage,
     FilePart,
-    GATEWAY_KEYS,
     FunctionCall,
     ImagePart,
     JsonObjectFormat,
@@ -109,7 +111,6 @@ from mux.wire.openai import (
     UserMessage,
     encoder,
 )
-from mux.providers.base import Call, Completion, UpstreamRequest, drop_parameter, malformed, upstream_error
 
 if TYPE_CHECKING:
     from mux.config.schema import ProviderConfig
@@ -347,17 +348,43 @@ def json_tool_of(request: ChatRequest) -> JsonTool | None:
     while name in taken:
         name = "_" + name
     if schema.get("type") != "object":
-        return JsonTool(name, {"type": "object", "properties": {"value": schema}, "required": ["value"]},
-                        description, wrapped=True)
+        return JsonTool(
+            name, {"type": "object", "properties": {"value": schema}, "required": ["value"]}, description, wrapped=True
+        )
     return JsonTool(name, schema, description)
 
 
 # Top-level fields this module translates (or checks); any other non-null one is dropped with a note.
-_TRANSLATED = frozenset({
-    "model", "messages", "tools", "tool_choice", "parallel_tool_calls", "response_format", "stream",
-    "stream_options", "n", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "user",
-    "safety_identifier", "reasoning", "reasoning_effort", "logprobs", "logit_bias", "modalities", "audio",
-}) | GATEWAY_KEYS
+_TRANSLATED = (
+    frozenset(
+        {
+            "model",
+            "messages",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "response_format",
+            "stream",
+            "stream_options",
+            "n",
+            "temperature",
+            "top_p",
+            "top_k",
+            "max_tokens",
+            "max_completion_tokens",
+            "stop",
+            "user",
+            "safety_identifier",
+            "reasoning",
+            "reasoning_effort",
+            "logprobs",
+            "logit_bias",
+            "modalities",
+            "audio",
+        }
+    )
+    | GATEWAY_KEYS
+)
 
 
 def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
@@ -425,14 +452,23 @@ def messages_body(call: Call, notes: list[str] | None = None) -> dict[str, Any]:
 
 def _refuse_unsupported(request: ChatRequest) -> None:
     if request.n is not None and request.n > 1:
-        raise InvalidRequest("Anthropic models return one choice per request; 'n' greater than 1 is not supported.",
-                             param="n", code="unsupported_parameter")
+        raise InvalidRequest(
+            "Anthropic models return one choice per request; 'n' greater than 1 is not supported.",
+            param="n",
+            code="unsupported_parameter",
+        )
     if request.logprobs:
-        raise InvalidRequest("Anthropic models do not return log probabilities; 'logprobs' is not supported.",
-                             param="logprobs", code="unsupported_parameter")
+        raise InvalidRequest(
+            "Anthropic models do not return log probabilities; 'logprobs' is not supported.",
+            param="logprobs",
+            code="unsupported_parameter",
+        )
     if request.logit_bias:
-        raise InvalidRequest("Anthropic models do not accept token biases; 'logit_bias' is not supported.",
-                             param="logit_bias", code="unsupported_parameter")
+        raise InvalidRequest(
+            "Anthropic models do not accept token biases; 'logit_bias' is not supported.",
+            param="logit_bias",
+            code="unsupported_parameter",
+        )
     if request.audio is not None or (request.modalities and "audio" in request.modalities):
         param = "audio" if request.audio is not None else "modalities"
         raise InvalidRequest("Anthropic models do not produce audio.", param=param, code="unsupported_parameter")
@@ -450,7 +486,9 @@ def _thinking_budget(request: ChatRequest, max_tokens: int, *, explicit: bool) -
             if budget >= max_tokens:
                 raise InvalidRequest(
                     f"reasoning.max_tokens ({budget}) must be less than max_tokens ({max_tokens}): "
-                    "Anthropic counts thinking within max_tokens.", param="reasoning.max_tokens")
+                    "Anthropic counts thinking within max_tokens.",
+                    param="reasoning.max_tokens",
+                )
             return budget
         effort = reasoning.effort or effort or "medium"
     if effort is None or effort == "none":
@@ -460,7 +498,9 @@ def _thinking_budget(request: ChatRequest, max_tokens: int, *, explicit: bool) -
         param = "max_completion_tokens" if explicit else "reasoning_effort"
         raise InvalidRequest(
             f"Reasoning on Anthropic needs max_tokens above {MIN_THINKING_BUDGET} (the minimum thinking budget); "
-            f"got {max_tokens}.", param=param)
+            f"got {max_tokens}.",
+            param=param,
+        )
     return budget
 
 
@@ -472,8 +512,11 @@ def _tools(request: ChatRequest, thinking: bool) -> tuple[list[dict[str, Any]], 
     tools: list[dict[str, Any]] = []
     for i, tool in enumerate(request.tools or ()):
         if isinstance(tool, CustomTool):
-            raise InvalidRequest("Anthropic supports function tools only; custom tools are not supported.",
-                                 param=f"tools[{i}]", code="unsupported_parameter")
+            raise InvalidRequest(
+                "Anthropic supports function tools only; custom tools are not supported.",
+                param=f"tools[{i}]",
+                code="unsupported_parameter",
+            )
         fn = tool.function
         entry: dict[str, Any] = {"name": fn.name}
         if fn.description:
@@ -483,27 +526,34 @@ def _tools(request: ChatRequest, thinking: bool) -> tuple[list[dict[str, Any]], 
 
     choice = request.tool_choice
     if isinstance(choice, CustomToolChoice):
-        raise InvalidRequest("Anthropic supports function tools only; a custom tool_choice is not supported.",
-                             param="tool_choice", code="unsupported_parameter")
+        raise InvalidRequest(
+            "Anthropic supports function tools only; a custom tool_choice is not supported.",
+            param="tool_choice",
+            code="unsupported_parameter",
+        )
     if isinstance(choice, AllowedToolsChoice):
-        allowed = {t.get("function", {}).get("name") if isinstance(t, dict) else None
-                   for t in choice.allowed_tools.get("tools", ())}
+        allowed = {
+            t.get("function", {}).get("name") if isinstance(t, dict) else None
+            for t in choice.allowed_tools.get("tools", ())
+        }
         tools = [t for t in tools if t["name"] in allowed]
         choice = "required" if choice.allowed_tools.get("mode") == "required" else "auto"
 
     json_tool = json_tool_of(request)
     if thinking and (choice == "required" or isinstance(choice, NamedToolChoice)):
-        raise InvalidRequest("Anthropic does not allow reasoning with a forced tool_choice; use 'auto' or 'none'.",
-                             param="tool_choice")
+        raise InvalidRequest(
+            "Anthropic does not allow reasoning with a forced tool_choice; use 'auto' or 'none'.", param="tool_choice"
+        )
     if thinking and json_tool is not None:
-        raise InvalidRequest("Anthropic JSON mode is a forced tool call, which cannot be combined with reasoning.",
-                             param="response_format")
+        raise InvalidRequest(
+            "Anthropic JSON mode is a forced tool call, which cannot be combined with reasoning.",
+            param="response_format",
+        )
 
     result: dict[str, Any] | None
     if json_tool is not None:
         client_tools = bool(tools)
-        tools.append({"name": json_tool.name, "description": json_tool.description,
-                      "input_schema": json_tool.schema})
+        tools.append({"name": json_tool.name, "description": json_tool.description, "input_schema": json_tool.schema})
         if isinstance(choice, NamedToolChoice):
             result = {"type": "tool", "name": choice.function.name}
         elif client_tools and choice != "none":
@@ -555,11 +605,17 @@ def _turns(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, An
                 result["content"] = text
             add("user", [result])
     if not turns:
-        raise InvalidRequest("The conversation has no user message; Anthropic needs at least one.",
-                             param="messages", code="invalid_value")
+        raise InvalidRequest(
+            "The conversation has no user message; Anthropic needs at least one.",
+            param="messages",
+            code="invalid_value",
+        )
     if turns[0]["role"] != "user":
-        raise InvalidRequest("Anthropic requires the conversation to start with a user message "
-                             "(after any system messages).", param="messages", code="invalid_value")
+        raise InvalidRequest(
+            "Anthropic requires the conversation to start with a user message (after any system messages).",
+            param="messages",
+            code="invalid_value",
+        )
     last = turns[-1]
     if last["role"] == "assistant" and last["content"][-1]["type"] == "text":
         # a final assistant turn is a prefill, which may not end in whitespace
@@ -619,8 +675,11 @@ def _assistant_blocks(message: AssistantMessage, where: str) -> list[dict[str, A
         except msgspec.DecodeError:
             value = None
         if not isinstance(value, dict):
-            raise InvalidRequest("Tool call arguments must be a JSON object for Anthropic.",
-                                 param=f"{where}.tool_calls[{j}].function.arguments", code="invalid_value")
+            raise InvalidRequest(
+                "Tool call arguments must be a JSON object for Anthropic.",
+                param=f"{where}.tool_calls[{j}].function.arguments",
+                code="invalid_value",
+            )
         blocks.append({"type": "tool_use", "id": tool_call.id, "name": tool_call.function.name, "input": value})
     return blocks
 
@@ -640,22 +699,30 @@ def _image_block(url: str, param: str) -> dict[str, Any]:
     if parsed is None:
         if url.startswith(("http://", "https://")):
             return {"type": "image", "source": {"type": "url", "url": url}}
-        raise InvalidRequest("An image must be an http(s) URL or a base64 data: URL.", param=param,
-                             code="invalid_value")
+        raise InvalidRequest(
+            "An image must be an http(s) URL or a base64 data: URL.", param=param, code="invalid_value"
+        )
     media_type, data = parsed
     if media_type == "image/jpg":
         media_type = "image/jpeg"
     if media_type not in IMAGE_MEDIA_TYPES:
-        raise InvalidRequest(f"Anthropic accepts base64 images of type {', '.join(sorted(IMAGE_MEDIA_TYPES))}; "
-                             f"got '{media_type or 'not base64'}'.", param=param, code="invalid_value")
+        raise InvalidRequest(
+            f"Anthropic accepts base64 images of type {', '.join(sorted(IMAGE_MEDIA_TYPES))}; "
+            f"got '{media_type or 'not base64'}'.",
+            param=param,
+            code="invalid_value",
+        )
     return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
 def _document_block(file_data: str | None, file_id: str | None, filename: str | None, param: str) -> dict[str, Any]:
     if file_data is None:
         what = "file_id references (OpenAI Files)" if file_id else "a file without file_data"
-        raise InvalidRequest(f"Anthropic cannot read {what}; send the file inline as file_data.",
-                             param=f"{param}.file_id" if file_id else param, code="unsupported_parameter")
+        raise InvalidRequest(
+            f"Anthropic cannot read {what}; send the file inline as file_data.",
+            param=f"{param}.file_id" if file_id else param,
+            code="unsupported_parameter",
+        )
     parsed = _data_url(file_data)
     media_type, data = parsed if parsed is not None else ("application/pdf", file_data)
     if media_type == "application/pdf":
@@ -664,12 +731,16 @@ def _document_block(file_data: str | None, file_id: str | None, filename: str | 
         try:
             text = base64.b64decode(data, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
-            raise InvalidRequest("The text file is not valid base64 UTF-8.", param=f"{param}.file_data",
-                                 code="invalid_value") from None
+            raise InvalidRequest(
+                "The text file is not valid base64 UTF-8.", param=f"{param}.file_data", code="invalid_value"
+            ) from None
         source = {"type": "text", "media_type": "text/plain", "data": text}
     else:
-        raise InvalidRequest(f"Anthropic accepts PDF and plain-text documents; got '{media_type or 'not base64'}'.",
-                             param=f"{param}.file_data", code="invalid_value")
+        raise InvalidRequest(
+            f"Anthropic accepts PDF and plain-text documents; got '{media_type or 'not base64'}'.",
+            param=f"{param}.file_data",
+            code="invalid_value",
+        )
     block: dict[str, Any] = {"type": "document", "source": source}
     if filename:
         block["title"] = filename
@@ -743,8 +814,21 @@ class _BlockState(Struct):
 class AnthropicStream:
     """Anthropic stream events in, OpenAI chunk payloads out; knows whether ``message_stop`` arrived."""
 
-    __slots__ = ("provider", "json_tool", "exclude_reasoning", "usage", "model", "id", "created", "done",
-                 "_role_sent", "_blocks", "_tool_count", "_has_tool_calls", "_finished")
+    __slots__ = (
+        "provider",
+        "json_tool",
+        "exclude_reasoning",
+        "usage",
+        "model",
+        "id",
+        "created",
+        "done",
+        "_role_sent",
+        "_blocks",
+        "_tool_count",
+        "_has_tool_calls",
+        "_finished",
+    )
 
     def __init__(self, provider: ProviderConfig, call: Call) -> None:
         self.provider = provider
@@ -798,8 +882,9 @@ class AnthropicStream:
     def close(self) -> list[bytes]:
         """The upstream closed: fine after ``message_stop``, a cut before it."""
         if not self.done:
-            raise UpstreamError(f"Provider '{self.provider.name}' ended the stream before it was complete.",
-                                code="upstream_stream_cut")
+            raise UpstreamError(
+                f"Provider '{self.provider.name}' ended the stream before it was complete.", code="upstream_stream_cut"
+            )
         return []
 
     # --- events ------------------------------------------------------------------------------------------
@@ -816,8 +901,9 @@ class AnthropicStream:
             self._tool_count += 1
             self._has_tool_calls = True
             self._blocks[data.index] = _BlockState("tool", index)
-            call = DeltaToolCall(index=index, id=block.id, type="function",
-                                 function=DeltaToolCallFunction(name=block.name, arguments=""))
+            call = DeltaToolCall(
+                index=index, id=block.id, type="function", function=DeltaToolCallFunction(name=block.name, arguments="")
+            )
             return [self._chunk(Delta(tool_calls=[call]))]
         if block.type == "text":
             self._blocks[data.index] = _BlockState("text")
@@ -845,7 +931,7 @@ class AnthropicStream:
             if state.kind == "tool":
                 state.emitted = True
                 fragment = DeltaToolCallFunction(arguments=delta.partial_json)
-                call = DeltaToolCall(index=state.tool_index, function=fragment)
+                call = DeltaToolCall(index=state.tool_index or 0, function=fragment)
                 return [self._chunk(Delta(tool_calls=[call]))]
             if state.kind == "json":
                 assert self.json_tool is not None
@@ -861,7 +947,7 @@ class AnthropicStream:
         if state is None:
             return []
         if state.kind == "tool" and not state.emitted:  # a call without arguments: its input is {}
-            call = DeltaToolCall(index=state.tool_index, function=DeltaToolCallFunction(arguments="{}"))
+            call = DeltaToolCall(index=state.tool_index or 0, function=DeltaToolCallFunction(arguments="{}"))
             return [self._chunk(Delta(tool_calls=[call]))]
         if state.kind == "json":
             assert self.json_tool is not None

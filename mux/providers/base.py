@@ -6,7 +6,8 @@ upstream request, hands it the upstream answer, and relays what the adapter tran
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Mapping, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import msgspec
 
@@ -102,7 +103,9 @@ class Adapter(Protocol):
 
     def parse_response(self, provider: ProviderConfig, call: Call, body: bytes) -> Completion: ...
 
-    def parse_error(self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]) -> MuxError: ...
+    def parse_error(
+        self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> MuxError: ...
 
     def stream_translator(self, provider: ProviderConfig, call: Call) -> StreamTranslator: ...
 
@@ -149,8 +152,13 @@ _STATUS_MAP: dict[int, tuple[int, str]] = {
     529: (503, "upstream_overloaded"),
 }
 
-_CLIENT_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 409: "invalid_request_error",
-                 413: "invalid_request_error", 429: "rate_limit_error"}
+_CLIENT_TYPES = {
+    400: "invalid_request_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 def drop_parameter(name: str, why: str, notes: list[str], insist: bool) -> None:
@@ -158,8 +166,12 @@ def drop_parameter(name: str, why: str, notes: list[str], insist: bool) -> None:
     when the request ``insist``s on every parameter (``provider.require_parameters``), refuse it with a 400 naming
     it. The caller removes the parameter itself."""
     if insist:
-        raise InvalidRequest(f"'{name}' would be dropped ({why}), and the request requires every parameter "
-                             "(provider.require_parameters).", param=name, code="unsupported_parameter")
+        raise InvalidRequest(
+            f"'{name}' would be dropped ({why}), and the request requires every parameter "
+            "(provider.require_parameters).",
+            param=name,
+            code="unsupported_parameter",
+        )
     notes.append(f"dropped '{name}': {why}")
 
 
@@ -181,7 +193,10 @@ def upstream_error(
     if status in (401, 403):
         text = f"Provider '{provider.name}' rejected the gateway's credentials (HTTP {status}); check its api_key."
     elif status == 402:
-        text = f"Provider '{provider.name}' refused the gateway's account (HTTP 402; check its billing): {message or 'no detail'}"
+        text = (
+            f"Provider '{provider.name}' refused the gateway's account (HTTP 402; check its billing): "
+            f"{message or 'no detail'}"
+        )
     elif message:
         text = f"Provider '{provider.name}' answered HTTP {status}: {message}"
     else:
@@ -191,7 +206,9 @@ def upstream_error(
     retry_after = headers.get("retry-after")
     if retry_after and mapped in (429, 503):
         extra.append(("retry-after", retry_after))
-    error = UpstreamError(text, code=code, status=mapped, headers=extra, retryable=status in (408, 409, 429) or status >= 500)
+    error = UpstreamError(
+        text, code=code, status=mapped, headers=extra, retryable=status in (408, 409, 429) or status >= 500
+    )
     error.type = _CLIENT_TYPES.get(mapped, "upstream_error")
     error.upstream_status = status  # type: ignore[attr-defined]
     return error

@@ -26,9 +26,9 @@ import msgspec
 from msgspec import Struct
 
 from mux.errors import InvalidRequest
-from mux.wire.openai import encoder
 from mux.providers.base import Call, drop_parameter
 from mux.providers.openai import OpenAIAdapter
+from mux.wire.openai import encoder
 
 if TYPE_CHECKING:
     from mux.config.schema import ProviderConfig
@@ -54,36 +54,99 @@ class Preset(Struct, frozen=True, kw_only=True):
 # them) and that only OpenAI accepts on an input message.
 _ECHOED_MESSAGE_FIELDS = frozenset({"annotations", "refusal", "audio"})
 
-_OPENAI_ONLY = frozenset({"store", "metadata", "service_tier", "prediction", "prompt_cache_key", "safety_identifier",
-                          "verbosity", "modalities", "audio", "web_search_options"})
+_OPENAI_ONLY = frozenset(
+    {
+        "store",
+        "metadata",
+        "service_tier",
+        "prediction",
+        "prompt_cache_key",
+        "safety_identifier",
+        "verbosity",
+        "modalities",
+        "audio",
+        "web_search_options",
+    }
+)
 
 PRESETS: tuple[Preset, ...] = (
     Preset(type_name="openai_compatible"),
     Preset(type_name="azure", env_keys=("AZURE_OPENAI_API_KEY",), auth="api-key", azure_paths=True),
-    Preset(type_name="groq", base_url="https://api.groq.com/openai/v1", env_keys=("GROQ_API_KEY",),
-           unsupported=frozenset({"logprobs", "logit_bias", "top_logprobs"}) | _OPENAI_ONLY,
-           single_choice=True, dropped_message_fields=frozenset({"name"}) | _ECHOED_MESSAGE_FIELDS),
-    Preset(type_name="mistral", base_url="https://api.mistral.ai/v1", env_keys=("MISTRAL_API_KEY",),
-           model_prefixes=("mistral-", "ministral-", "codestral-", "magistral-", "pixtral-", "devstral-",
-                           "open-mistral-", "open-mixtral-"),
-           unsupported=frozenset({"logprobs", "logit_bias", "top_logprobs", "user", "stream_options",
-                                  "reasoning_effort"}) | _OPENAI_ONLY,
-           renamed=(("seed", "random_seed"),), stream_usage_option=False),
-    Preset(type_name="deepseek", base_url="https://api.deepseek.com/v1", env_keys=("DEEPSEEK_API_KEY",),
-           model_prefixes=("deepseek-",), unsupported=_OPENAI_ONLY, single_choice=True),
-    Preset(type_name="together", base_url="https://api.together.xyz/v1", env_keys=("TOGETHER_API_KEY",),
-           unsupported=_OPENAI_ONLY),
-    Preset(type_name="fireworks", base_url="https://api.fireworks.ai/inference/v1",
-           env_keys=("FIREWORKS_API_KEY",), unsupported=_OPENAI_ONLY),
-    Preset(type_name="xai", base_url="https://api.x.ai/v1", env_keys=("XAI_API_KEY",), model_prefixes=("grok-",),
-           unsupported=_OPENAI_ONLY - {"store", "metadata"}),
-    Preset(type_name="perplexity", base_url="https://api.perplexity.ai", env_keys=("PERPLEXITY_API_KEY",),
-           model_prefixes=("sonar",),
-           unsupported=frozenset({"logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice",
-                                  "parallel_tool_calls", "seed", "user"}) | _OPENAI_ONLY, single_choice=True),
-    Preset(type_name="cerebras", base_url="https://api.cerebras.ai/v1", env_keys=("CEREBRAS_API_KEY",),
-           unsupported=frozenset({"frequency_penalty", "presence_penalty", "logit_bias", "parallel_tool_calls",
-                                  "service_tier"}) | _OPENAI_ONLY, single_choice=True),
+    Preset(
+        type_name="groq",
+        base_url="https://api.groq.com/openai/v1",
+        env_keys=("GROQ_API_KEY",),
+        unsupported=frozenset({"logprobs", "logit_bias", "top_logprobs"}) | _OPENAI_ONLY,
+        single_choice=True,
+        dropped_message_fields=frozenset({"name"}) | _ECHOED_MESSAGE_FIELDS,
+    ),
+    Preset(
+        type_name="mistral",
+        base_url="https://api.mistral.ai/v1",
+        env_keys=("MISTRAL_API_KEY",),
+        model_prefixes=(
+            "mistral-",
+            "ministral-",
+            "codestral-",
+            "magistral-",
+            "pixtral-",
+            "devstral-",
+            "open-mistral-",
+            "open-mixtral-",
+        ),
+        unsupported=frozenset({"logprobs", "logit_bias", "top_logprobs", "user", "stream_options", "reasoning_effort"})
+        | _OPENAI_ONLY,
+        renamed=(("seed", "random_seed"),),
+        stream_usage_option=False,
+    ),
+    Preset(
+        type_name="deepseek",
+        base_url="https://api.deepseek.com/v1",
+        env_keys=("DEEPSEEK_API_KEY",),
+        model_prefixes=("deepseek-",),
+        unsupported=_OPENAI_ONLY,
+        single_choice=True,
+    ),
+    Preset(
+        type_name="together",
+        base_url="https://api.together.xyz/v1",
+        env_keys=("TOGETHER_API_KEY",),
+        unsupported=_OPENAI_ONLY,
+    ),
+    Preset(
+        type_name="fireworks",
+        base_url="https://api.fireworks.ai/inference/v1",
+        env_keys=("FIREWORKS_API_KEY",),
+        unsupported=_OPENAI_ONLY,
+    ),
+    Preset(
+        type_name="xai",
+        base_url="https://api.x.ai/v1",
+        env_keys=("XAI_API_KEY",),
+        model_prefixes=("grok-",),
+        unsupported=_OPENAI_ONLY - {"store", "metadata"},
+    ),
+    Preset(
+        type_name="perplexity",
+        base_url="https://api.perplexity.ai",
+        env_keys=("PERPLEXITY_API_KEY",),
+        model_prefixes=("sonar",),
+        unsupported=frozenset(
+            {"logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "seed", "user"}
+        )
+        | _OPENAI_ONLY,
+        single_choice=True,
+    ),
+    Preset(
+        type_name="cerebras",
+        base_url="https://api.cerebras.ai/v1",
+        env_keys=("CEREBRAS_API_KEY",),
+        unsupported=frozenset(
+            {"frequency_penalty", "presence_penalty", "logit_bias", "parallel_tool_calls", "service_tier"}
+        )
+        | _OPENAI_ONLY,
+        single_choice=True,
+    ),
     Preset(type_name="openrouter", base_url="https://openrouter.ai/api/v1", env_keys=("OPENROUTER_API_KEY",)),
     Preset(type_name="ollama", base_url="http://127.0.0.1:11434/v1", auth="none", unsupported=_OPENAI_ONLY),
     Preset(type_name="vllm", base_url="http://127.0.0.1:8000/v1", unsupported=_OPENAI_ONLY),
@@ -132,8 +195,9 @@ class CompatibleAdapter(OpenAIAdapter):
                     dropped.add(name)
             if dropped:
                 fields["messages"] = msgspec.Raw(encoder.encode(messages))
-                notes.extend(f"dropped 'messages[].{name}': not accepted by {preset.type_name}"
-                             for name in sorted(dropped))
+                notes.extend(
+                    f"dropped 'messages[].{name}': not accepted by {preset.type_name}" for name in sorted(dropped)
+                )
         return fields
 
     def url(self, provider: ProviderConfig, model: str, path: str) -> str:

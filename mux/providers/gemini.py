@@ -46,14 +46,17 @@ import math
 import mimetypes
 import struct
 import uuid
+from collections.abc import Mapping
 from time import time
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 import msgspec
 from msgspec import Struct
 
 from mux.errors import InvalidRequest, MuxError, UpstreamError, redact
+from mux.providers.base import Call, Completion, EmbeddingCall, UpstreamRequest, malformed, upstream_error
+from mux.providers.gemini_schema import convert_schema
 from mux.sse import SSEEvent
 from mux.wire.openai import (
     AllowedToolsChoice,
@@ -86,8 +89,6 @@ from mux.wire.openai import (
     UserMessage,
     encoder,
 )
-from mux.providers.base import Call, Completion, EmbeddingCall, UpstreamRequest, malformed, upstream_error
-from mux.providers.gemini_schema import convert_schema
 
 if TYPE_CHECKING:
     from mux.config.schema import ProviderConfig
@@ -140,33 +141,36 @@ class _Builder:
             elif isinstance(message, UserMessage):
                 _append(contents, "user", self.user_parts(message.content, i))
             elif isinstance(message, AssistantMessage):
-                parts = []
+                parts: list[dict[str, Any]] = []
                 if isinstance(message.content, str):
                     parts.extend(_text_parts(message.content))
                 elif message.content:
-                    for part in message.content:
-                        text = part.text if isinstance(part, TextPart) else part.refusal
+                    for content_part in message.content:
+                        text = content_part.text if isinstance(content_part, TextPart) else content_part.refusal
                         if text:
                             parts.append({"text": text})
                 for j, tool_call in enumerate(message.tool_calls or ()):
                     names[tool_call.id] = tool_call.function.name
-                    part: dict[str, Any] = {"functionCall": {
-                        "name": tool_call.function.name,
-                        "args": _arguments(tool_call.function.arguments, f"messages[{i}].tool_calls[{j}]"),
-                    }}
+                    call_part: dict[str, Any] = {
+                        "functionCall": {
+                            "name": tool_call.function.name,
+                            "args": _arguments(tool_call.function.arguments, f"messages[{i}].tool_calls[{j}]"),
+                        }
+                    }
                     signature = signature_of(tool_call.id)
                     if signature:
-                        part["thoughtSignature"] = signature
-                    parts.append(part)
+                        call_part["thoughtSignature"] = signature
+                    parts.append(call_part)
                 _append(contents, "model", parts)
             elif isinstance(message, ToolMessage):
                 name = names.get(message.tool_call_id)
                 if name is None:
                     raise InvalidRequest(
                         f"messages[{i}].tool_call_id: no earlier assistant message has a tool call with id "
-                        f"'{message.tool_call_id}'.", param=f"messages[{i}].tool_call_id")
-                text = message.content if isinstance(message.content, str) else "".join(
-                    p.text for p in message.content)
+                        f"'{message.tool_call_id}'.",
+                        param=f"messages[{i}].tool_call_id",
+                    )
+                text = message.content if isinstance(message.content, str) else "".join(p.text for p in message.content)
                 _append(contents, "user", [{"functionResponse": {"name": name, "response": _tool_result(text)}}])
         return system, contents
 
@@ -204,8 +208,11 @@ class _Builder:
         declarations = []
         for i, tool in enumerate(request.tools):
             if isinstance(tool, CustomTool):
-                raise InvalidRequest(f"tools[{i}]: Gemini has no custom (free-form) tools; use a function tool.",
-                                     param=f"tools[{i}]", code="unsupported_parameter")
+                raise InvalidRequest(
+                    f"tools[{i}]: Gemini has no custom (free-form) tools; use a function tool.",
+                    param=f"tools[{i}]",
+                    code="unsupported_parameter",
+                )
             function = tool.function
             declaration: dict[str, Any] = {"name": function.name}
             if function.description:
@@ -231,8 +238,11 @@ class _Builder:
         elif isinstance(choice, NamedToolChoice):
             config = {"mode": "ANY", "allowedFunctionNames": [choice.function.name]}
         elif isinstance(choice, AllowedToolsChoice):
-            allowed = [t.get("function", {}).get("name") for t in choice.allowed_tools.get("tools", ())
-                       if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+            allowed = [
+                t.get("function", {}).get("name")
+                for t in choice.allowed_tools.get("tools", ())
+                if isinstance(t, dict) and isinstance(t.get("function"), dict)
+            ]
             allowed = [name for name in allowed if isinstance(name, str)]
             if choice.allowed_tools.get("mode") == "required":
                 config = {"mode": "ANY", "allowedFunctionNames": allowed}
@@ -240,8 +250,9 @@ class _Builder:
                 declarations = [d for d in declarations if d["name"] in allowed]
                 config = {"mode": "AUTO"}
         elif isinstance(choice, CustomToolChoice):
-            raise InvalidRequest("tool_choice: Gemini has no custom tools.", param="tool_choice",
-                                 code="unsupported_parameter")
+            raise InvalidRequest(
+                "tool_choice: Gemini has no custom tools.", param="tool_choice", code="unsupported_parameter"
+            )
         tools = [{"functionDeclarations": declarations}] if declarations else []
         return tools, ({"functionCallingConfig": config} if config else None)
 
@@ -366,11 +377,11 @@ def _arguments(arguments: str, where: str) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(arguments)
     except msgspec.DecodeError:
-        raise InvalidRequest(f"{where}.function.arguments is not valid JSON.",
-                             param=f"{where}.function.arguments") from None
+        raise InvalidRequest(
+            f"{where}.function.arguments is not valid JSON.", param=f"{where}.function.arguments"
+        ) from None
     if not isinstance(value, dict):
-        raise InvalidRequest(f"{where}.function.arguments must be a JSON object.",
-                             param=f"{where}.function.arguments")
+        raise InvalidRequest(f"{where}.function.arguments must be a JSON object.", param=f"{where}.function.arguments")
     return value
 
 
@@ -510,13 +521,16 @@ def _logprobs(result: _LogprobsResult | None) -> dict[str, Any] | None:
     content = []
     for i, chosen in enumerate(result.chosen_candidates):
         top = result.top_candidates[i].candidates if i < len(result.top_candidates) else []
-        content.append({
-            "token": chosen.token,
-            "logprob": chosen.log_probability,
-            "bytes": list(chosen.token.encode()),
-            "top_logprobs": [{"token": t.token, "logprob": t.log_probability, "bytes": list(t.token.encode())}
-                             for t in top],
-        })
+        content.append(
+            {
+                "token": chosen.token,
+                "logprob": chosen.log_probability,
+                "bytes": list(chosen.token.encode()),
+                "top_logprobs": [
+                    {"token": t.token, "logprob": t.log_probability, "bytes": list(t.token.encode())} for t in top
+                ],
+            }
+        )
     return {"content": content, "refusal": None}
 
 
@@ -657,10 +671,14 @@ class GeminiAdapter:
             data.append({"object": "embedding", "index": index, "embedding": values})
         inputs = [call.request.input] if isinstance(call.request.input, str) else call.request.input
         counted = answer.usage_metadata.prompt_token_count if answer.usage_metadata else None
-        tokens = counted if counted is not None else sum(math.ceil(len(t) / 4) for t in inputs)
+        tokens = counted if counted is not None else sum(math.ceil(len(t) / 4) for t in inputs if isinstance(t, str))
         usage = Usage(prompt_tokens=tokens, total_tokens=tokens)
-        reply = {"object": "list", "data": data, "model": call.model,
-                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # OpenAI's embedding usage shape
+        reply = {
+            "object": "list",
+            "data": data,
+            "model": call.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }  # OpenAI's embedding usage shape
         return Completion(body=encoder.encode(reply), usage=usage, model=call.model)
 
     def parse_response(self, provider: ProviderConfig, call: Call, body: bytes) -> Completion:
@@ -679,15 +697,19 @@ class GeminiAdapter:
                 raise malformed(provider, "neither candidates nor a prompt block reason")
             choices.append(Choice(index=0, message=ResponseMessage(content=""), finish_reason="content_filter"))
         for candidate in sorted(response.candidates, key=lambda c: c.index):
-            texts, thoughts, calls = [], [], []
+            texts: list[str] = []
+            thoughts: list[str] = []
+            calls: list[Any] = []
             for part in candidate.content.parts if candidate.content else ():
                 if part.function_call is not None:
                     fc = part.function_call
                     args = fc.args or {}
-                    calls.append(ResponseToolCall(
-                        id=call_id(len(calls), fc.name, args, part.thought_signature, fc.id),
-                        function=FunctionCall(name=fc.name, arguments=encoder.encode(args).decode()),
-                    ))
+                    calls.append(
+                        ResponseToolCall(
+                            id=call_id(len(calls), fc.name, args, part.thought_signature, fc.id),
+                            function=FunctionCall(name=fc.name, arguments=encoder.encode(args).decode()),
+                        )
+                    )
                 elif part.text is not None:
                     (thoughts if part.thought else texts).append(part.text)
             message = ResponseMessage(
@@ -695,11 +717,17 @@ class GeminiAdapter:
                 tool_calls=calls or None,
                 reasoning="".join(thoughts) if thoughts else None,
             )
-            choices.append(Choice(index=candidate.index, message=message,
-                                  finish_reason=finish_reason(candidate.finish_reason, bool(calls)),
-                                  logprobs=_logprobs(candidate.logprobs_result)))
-        completion = ChatCompletion(id=_completion_id(response.response_id), created=int(time()), model=model,
-                                    choices=choices, usage=usage)
+            choices.append(
+                Choice(
+                    index=candidate.index,
+                    message=message,
+                    finish_reason=finish_reason(candidate.finish_reason, bool(calls)),
+                    logprobs=_logprobs(candidate.logprobs_result),
+                )
+            )
+        completion = ChatCompletion(
+            id=_completion_id(response.response_id), created=int(time()), model=model, choices=choices, usage=usage
+        )
         return Completion(body=encoder.encode(completion), usage=usage, model=model)
 
     def parse_error(self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]) -> MuxError:
@@ -751,8 +779,11 @@ class GeminiStream:
         return state
 
     def _chunk(self, choices: list[ChunkChoice]) -> bytes:
-        return encoder.encode(ChatCompletionChunk(id=self.id or "", created=self.created or 0,
-                                                  model=self.model or self._requested, choices=choices))
+        return encoder.encode(
+            ChatCompletionChunk(
+                id=self.id or "", created=self.created or 0, model=self.model or self._requested, choices=choices
+            )
+        )
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         data = event.data
@@ -779,25 +810,32 @@ class GeminiStream:
         out = []
         for candidate in chunk.candidates:
             state = self._state(candidate.index)
-            texts, thoughts, calls = [], [], []
+            texts: list[str] = []
+            thoughts: list[str] = []
+            calls: list[Any] = []
             for part in candidate.content.parts if candidate.content else ():
                 if part.function_call is not None:
                     fc = part.function_call
                     args = fc.args or {}
-                    calls.append(DeltaToolCall(
-                        index=state.tool_calls, type="function",
-                        id=call_id(state.tool_calls, fc.name, args, part.thought_signature, fc.id),
-                        function=DeltaToolCallFunction(name=fc.name, arguments=encoder.encode(args).decode()),
-                    ))
+                    calls.append(
+                        DeltaToolCall(
+                            index=state.tool_calls,
+                            type="function",
+                            id=call_id(state.tool_calls, fc.name, args, part.thought_signature, fc.id),
+                            function=DeltaToolCallFunction(name=fc.name, arguments=encoder.encode(args).decode()),
+                        )
+                    )
                     state.tool_calls += 1
                 elif part.text:
                     (thoughts if part.thought else texts).append(part.text)
             logprobs = _logprobs(candidate.logprobs_result)
             if texts or thoughts or calls or logprobs:
-                delta = Delta(role=None if state.role_sent else "assistant",
-                              content="".join(texts) if texts else None,
-                              reasoning="".join(thoughts) if thoughts else None,
-                              tool_calls=calls or None)
+                delta = Delta(
+                    role=None if state.role_sent else "assistant",
+                    content="".join(texts) if texts else None,
+                    reasoning="".join(thoughts) if thoughts else None,
+                    tool_calls=calls or None,
+                )
                 state.role_sent = True
                 out.append(self._chunk([ChunkChoice(index=candidate.index, delta=delta, logprobs=logprobs)]))
             if candidate.finish_reason:
@@ -808,8 +846,9 @@ class GeminiStream:
     def close(self) -> list[bytes]:
         """The upstream ended: answer the finish chunks, or raise ``upstream_stream_cut`` if it never finished."""
         if not self._finished:
-            raise UpstreamError(f"Provider '{self.provider.name}' ended the stream before it was complete.",
-                                code="upstream_stream_cut")
+            raise UpstreamError(
+                f"Provider '{self.provider.name}' ended the stream before it was complete.", code="upstream_stream_cut"
+            )
         out = []
         for index in sorted(self._choices):
             state = self._choices[index]
@@ -835,8 +874,11 @@ class VertexAdapter(GeminiAdapter):
 
     def url_for_call(self, provider: ProviderConfig, call: Call) -> str:
         if not provider.project:
-            raise InvalidRequest(f"Provider '{provider.name}' (vertex) has no 'project' configured.", param="model",
-                                 code="provider_not_configured")
+            raise InvalidRequest(
+                f"Provider '{provider.name}' (vertex) has no 'project' configured.",
+                param="model",
+                code="provider_not_configured",
+            )
         model = quote(call.model.removeprefix("models/"), safe="-._~")
         location = quote(provider.location or "us-central1", safe="-")
         path = f"/v1/projects/{quote(provider.project, safe='-')}/locations/{location}/publishers/google/models/{model}"
@@ -846,8 +888,11 @@ class VertexAdapter(GeminiAdapter):
         return {"authorization": "Bearer " + provider.api_key} if provider.api_key else {}
 
     def build_embeddings(self, provider: ProviderConfig, call: EmbeddingCall) -> UpstreamRequest:
-        raise InvalidRequest(f"Provider '{provider.name}' (type vertex) does not serve embeddings through mux.",
-                             param="model", code="unsupported_operation")
+        raise InvalidRequest(
+            f"Provider '{provider.name}' (type vertex) does not serve embeddings through mux.",
+            param="model",
+            code="unsupported_operation",
+        )
 
 
 ADAPTER = GeminiAdapter()

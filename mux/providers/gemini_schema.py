@@ -11,16 +11,46 @@ from __future__ import annotations
 from typing import Any
 
 # The fields of v1beta ``Schema`` (generativelanguage protos ISchema). Anything else is a 400 "Unknown name".
-SCHEMA_FIELDS = frozenset({
-    "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties",
-    "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "anyOf",
-    "propertyOrdering", "default", "items", "minimum", "maximum",
-})
-_TYPES = {"string": "STRING", "number": "NUMBER", "integer": "INTEGER", "boolean": "BOOLEAN", "array": "ARRAY",
-          "object": "OBJECT"}
+SCHEMA_FIELDS = frozenset(
+    {
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "default",
+        "items",
+        "minimum",
+        "maximum",
+    }
+)
+_TYPES = {
+    "string": "STRING",
+    "number": "NUMBER",
+    "integer": "INTEGER",
+    "boolean": "BOOLEAN",
+    "array": "ARRAY",
+    "object": "OBJECT",
+}
 # Formats the Developer API accepts, by type; any other format fails the request.
-SCHEMA_FORMATS = {"STRING": frozenset({"enum", "date-time"}), "INTEGER": frozenset({"int32", "int64"}),
-                  "NUMBER": frozenset({"float", "double"})}
+SCHEMA_FORMATS = {
+    "STRING": frozenset({"enum", "date-time"}),
+    "INTEGER": frozenset({"int32", "int64"}),
+    "NUMBER": frozenset({"float", "double"}),
+}
 _TEXT_KEYS = ("title", "description", "pattern")
 _NUMBER_KEYS = ("minimum", "maximum")
 _COUNT_KEYS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
@@ -129,12 +159,11 @@ class _SchemaConverter:
             if not subs:
                 self.drop(path, key)
             for i, sub in enumerate(subs):
-                if isinstance(sub, dict) and sub.get("type") == "null" and set(sub) <= {"type", "description",
-                                                                                         "title"}:
+                if isinstance(sub, dict) and sub.get("type") == "null" and set(sub) <= {"type", "description", "title"}:
                     nullable = True
                     continue
                 variants.append(self.convert(sub, f"{path}.{key}[{i}]", refs))
-        typed = variants[:len(names)] if len(names) > 1 else []  # one branch per type of a type list
+        typed = variants[: len(names)] if len(names) > 1 else []  # one branch per type of a type list
         if len(names) == 1:
             out["type"] = names[0]
         if len(variants) == 1:

@@ -17,15 +17,24 @@ forwarded as asked.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
 
 from mux.catalog.models import BUILTIN
 from mux.errors import MuxError, UpstreamError, redact
+from mux.providers.base import (
+    Call,
+    Completion,
+    EmbeddingCall,
+    UpstreamRequest,
+    drop_parameter,
+    malformed,
+    upstream_error,
+)
 from mux.sse import SSEEvent
 from mux.wire.openai import GATEWAY_KEYS, Usage, embeddings_peek_decoder, encoder, forwardable_fields, peek_decoder
-from mux.providers.base import Call, Completion, EmbeddingCall, UpstreamRequest, drop_parameter, malformed, upstream_error
 
 if TYPE_CHECKING:
     from mux.config.schema import ProviderConfig
@@ -40,7 +49,14 @@ class OpenAIAdapter:
     default_base_url: ClassVar[str] = "https://api.openai.com/v1"
     env_keys: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
     model_prefixes: ClassVar[tuple[str, ...]] = (
-        "gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "codex-", "computer-use-",
+        "gpt-",
+        "o1",
+        "o3",
+        "o4",
+        "chatgpt-",
+        "text-embedding-",
+        "codex-",
+        "computer-use-",
     )
 
     def build_request(self, provider: ProviderConfig, call: Call) -> UpstreamRequest:
@@ -54,8 +70,9 @@ class OpenAIAdapter:
             if reasoning:
                 _for_reasoning_model(fields, call, notes)
             body = encoder.encode(fields)
-        return UpstreamRequest("POST", self.url(provider, call.model, "/chat/completions"), self.headers(provider),
-                               body, notes)
+        return UpstreamRequest(
+            "POST", self.url(provider, call.model, "/chat/completions"), self.headers(provider), body, notes
+        )
 
     @staticmethod
     def reasoning_model(provider: ProviderConfig, call: Call) -> bool:
@@ -67,8 +84,12 @@ class OpenAIAdapter:
     def unchanged_body(self, call: Call) -> bytes | None:
         """The client's body itself, when forwarding needs no change: no gateway keys, the same model name, and
         no usage option to add (a stream whose client asked for usage, or no stream)."""
-        if (call.body and call.request.model == call.model and GATEWAY_KEYS.isdisjoint(call.fields)
-                and (not call.stream or call.include_usage)):
+        if (
+            call.body
+            and call.request.model == call.model
+            and GATEWAY_KEYS.isdisjoint(call.fields)
+            and (not call.stream or call.include_usage)
+        ):
             return call.body
         return None
 
@@ -113,8 +134,9 @@ class OpenAIAdapter:
         model."""
         fields = forwardable_fields(call.fields)
         fields["model"] = msgspec.Raw(encoder.encode(call.model))
-        return UpstreamRequest("POST", self.url(provider, call.model, "/embeddings"), self.headers(provider),
-                               encoder.encode(fields))
+        return UpstreamRequest(
+            "POST", self.url(provider, call.model, "/embeddings"), self.headers(provider), encoder.encode(fields)
+        )
 
     def parse_embeddings(self, provider: ProviderConfig, call: EmbeddingCall, body: bytes) -> Completion:
         """Answer OpenAI's embedding list unchanged, with its usage read for accounting."""
@@ -127,7 +149,7 @@ class OpenAIAdapter:
     def parse_error(self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]) -> MuxError:
         return upstream_error(provider, status, body, headers)
 
-    def stream_translator(self, provider: ProviderConfig, call: Call) -> "OpenAIStream":
+    def stream_translator(self, provider: ProviderConfig, call: Call) -> OpenAIStream:
         return OpenAIStream(provider)
 
 
@@ -160,7 +182,9 @@ def _stream_options_with_usage(current: msgspec.Raw | None) -> msgspec.Raw:
 def _in_band_error(provider: ProviderConfig, error: dict) -> UpstreamError:
     message = error.get("message") if isinstance(error.get("message"), str) else "stream failed"
     code = error.get("code") if isinstance(error.get("code"), str) else "upstream_error"
-    return UpstreamError(redact(f"Provider '{provider.name}' reported an error: {message}", (provider.api_key,)), code=code)
+    return UpstreamError(
+        redact(f"Provider '{provider.name}' reported an error: {message}", (provider.api_key,)), code=code
+    )
 
 
 class OpenAIStream:
@@ -202,8 +226,9 @@ class OpenAIStream:
     def close(self) -> list[bytes]:
         """The upstream closed: fine after ``[DONE]``, a cut before it."""
         if not self.done:
-            raise UpstreamError(f"Provider '{self.provider.name}' ended the stream before it was complete.",
-                                code="upstream_stream_cut")
+            raise UpstreamError(
+                f"Provider '{self.provider.name}' ended the stream before it was complete.", code="upstream_stream_cut"
+            )
         return []
 
 

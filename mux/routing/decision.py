@@ -52,8 +52,12 @@ def decision_trace(plan: Plan | None, events: list[TraceEvent], *, dry_run: bool
 
 def _candidate(target: Target) -> dict[str, Any]:
     timeout_s = target.timeout_s
-    return {"target": target.label, "route": target.route,
-            "timeout_ms": round(timeout_s * 1000) if timeout_s else None, "retries": target.retries}
+    return {
+        "target": target.label,
+        "route": target.route,
+        "timeout_ms": round(timeout_s * 1000) if timeout_s else None,
+        "retries": target.retries,
+    }
 
 
 def _decision(plan: Plan | None, attempts: list[Attempt], dry_run: bool) -> dict[str, Any]:
@@ -74,7 +78,7 @@ def _decision(plan: Plan | None, attempts: list[Attempt], dry_run: bool) -> dict
             elif skipped:
                 reason = f"answered after skipping {skipped} target{'s' if skipped > 1 else ''}"
             else:
-                reason = (plan.reason if plan is not None and plan.reason else "first candidate answered")
+                reason = plan.reason if plan is not None and plan.reason else "first candidate answered"
             return {"target": attempt.target, "reason": reason}
     tried = [a for a in attempts if a.status != "skipped"]
     if tried:

@@ -13,22 +13,29 @@ store and the source, so an event loop calls them in a thread.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import msgspec
 
 from mux.catalog.models import CAPABILITIES, Catalog, ModelInfo
+from mux.catalog.prices import PRICES, Price
 from mux.config import Config, ConfigError, validated
 from mux.routing.health import Health
-from mux.catalog.prices import PRICES, Price
 from mux.routing.plan import Resolver, Router, RouteVersion, route_versions
 from mux.routing.versions import MemoryVersions, Served, Versions
 
 
 class LiveRouting:
-    def __init__(self, config: Config, *, versions: Versions | None = None, health: Health | None = None,
-                 prices: dict[str, Price] = PRICES, capabilities: dict[str, ModelInfo] = CAPABILITIES,
-                 source: Callable[[], Config] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        versions: Versions | None = None,
+        health: Health | None = None,
+        prices: dict[str, Price] = PRICES,
+        capabilities: dict[str, ModelInfo] = CAPABILITIES,
+        source: Callable[[], Config] | None = None,
+    ) -> None:
         """``source`` re-reads the configuration for ``reload()`` (e.g. the YAML file the gateway started from).
 
         ``config`` is served with the rollbacks the store records (none that no longer fit it)."""

@@ -31,17 +31,17 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Callable
+from collections.abc import Callable
 
 from msgspec import Struct
 
 from mux.catalog.models import Catalog, ModelInfo
-from mux.context import Note
-from mux.config import CascadeConfig, Config, ProviderConfig, RouteConfig
-from mux.errors import InvalidRequest, ModelNotFound, NoRouteAvailable, ProviderNotConfigured
-from mux.routing.health import Health
 from mux.catalog.prices import Price
+from mux.config import CascadeConfig, Config, ProviderConfig, RouteConfig
+from mux.context import Note
+from mux.errors import InvalidRequest, ModelNotFound, NoRouteAvailable, ProviderNotConfigured
 from mux.providers import ADAPTERS
+from mux.routing.health import Health
 from mux.wire.openai import ChatRequest, EmbeddingsRequest, ImagePart, JsonSchemaFormat, TextPart, UserMessage
 
 DEFAULT_RETRY_ON: frozenset[int | str] = frozenset({429, "5xx", "timeout", "connect"})
@@ -134,8 +134,10 @@ class Resolver:
         listed = [f"{p.name}/{m}" for p in self.config.providers for m in p.models][:20]
         known = f"; listed models: {', '.join(listed)}" if listed else ""
         routes = f"; routes: {', '.join('@' + r for r in self.config.routes)}" if self.config.routes else ""
-        return (f"The model '{name}' does not exist or is not served here. Use 'provider/model' with a configured "
-                f"provider ({providers}){known}{routes}.")
+        return (
+            f"The model '{name}' does not exist or is not served here. Use 'provider/model' with a configured "
+            f"provider ({providers}){known}{routes}."
+        )
 
 
 def _type_by_prefix(name: str) -> str | None:
@@ -173,7 +175,7 @@ def stable_fraction(key: str) -> float:
 def weighted_order(items: list, weights: list[float], rng: random.Random) -> list:
     """Answer ``items`` sampled without replacement in proportion to their weights (zero weights last)."""
     pool = [(w, i) for i, w in enumerate(weights)]
-    order = []
+    order: list[int] = []
     while pool:
         total = sum(w for w, _ in pool)
         if total <= 0:
@@ -197,8 +199,16 @@ def blended_price(price: Price | None) -> float:
 class Router:
     """Makes plans from the config, the served route versions and the shared health."""
 
-    def __init__(self, config: Config, resolver: Resolver, routes: dict[str, RouteVersion], health: Health, *,
-                 catalog: Catalog | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        resolver: Resolver,
+        routes: dict[str, RouteVersion],
+        health: Health,
+        *,
+        catalog: Catalog | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.resolver = resolver
         self.routes = routes
@@ -207,10 +217,11 @@ class Router:
         self.rng = rng or random.Random()
         self._singles: dict[str, tuple[Target, ModelInfo | None]] = {}  # plain model name -> target, its info
 
-    def plan(self, request: ChatRequest | EmbeddingsRequest, *, end_user: str | None = None,
-             session: str | None = None) -> Plan:
+    def plan(
+        self, request: ChatRequest | EmbeddingsRequest, *, end_user: str | None = None, session: str | None = None
+    ) -> Plan:
         """Answer the plan for ``request`` (see the module docstring for precedence)."""
-        if type(request) is EmbeddingsRequest:
+        if isinstance(request, EmbeddingsRequest):
             return self._embeddings(request, end_user, session)
         model = request.model
         if model and not request.models and not request.fallbacks and model[0] != "@":
@@ -274,6 +285,7 @@ class Router:
         served = self.routes.get(name[1:])
         if served is None:
             self.resolver.resolve(name)  # raises model_not_found naming the defined routes
+            raise AssertionError(name)
         route = served.config
         if top and depth == 0:
             plan.route, plan.route_version, plan.route_hash = served.name, served.version, served.hash
@@ -289,8 +301,15 @@ class Router:
                 targets.extend(self._expand(entry.model, selection, plan, depth + 1, top))
                 continue
             base = self.resolver.resolve(entry.model)
-            targets.append(Target(base.provider, base.model, entry.timeout_ms / 1000 if entry.timeout_ms else None,
-                                  entry.retries, served.name))
+            targets.append(
+                Target(
+                    base.provider,
+                    base.model,
+                    entry.timeout_ms / 1000 if entry.timeout_ms else None,
+                    entry.retries,
+                    served.name,
+                )
+            )
         return targets
 
     def _strategy(self, served: RouteVersion, selection: Selection, plan: Plan, top: bool) -> list:
@@ -303,7 +322,9 @@ class Router:
             rng = selection.rng
             sticky = _sticky_key(route.sticky, selection)
             if sticky is not None or strategy == "ab_test" and (selection.end_user or selection.session):
-                rng = random.Random(stable_fraction(f"{served.name}:{sticky or selection.end_user or selection.session}"))
+                rng = random.Random(
+                    stable_fraction(f"{served.name}:{sticky or selection.end_user or selection.session}")
+                )
             ordered = weighted_order(entries, [t.weight for t in entries], rng)
             if strategy == "ab_test":
                 if top:
@@ -311,6 +332,7 @@ class Router:
                 return ordered[:1]
             return ordered
         if strategy == "latency":
+
             def recent(entry) -> float:
                 if entry.model.startswith("@"):
                     return float("inf")
@@ -319,6 +341,7 @@ class Router:
 
             return sorted(entries, key=recent)
         if strategy == "cost":
+
             def cost(entry) -> float:
                 if entry.model.startswith("@"):
                     return float("inf")
@@ -353,8 +376,9 @@ class Router:
         plan.targets = kept
         if not kept and unable:
             reasons = "; ".join(f"{s.target} {s.reason}" for s in plan.skipped)
-            raise InvalidRequest(f"No target can serve this request: {reasons}.", param="model",
-                                 code="no_capable_target")
+            raise InvalidRequest(
+                f"No target can serve this request: {reasons}.", param="model", code="no_capable_target"
+            )
 
     def _breakers(self, plan: Plan) -> None:
         """Skip the targets whose breaker is open (or whose half-open probe is in flight) while another
@@ -366,11 +390,19 @@ class Router:
         if all(reasons):
             chosen = min(plan.targets, key=lambda t: health.reopens_at(t.label))  # ties: the first in order
             plan.panic = chosen.label
-            how = ("as its half-open probe" if health.blocked(chosen.label) == "circuit open"
-                   else "alongside its half-open probe in flight")
-            plan.notes.append(Note("policy", target=chosen.label,
-                                   note=f"every candidate's circuit is open: sending to {chosen.label}, whose "
-                                        f"cooldown ends first, {how}"))
+            how = (
+                "as its half-open probe"
+                if health.blocked(chosen.label) == "circuit open"
+                else "alongside its half-open probe in flight"
+            )
+            plan.notes.append(
+                Note(
+                    "policy",
+                    target=chosen.label,
+                    note=f"every candidate's circuit is open: sending to {chosen.label}, whose "
+                    f"cooldown ends first, {how}",
+                )
+            )
         else:
             chosen = None
         kept = []
@@ -393,8 +425,10 @@ class Router:
             plan.targets.sort(key=lambda t: self.health.latency(t.label) or 0.0)
             plan.reason = f"sorted by recent {sort}"
         else:
-            for preferred in (request.routing.prefer if request.routing else None,
-                              prefs.order if prefs is not None else None):
+            for preferred in (
+                request.routing.prefer if request.routing else None,
+                prefs.order if prefs is not None else None,
+            ):
                 if preferred:
                     rank = {name: i for i, name in enumerate(preferred)}
                     plan.targets.sort(key=lambda t: rank.get(t.provider.name, len(rank)))
@@ -403,8 +437,9 @@ class Router:
             cooled = [t.label for t in plan.targets if self.health.cooled(t.label)]
             if cooled and len(cooled) < len(plan.targets):
                 plan.targets.sort(key=lambda t: t.label in cooled)  # stable: each group keeps its order
-                plan.notes.append(Note("policy", note=f"rate limited (429), tried after the others: "
-                                                      f"{', '.join(cooled)}"))
+                plan.notes.append(
+                    Note("policy", note=f"rate limited (429), tried after the others: {', '.join(cooled)}")
+                )
 
     def _limit(self, plan: Plan, request: ChatRequest) -> None:
         allow = True
@@ -463,17 +498,28 @@ class Needs(Struct, gc=False):
                         chars += len(part.text)
                     elif isinstance(part, ImagePart) and isinstance(message, UserMessage):
                         vision = True
-        reasoning = (request.reasoning is not None and request.reasoning.effort != "none"
-                     and request.reasoning.enabled is not False) or request.reasoning_effort not in (None, "none")
-        return cls(tools=bool(request.tools), vision=vision,
-                   json_schema=isinstance(request.response_format, JsonSchemaFormat), reasoning=reasoning,
-                   prompt_tokens=chars // 4, max_output=request.max_completion_tokens or request.max_tokens)
+        reasoning = (
+            request.reasoning is not None
+            and request.reasoning.effort != "none"
+            and request.reasoning.enabled is not False
+        ) or request.reasoning_effort not in (None, "none")
+        return cls(
+            tools=bool(request.tools),
+            vision=vision,
+            json_schema=isinstance(request.response_format, JsonSchemaFormat),
+            reasoning=reasoning,
+            prompt_tokens=chars // 4,
+            max_output=request.max_completion_tokens or request.max_tokens,
+        )
 
     def unmet(self, info: ModelInfo) -> str | None:
         """Answer why a model of this description cannot serve the request, or ``None``."""
-        for need, able, what in ((self.tools, info.tools, "tools"), (self.vision, info.vision, "images"),
-                                 (self.json_schema, info.json_schema, "json_schema"),
-                                 (self.reasoning, info.reasoning, "reasoning")):
+        for need, able, what in (
+            (self.tools, info.tools, "tools"),
+            (self.vision, info.vision, "images"),
+            (self.json_schema, info.json_schema, "json_schema"),
+            (self.reasoning, info.reasoning, "reasoning"),
+        ):
             if need and able is False:
                 return f"does not support {what}"
         if info.context_window is not None and self.prompt_tokens > info.context_window:
@@ -483,8 +529,9 @@ class Needs(Struct, gc=False):
         return None
 
 
-def route_versions(config: Config, store: Callable[[str, RouteConfig], tuple[int, str]] | None = None
-                   ) -> dict[str, RouteVersion]:
+def route_versions(
+    config: Config, store: Callable[[str, RouteConfig], tuple[int, str]] | None = None
+) -> dict[str, RouteVersion]:
     """Answer the served version of every route; ``store`` assigns version numbers (default: all 1)."""
     from mux.routing.versions import content_hash
 

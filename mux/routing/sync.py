@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 
@@ -78,5 +79,8 @@ class RoutingSync:
                 self.logger.error("config_sync_failed", generation=self.routing.generation, error=str(exc))
             else:
                 if changed:
-                    self.logger.info("config_synced", generation=self.routing.generation,
-                                     routes={name: r.version for name, r in self.routing.routes.items()})
+                    self.logger.info(
+                        "config_synced",
+                        generation=self.routing.generation,
+                        routes={name: r.version for name, r in self.routing.routes.items()},
+                    )

@@ -16,8 +16,9 @@ import hashlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -127,10 +128,11 @@ class SQLiteVersions:
                 "CREATE TABLE IF NOT EXISTS route_versions (name TEXT NOT NULL, version INTEGER NOT NULL, "
                 "hash TEXT NOT NULL, config BLOB NOT NULL, created REAL NOT NULL, PRIMARY KEY (name, version))"
             )
-            self._db.execute("CREATE TABLE IF NOT EXISTS served (id INTEGER PRIMARY KEY CHECK (id = 0), "
-                             "generation INTEGER NOT NULL, reload INTEGER NOT NULL)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS served_pins (name TEXT PRIMARY KEY, "
-                             "version INTEGER NOT NULL)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS served (id INTEGER PRIMARY KEY CHECK (id = 0), "
+                "generation INTEGER NOT NULL, reload INTEGER NOT NULL)"
+            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS served_pins (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
             self._db.execute("INSERT OR IGNORE INTO served VALUES (0, 0, 0)")
 
     @contextmanager
@@ -171,14 +173,18 @@ class SQLiteVersions:
     def assign(self, name: str, route: RouteConfig) -> tuple[int, str]:
         digest = content_hash(route)
         with self._transaction():
-            row = self._db.execute("SELECT version FROM route_versions WHERE name = ? AND hash = ?",
-                                   (name, digest)).fetchone()
+            row = self._db.execute(
+                "SELECT version FROM route_versions WHERE name = ? AND hash = ?", (name, digest)
+            ).fetchone()
             if row is not None:
                 return row[0], digest
-            (latest,) = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM route_versions WHERE name = ?",
-                                         (name,)).fetchone()
-            self._db.execute("INSERT INTO route_versions VALUES (?, ?, ?, ?, ?)",
-                             (name, latest + 1, digest, msgspec.json.encode(route), time.time()))
+            (latest,) = self._db.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM route_versions WHERE name = ?", (name,)
+            ).fetchone()
+            self._db.execute(
+                "INSERT INTO route_versions VALUES (?, ?, ?, ?, ?)",
+                (name, latest + 1, digest, msgspec.json.encode(route), time.time()),
+            )
             return latest + 1, digest
 
     def _record(self, row) -> VersionRecord:
@@ -187,12 +193,16 @@ class SQLiteVersions:
 
     def history(self, name: str) -> list[VersionRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT name, version, hash, config, created FROM route_versions "
-                                    "WHERE name = ? ORDER BY version", (name,)).fetchall()
+            rows = self._db.execute(
+                "SELECT name, version, hash, config, created FROM route_versions WHERE name = ? ORDER BY version",
+                (name,),
+            ).fetchall()
         return [self._record(r) for r in rows]
 
     def get(self, name: str, version: int) -> VersionRecord | None:
         with self._lock:
-            row = self._db.execute("SELECT name, version, hash, config, created FROM route_versions "
-                                   "WHERE name = ? AND version = ?", (name, version)).fetchone()
+            row = self._db.execute(
+                "SELECT name, version, hash, config, created FROM route_versions WHERE name = ? AND version = ?",
+                (name, version),
+            ).fetchone()
         return self._record(row) if row else None

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -26,8 +27,16 @@ RETRY_S = 1.0
 class OnDemand:
     """The store ``store``, opened on first use; answers the calls of ``SpendStore`` and ``RateLimitStore``."""
 
-    def __init__(self, store: Any, *, name: str, eager: bool = False, retry_s: float = RETRY_S,
-                 logger: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: Any,
+        *,
+        name: str,
+        eager: bool = False,
+        retry_s: float = RETRY_S,
+        logger: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.name = name
         self.eager = eager

@@ -13,13 +13,15 @@ store's scripts), ``close``, ``async with`` and ``_conn()``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, TimeoutError as RedisTimeoutError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mux.stores import StoreUnavailable
 from mux.stores.lifecycle import Connected
@@ -40,8 +42,7 @@ end
 
 def client(url: str, *, timeout_s: float = TIMEOUT_S) -> Redis:
     """Answer a pooled client for ``url`` with short timeouts and one immediate retry."""
-    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                          retry=Retry(NoBackoff(), 1))
+    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1))
 
 
 async def ping(redis: Redis) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from typing import Any, Callable, Sequence, TypeVar, Union
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, Union
 
 import aiosqlite
 

@@ -69,7 +69,7 @@ def parse_state_url(text: str) -> StateURL:
 
 
 def _sqlite(text: str) -> SqliteState:
-    rest = text[len("sqlite://"):]
+    rest = text[len("sqlite://") :]
     if not rest.startswith("/"):
         raise ValueError(f"state {text!r} names a host; {ACCEPTED} (three slashes before a relative path)")
     path = rest[1:]

@@ -1,6 +1,8 @@
 """The shapes of each API dialect mux speaks; ``openai`` (chat completions, embeddings) is also the internal one."""
 
 from .openai import (
+    FORBIDDEN_KEYS,
+    GATEWAY_KEYS,
     AllowedToolsChoice,
     AssistantMessage,
     AssistantPart,
@@ -22,13 +24,11 @@ from .openai import (
     DeveloperMessage,
     EmbeddingsPeek,
     EmbeddingsRequest,
-    FORBIDDEN_KEYS,
     FilePart,
     FileRef,
     FunctionCall,
     FunctionDef,
     FunctionTool,
-    GATEWAY_KEYS,
     ImagePart,
     ImageUrl,
     InputAudio,

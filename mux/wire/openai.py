@@ -265,7 +265,9 @@ class ChatRequest(Struct, gc=False, kw_only=True):
     safety_identifier: str | None = None
     session_id: SessionId | None = None
     # gateway fields: read by layers, never forwarded upstream
-    mlx_tags: dict[Annotated[str, Meta(min_length=1, max_length=64)], TagText] | None = field(default=None, name="mlx:tags")
+    mlx_tags: dict[Annotated[str, Meta(min_length=1, max_length=64)], TagText] | None = field(
+        default=None, name="mlx:tags"
+    )
     mlx_end_user: Annotated[str, Meta(min_length=1, max_length=256)] | None = field(default=None, name="mlx:end_user")
     mlx_cache: CacheControl | None = field(default=None, name="mlx:cache")
     mlx_trace: bool | None = field(default=None, name="mlx:trace")
@@ -278,13 +280,38 @@ class ChatRequest(Struct, gc=False, kw_only=True):
 
 # Keys that mux reads and never forwards upstream.
 GATEWAY_KEYS = frozenset(
-    {"mlx:tags", "mlx:end_user", "mlx:cache", "mlx:trace", "models", "fallbacks", "provider", "route", "routing",
-     "session_id", "lmchat", "plugins", "debug"}
+    {
+        "mlx:tags",
+        "mlx:end_user",
+        "mlx:cache",
+        "mlx:trace",
+        "models",
+        "fallbacks",
+        "provider",
+        "route",
+        "routing",
+        "session_id",
+        "lmchat",
+        "plugins",
+        "debug",
+    }
 )
 # Keys that would redirect traffic or carry credentials: refused, never honoured.
 FORBIDDEN_KEYS = frozenset(
-    {"api_base", "base_url", "api_key", "api_version", "extra_headers", "headers", "organization",
-     "custom_llm_provider", "aws_access_key_id", "aws_secret_access_key", "vertex_credentials", "azure_ad_token"}
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "extra_headers",
+        "headers",
+        "organization",
+        "custom_llm_provider",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "vertex_credentials",
+        "azure_ad_token",
+    }
 )
 
 _request_decoder = msgspec.json.Decoder(ChatRequest)
@@ -358,7 +385,9 @@ class EmbeddingsRequest(Struct, gc=False, kw_only=True):
 
     model: Annotated[str, Meta(min_length=1, max_length=256)]
     # a string, or a list of strings, of token ids, or of token-id lists (homogeneity checked on decode)
-    input: Annotated[str, Meta(min_length=1)] | Annotated[list[str | int | list[int]], Meta(min_length=1, max_length=2048)]
+    input: (
+        Annotated[str, Meta(min_length=1)] | Annotated[list[str | int | list[int]], Meta(min_length=1, max_length=2048)]
+    )
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveInt | None = None
     user: str | None = None
@@ -371,11 +400,15 @@ def decode_embeddings(body: bytes) -> tuple[EmbeddingsRequest, dict[str, msgspec
     """Validate an embeddings body; answer its view and raw top-level fields. Raises ``InvalidRequest``."""
     view, fields = _decode_body(body, _embeddings_decoder)
     if isinstance(view.input, list) and any(item == "" or item == [] for item in view.input):
-        raise InvalidRequest("'input' must not contain empty strings or empty token lists.", param="input",
-                             code="invalid_value")
+        raise InvalidRequest(
+            "'input' must not contain empty strings or empty token lists.", param="input", code="invalid_value"
+        )
     if isinstance(view.input, list) and len({type(item) for item in view.input}) > 1:
-        raise InvalidRequest("'input' must be a string or a list of strings, of token ids, or of token-id lists, "
-                             "not a mixture.", param="input", code="invalid_value")
+        raise InvalidRequest(
+            "'input' must be a string or a list of strings, of token ids, or of token-id lists, not a mixture.",
+            param="input",
+            code="invalid_value",
+        )
     return view, fields
 
 
@@ -395,7 +428,9 @@ class CompletionTokensDetails(Struct, gc=False, omit_defaults=True):
     rejected_prediction_tokens: int | None = None
 
 
-class Usage(Struct, gc=False):  # no omit_defaults: a count of 0 must stay on the wire (absent details and cost are null)
+class Usage(
+    Struct, gc=False
+):  # no omit_defaults: a count of 0 must stay on the wire (absent details and cost are null)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -419,13 +454,17 @@ class Usage(Struct, gc=False):  # no omit_defaults: a count of 0 must stay on th
         return (details.reasoning_tokens or 0) if details else 0
 
 
-class ResponseToolCall(Struct, gc=False):  # no omit_defaults: "type": "function" must be on the wire (it is the default)
+class ResponseToolCall(
+    Struct, gc=False
+):  # no omit_defaults: "type": "function" must be on the wire (it is the default)
     id: str
     function: FunctionCall
     type: str = "function"
 
 
-class ResponseMessage(Struct, gc=False):  # no omit_defaults: "role": "assistant" must be on the wire (it is the default)
+class ResponseMessage(
+    Struct, gc=False
+):  # no omit_defaults: "role": "assistant" must be on the wire (it is the default)
     role: str = "assistant"
     content: str | None = None
     tool_calls: list[ResponseToolCall] | None = None
@@ -517,8 +556,16 @@ def usage_chunk(id: str, created: int, model: str, usage: Usage) -> bytes:
 
 def trace_chunk(id: str, created: int, model: str, trace: dict[str, Any]) -> bytes:
     """Answer the stream chunk that carries the decision trace (``mlx:trace``), with no choices."""
-    return encoder.encode({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                           "choices": [], "mlx:trace": trace})
+    return encoder.encode(
+        {
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "mlx:trace": trace,
+        }
+    )
 
 
 def with_fields(body: bytes, replace: dict[str, Any]) -> bytes:
@@ -528,4 +575,6 @@ def with_fields(body: bytes, replace: dict[str, Any]) -> bytes:
     for key, value in replace.items():
         fields[key] = msgspec.Raw(encoder.encode(value))
     return encoder.encode(fields)
+
+
 encoder = msgspec.json.Encoder()

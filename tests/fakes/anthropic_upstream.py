@@ -66,11 +66,30 @@ from mux.asgi import answer_lifespan
 # ``Authorization: Bearer <key>``, which the fake accepts as well as ``x-api-key``).
 API_VERSIONS = frozenset({"2023-06-01", "2026-10-21"})
 
-ACCEPTED_PARAMS = frozenset({
-    "model", "messages", "max_tokens", "cache_control", "container", "context_management", "inference_geo",
-    "mcp_servers", "metadata", "output_config", "service_tier", "stop_sequences", "stream", "system",
-    "temperature", "thinking", "tool_choice", "tools", "top_k", "top_p",
-})
+ACCEPTED_PARAMS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "cache_control",
+        "container",
+        "context_management",
+        "inference_geo",
+        "mcp_servers",
+        "metadata",
+        "output_config",
+        "service_tier",
+        "stop_sequences",
+        "stream",
+        "system",
+        "temperature",
+        "thinking",
+        "tool_choice",
+        "tools",
+        "top_k",
+        "top_p",
+    }
+)
 
 # Alias -> the dated snapshot the API answers with; dated names answer as themselves.
 DEFAULT_MODELS = {
@@ -85,18 +104,40 @@ DEFAULT_MODELS = {
     "claude-3-haiku-20240307": "claude-3-haiku-20240307",
 }
 # Output maxima per snapshot family ("Models overview").
-MAX_OUTPUT = (("claude-opus-4-5", 64000), ("claude-opus-4", 32000), ("claude-sonnet-4", 64000),
-              ("claude-haiku-4", 64000), ("claude-3-7-sonnet", 64000), ("claude-3-5-haiku", 8192),
-              ("claude-3-haiku", 4096))
+MAX_OUTPUT = (
+    ("claude-opus-4-5", 64000),
+    ("claude-opus-4", 32000),
+    ("claude-sonnet-4", 64000),
+    ("claude-haiku-4", 64000),
+    ("claude-3-7-sonnet", 64000),
+    ("claude-3-5-haiku", 8192),
+    ("claude-3-haiku", 4096),
+)
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-STOP_REASONS = ("end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",
-                "model_context_window_exceeded")
+STOP_REASONS = (
+    "end_turn",
+    "max_tokens",
+    "stop_sequence",
+    "tool_use",
+    "pause_turn",
+    "refusal",
+    "model_context_window_exceeded",
+)
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-               403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-               429: "rate_limit_error", 500: "api_error", 504: "timeout_error", 529: "overloaded_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
 DEFAULT_ERROR_MESSAGES = {
     400: "messages: text content blocks must be non-empty",
     401: "invalid x-api-key",
@@ -283,8 +324,10 @@ class FakeAnthropic:
             raise Invalid("max_tokens: Input should be greater than or equal to 1")
         limit = next((n for prefix, n in MAX_OUTPUT if snapshot.startswith(prefix)), 4096)
         if max_tokens > limit:
-            raise Invalid(f"max_tokens: {max_tokens} > {limit}, which is the maximum allowed number of output "
-                          f"tokens for {snapshot}")
+            raise Invalid(
+                f"max_tokens: {max_tokens} > {limit}, which is the maximum allowed number of output "
+                f"tokens for {snapshot}"
+            )
         for key in ("temperature", "top_p"):
             value = body.get(key)
             if value is not None and (not isinstance(value, (int, float)) or not 0 <= value <= 1):
@@ -348,8 +391,9 @@ class FakeAnthropic:
         choice = body.get("tool_choice")
         if choice is not None:
             if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
-                raise Invalid("tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', "
-                              "'tool', 'none'")
+                raise Invalid(
+                    "tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'"
+                )
             allowed = {"type", "disable_parallel_tool_use"} | ({"name"} if choice["type"] == "tool" else set())
             if choice["type"] == "none":
                 allowed = {"type"}
@@ -371,13 +415,17 @@ class FakeAnthropic:
         if not isinstance(budget, int) or budget < 1024:
             raise Invalid("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
         if max_tokens <= budget:
-            raise Invalid("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
-                          "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
-                          "#max-tokens-and-context-window-size")
+            raise Invalid(
+                "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+                "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+                "#max-tokens-and-context-window-size"
+            )
         if body.get("temperature") not in (None, 1):
-            raise Invalid("`temperature` may only be set to 1 when thinking is enabled. Please consult our "
-                          "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
-                          "#feature-compatibility")
+            raise Invalid(
+                "`temperature` may only be set to 1 when thinking is enabled. Please consult our "
+                "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+                "#feature-compatibility"
+            )
         if "top_k" in body:
             raise Invalid("`top_k` must be unset when thinking is enabled.")
         if body.get("top_p") is not None and body["top_p"] < 0.95:
@@ -406,15 +454,22 @@ class FakeAnthropic:
             content = message["content"]
             if isinstance(content, str):
                 if not content and not (role == "assistant" and i == len(messages) - 1):
-                    raise Invalid(f"messages.{i}: all messages must have non-empty content except for the "
-                                  "optional final assistant message")
+                    raise Invalid(
+                        f"messages.{i}: all messages must have non-empty content except for the "
+                        "optional final assistant message"
+                    )
                 blocks = [{"type": "text", "text": content}] if content else []
             elif isinstance(content, list):
                 if not content and not (role == "assistant" and i == len(messages) - 1):
-                    raise Invalid(f"messages.{i}: all messages must have non-empty content except for the "
-                                  "optional final assistant message")
-                kinds = ("text", "image", "document", "tool_result") if role == "user" else (
-                    "text", "tool_use", "thinking", "redacted_thinking")
+                    raise Invalid(
+                        f"messages.{i}: all messages must have non-empty content except for the "
+                        "optional final assistant message"
+                    )
+                kinds = (
+                    ("text", "image", "document", "tool_result")
+                    if role == "user"
+                    else ("text", "tool_use", "thinking", "redacted_thinking")
+                )
                 for j, block in enumerate(content):
                     _check_block(block, f"messages.{i}.content.{j}", kinds)
                 blocks = content
@@ -440,22 +495,28 @@ class FakeAnthropic:
                         answered = {b.get("tool_use_id") for b in turns[t + 1][1] if b.get("type") == "tool_result"}
                     missing = [x for x in ids if x not in answered]
                     if missing:
-                        raise Invalid(f"messages.{t + 1}: `tool_use` ids were found without `tool_result` blocks "
-                                      f"immediately after: {', '.join(missing)}. Each `tool_use` block must have a "
-                                      "corresponding `tool_result` block in the next message.")
+                        raise Invalid(
+                            f"messages.{t + 1}: `tool_use` ids were found without `tool_result` blocks "
+                            f"immediately after: {', '.join(missing)}. Each `tool_use` block must have a "
+                            "corresponding `tool_result` block in the next message."
+                        )
             else:
                 previous = {b.get("id") for b in turns[t - 1][1] if b.get("type") == "tool_use"} if t else set()
                 text_seen = False
                 for j, block in enumerate(blocks):
                     if block.get("type") == "tool_result":
                         if text_seen:
-                            raise Invalid(f"messages.{t}: `tool_result` blocks must come first in the content "
-                                          "array, before any other content.")
+                            raise Invalid(
+                                f"messages.{t}: `tool_result` blocks must come first in the content "
+                                "array, before any other content."
+                            )
                         if block.get("tool_use_id") not in previous:
-                            raise Invalid(f"messages.{t}.content.{j}: unexpected `tool_use_id` found in "
-                                          f"`tool_result` blocks: {block.get('tool_use_id')}. Each `tool_result` "
-                                          "block must have a corresponding `tool_use` block in the previous "
-                                          "message.")
+                            raise Invalid(
+                                f"messages.{t}.content.{j}: unexpected `tool_use_id` found in "
+                                f"`tool_result` blocks: {block.get('tool_use_id')}. Each `tool_result` "
+                                "block must have a corresponding `tool_use` block in the previous "
+                                "message."
+                            )
                     else:
                         text_seen = True
         role, blocks = turns[-1]
@@ -476,11 +537,13 @@ class FakeAnthropic:
             else:
                 tool_id = block.id or f"toolu_01{next(self._ids):022d}"
                 content.append({"type": "tool_use", "id": tool_id, "name": block.name, "input": block.input})
-        stop_reason = reply.stop_reason or (
-            "tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn")
-        usage = {"input_tokens": max(1, len(json.dumps(body["messages"])) // 4),
-                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                 "output_tokens": max(1, len(json.dumps(content)) // 4)}
+        stop_reason = reply.stop_reason or ("tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn")
+        usage = {
+            "input_tokens": max(1, len(json.dumps(body["messages"])) // 4),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": max(1, len(json.dumps(content)) // 4),
+        }
         if reply.usage:
             usage.update(reply.usage)
         return {
@@ -507,15 +570,27 @@ class FakeAnthropic:
 
     async def _stream(self, send: Any, message: dict[str, Any], reply: Reply) -> None:
         events = list(stream_events(message))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                                (b"request-id", b"req_011CSHoEeqs5C35K2UUqR7Fy")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"request-id", b"req_011CSHoEeqs5C35K2UUqR7Fy"),
+                ],
+            }
+        )
         for n, (name, data) in enumerate(events):
             if n and reply.event_delay_s:
                 await asyncio.sleep(reply.event_delay_s)
             if reply.error_after is not None and n == reply.error_after:
-                error = error_body(reply.stream_error, DEFAULT_ERROR_MESSAGES[529] if reply.stream_error ==
-                                   "overloaded_error" else "Internal server error")
+                error = error_body(
+                    reply.stream_error,
+                    DEFAULT_ERROR_MESSAGES[529]
+                    if reply.stream_error == "overloaded_error"
+                    else "Internal server error",
+                )
                 del error["request_id"]
                 await send({"type": "http.response.body", "body": sse("error", error), "more_body": True})
                 break
@@ -527,8 +602,9 @@ class FakeAnthropic:
 
 def stream_events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """Answer the (event, data) sequence the real API streams for ``message``."""
-    start = dict(message, content=[], stop_reason=None, stop_sequence=None,
-                 usage=dict(message["usage"], output_tokens=1))
+    start = dict(
+        message, content=[], stop_reason=None, stop_sequence=None, usage=dict(message["usage"], output_tokens=1)
+    )
     events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
@@ -542,17 +618,25 @@ def stream_events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             head = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
             text = json.dumps(block["input"])
             deltas = [{"type": "input_json_delta", "partial_json": ""}] + [
-                {"type": "input_json_delta", "partial_json": text[i:i + 9]} for i in range(0, len(text), 9)]
+                {"type": "input_json_delta", "partial_json": text[i : i + 9]} for i in range(0, len(text), 9)
+            ]
         events.append(("content_block_start", {"type": "content_block_start", "index": index, "content_block": head}))
         if index == 0:
             events.append(("ping", {"type": "ping"}))
-        events.extend(("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
-                      for d in deltas)
+        events.extend(
+            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}) for d in deltas
+        )
         events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
-    events.append(("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": message["stop_reason"],
-                                               "stop_sequence": message["stop_sequence"]},
-                                     "usage": {"output_tokens": message["usage"]["output_tokens"]}}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
+                "usage": {"output_tokens": message["usage"]["output_tokens"]},
+            },
+        )
+    )
     events.append(("message_stop", {"type": "message_stop"}))
     return events
 
@@ -563,7 +647,7 @@ def sse(name: str, data: dict[str, Any]) -> bytes:
 
 def _pieces(text: str) -> list[str]:
     words = re.findall(r"\s*\S+|\s+", text)
-    return ["".join(words[i:i + 2]) for i in range(0, len(words), 2)] or [text]
+    return ["".join(words[i : i + 2]) for i in range(0, len(words), 2)] or [text]
 
 
 def example_of(schema: Any) -> Any:
@@ -590,8 +674,10 @@ def _check_block(block: Any, where: str, kinds: tuple[str, ...]) -> None:
         raise Invalid(f"{where}: Input should be a valid dictionary")
     kind = block.get("type")
     if kind not in kinds:
-        raise Invalid(f"{where}: Input tag '{kind}' found using 'type' does not match any of the expected tags: "
-                      + ", ".join(f"'{k}'" for k in kinds))
+        raise Invalid(
+            f"{where}: Input tag '{kind}' found using 'type' does not match any of the expected tags: "
+            + ", ".join(f"'{k}'" for k in kinds)
+        )
     allowed = {
         "text": {"type", "text", "cache_control", "citations"},
         "image": {"type", "source", "cache_control"},
@@ -611,8 +697,10 @@ def _check_block(block: Any, where: str, kinds: tuple[str, ...]) -> None:
         source = block.get("source") or {}
         if source.get("type") == "base64":
             if source.get("media_type") not in IMAGE_TYPES:
-                raise Invalid(f"{where}.image.source.base64.media_type: Input should be 'image/jpeg', 'image/png', "
-                              "'image/gif' or 'image/webp'")
+                raise Invalid(
+                    f"{where}.image.source.base64.media_type: Input should be 'image/jpeg', 'image/png', "
+                    "'image/gif' or 'image/webp'"
+                )
             _check_base64(source.get("data"), f"{where}.image.source.base64.data")
         elif source.get("type") == "url":
             if not str(source.get("url", "")).startswith(("http://", "https://")):
@@ -655,8 +743,11 @@ def _check_base64(data: Any, where: str) -> None:
 
 async def _json(send: Any, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
     payload = json.dumps(body).encode()
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                   (b"request-id", b"req_011CSHoEeqs5C35K2UUqR7Fy")]
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"request-id", b"req_011CSHoEeqs5C35K2UUqR7Fy"),
+    ]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": payload})

@@ -21,8 +21,8 @@ As strict as the real API where mux could get things wrong:
   need ``items``; ``required`` names must be declared properties.
 - ``contents`` is required and non-empty, roles are ``user``/``model``, every part has exactly one data field
   (an empty text is no field), ``functionCall.args``/``functionResponse.response`` are objects,
-  ``inlineData.data`` is base64, ``systemInstruction`` parts are text only, function names follow Google's pattern, ``allowedFunctionNames`` only with
-  mode ANY, thinkingBudget and thinkingLevel not both.
+  ``inlineData.data`` is base64, ``systemInstruction`` parts are text only, function names follow Google's
+  pattern, ``allowedFunctionNames`` only with mode ANY, thinkingBudget and thinkingLevel not both.
 - ``:streamGenerateContent`` answers SSE only with ``alt=sse``; each event is ``data: {json}\\r\\n\\r\\n`` (CRLF
   framing: Routstr/routstr-core's Gemini test, nyro#265), every chunk a whole GenerateContentResponse with
   ``modelVersion``/``responseId`` and a running ``usageMetadata`` (as in the recordings of
@@ -70,10 +70,17 @@ from mux.asgi import answer_lifespan
 API_KEY = "test-gemini-key"
 # Embedding model -> the length of its vectors (gemini-embedding-001: 3072; text-embedding-004: 768).
 EMBEDDING_MODELS = {"gemini-embedding-001": 3072, "text-embedding-004": 768}
-MODELS = frozenset({
-    "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.0-flash", "gemini-2.0-flash-lite",
-    "gemini-3-pro-preview", "gemini-3-flash-preview",
-})
+MODELS = frozenset(
+    {
+        "gemini-2.5-pro",
+        "gemini-2.5-flash",
+        "gemini-2.5-flash-lite",
+        "gemini-2.0-flash",
+        "gemini-2.0-flash-lite",
+        "gemini-3-pro-preview",
+        "gemini-3-flash-preview",
+    }
+)
 
 # --- the accepted request shape (v1beta protos) ---------------------------------------------------------------
 # field -> (kind, repeated). kind: a message name below, "struct" (any object), "value" (any JSON), or a scalar
@@ -81,78 +88,174 @@ MODELS = frozenset({
 _STRING, _BOOL, _INT, _NUM = ("string", False), ("bool", False), ("int", False), ("number", False)
 MESSAGES: dict[str, dict[str, tuple[str, bool]]] = {
     "GenerateContentRequest": {
-        "model": _STRING, "contents": ("Content", True), "tools": ("Tool", True), "toolConfig": ("ToolConfig", False),
-        "safetySettings": ("SafetySetting", True), "systemInstruction": ("Content", False),
-        "generationConfig": ("GenerationConfig", False), "cachedContent": _STRING,
+        "model": _STRING,
+        "contents": ("Content", True),
+        "tools": ("Tool", True),
+        "toolConfig": ("ToolConfig", False),
+        "safetySettings": ("SafetySetting", True),
+        "systemInstruction": ("Content", False),
+        "generationConfig": ("GenerationConfig", False),
+        "cachedContent": _STRING,
     },
     "Content": {"role": _STRING, "parts": ("Part", True)},
     "Part": {
-        "text": _STRING, "inlineData": ("Blob", False), "functionCall": ("FunctionCall", False),
-        "functionResponse": ("FunctionResponse", False), "fileData": ("FileData", False),
-        "executableCode": ("struct", False), "codeExecutionResult": ("struct", False),
-        "videoMetadata": ("struct", False), "thought": _BOOL, "thoughtSignature": ("bytes", False),
-        "partMetadata": ("struct", False), "mediaResolution": ("struct", False),
+        "text": _STRING,
+        "inlineData": ("Blob", False),
+        "functionCall": ("FunctionCall", False),
+        "functionResponse": ("FunctionResponse", False),
+        "fileData": ("FileData", False),
+        "executableCode": ("struct", False),
+        "codeExecutionResult": ("struct", False),
+        "videoMetadata": ("struct", False),
+        "thought": _BOOL,
+        "thoughtSignature": ("bytes", False),
+        "partMetadata": ("struct", False),
+        "mediaResolution": ("struct", False),
     },
     "Blob": {"mimeType": _STRING, "data": ("bytes", False)},
     "FileData": {"mimeType": _STRING, "fileUri": _STRING},
     "FunctionCall": {"id": _STRING, "name": _STRING, "args": ("struct", False)},
-    "FunctionResponse": {"id": _STRING, "name": _STRING, "response": ("struct", False), "parts": ("struct", True),
-                         "willContinue": _BOOL, "scheduling": ("enum:Scheduling", False)},
+    "FunctionResponse": {
+        "id": _STRING,
+        "name": _STRING,
+        "response": ("struct", False),
+        "parts": ("struct", True),
+        "willContinue": _BOOL,
+        "scheduling": ("enum:Scheduling", False),
+    },
     "Tool": {
-        "functionDeclarations": ("FunctionDeclaration", True), "googleSearchRetrieval": ("struct", False),
-        "codeExecution": ("struct", False), "googleSearch": ("struct", False), "urlContext": ("struct", False),
-        "computerUse": ("struct", False), "fileSearch": ("struct", False), "googleMaps": ("struct", False),
+        "functionDeclarations": ("FunctionDeclaration", True),
+        "googleSearchRetrieval": ("struct", False),
+        "codeExecution": ("struct", False),
+        "googleSearch": ("struct", False),
+        "urlContext": ("struct", False),
+        "computerUse": ("struct", False),
+        "fileSearch": ("struct", False),
+        "googleMaps": ("struct", False),
     },
     "FunctionDeclaration": {
-        "name": _STRING, "description": _STRING, "parameters": ("Schema", False),
-        "parametersJsonSchema": ("value", False), "response": ("Schema", False),
-        "responseJsonSchema": ("value", False), "behavior": ("enum:Behavior", False),
+        "name": _STRING,
+        "description": _STRING,
+        "parameters": ("Schema", False),
+        "parametersJsonSchema": ("value", False),
+        "response": ("Schema", False),
+        "responseJsonSchema": ("value", False),
+        "behavior": ("enum:Behavior", False),
     },
     "ToolConfig": {"functionCallingConfig": ("FunctionCallingConfig", False), "retrievalConfig": ("struct", False)},
     "FunctionCallingConfig": {"mode": ("enum:Mode", False), "allowedFunctionNames": ("string", True)},
     "SafetySetting": {"category": ("enum:HarmCategory", False), "threshold": ("enum:Threshold", False)},
     "GenerationConfig": {
-        "stopSequences": ("string", True), "responseMimeType": _STRING, "responseSchema": ("Schema", False),
-        "responseJsonSchema": ("value", False), "responseModalities": ("enum:Modality", True),
-        "candidateCount": _INT, "maxOutputTokens": _INT, "temperature": _NUM, "topP": _NUM, "topK": _INT,
-        "seed": _INT, "presencePenalty": _NUM, "frequencyPenalty": _NUM, "responseLogprobs": _BOOL,
-        "logprobs": _INT, "enableEnhancedCivicAnswers": _BOOL, "speechConfig": ("struct", False),
-        "thinkingConfig": ("ThinkingConfig", False), "imageConfig": ("struct", False),
+        "stopSequences": ("string", True),
+        "responseMimeType": _STRING,
+        "responseSchema": ("Schema", False),
+        "responseJsonSchema": ("value", False),
+        "responseModalities": ("enum:Modality", True),
+        "candidateCount": _INT,
+        "maxOutputTokens": _INT,
+        "temperature": _NUM,
+        "topP": _NUM,
+        "topK": _INT,
+        "seed": _INT,
+        "presencePenalty": _NUM,
+        "frequencyPenalty": _NUM,
+        "responseLogprobs": _BOOL,
+        "logprobs": _INT,
+        "enableEnhancedCivicAnswers": _BOOL,
+        "speechConfig": ("struct", False),
+        "thinkingConfig": ("ThinkingConfig", False),
+        "imageConfig": ("struct", False),
         "mediaResolution": ("enum:MediaResolution", False),
     },
     "BatchEmbedContentsRequest": {"model": _STRING, "requests": ("EmbedContentRequest", True)},
-    "EmbedContentRequest": {"model": _STRING, "content": ("Content", False), "taskType": ("enum:TaskType", False),
-                            "title": _STRING, "outputDimensionality": _INT},
-    "ThinkingConfig": {"includeThoughts": _BOOL, "thinkingBudget": _INT, "thinkingLevel": ("enum:ThinkingLevel", False)},
+    "EmbedContentRequest": {
+        "model": _STRING,
+        "content": ("Content", False),
+        "taskType": ("enum:TaskType", False),
+        "title": _STRING,
+        "outputDimensionality": _INT,
+    },
+    "ThinkingConfig": {
+        "includeThoughts": _BOOL,
+        "thinkingBudget": _INT,
+        "thinkingLevel": ("enum:ThinkingLevel", False),
+    },
     "Schema": {
-        "type": ("enum:Type", False), "format": _STRING, "title": _STRING, "description": _STRING,
-        "nullable": _BOOL, "enum": ("string", True), "maxItems": _INT, "minItems": _INT,
-        "properties": ("map:Schema", False), "required": ("string", True), "minProperties": _INT,
-        "maxProperties": _INT, "minLength": _INT, "maxLength": _INT, "pattern": _STRING, "example": ("value", False),
-        "anyOf": ("Schema", True), "propertyOrdering": ("string", True), "default": ("value", False),
-        "items": ("Schema", False), "minimum": _NUM, "maximum": _NUM,
+        "type": ("enum:Type", False),
+        "format": _STRING,
+        "title": _STRING,
+        "description": _STRING,
+        "nullable": _BOOL,
+        "enum": ("string", True),
+        "maxItems": _INT,
+        "minItems": _INT,
+        "properties": ("map:Schema", False),
+        "required": ("string", True),
+        "minProperties": _INT,
+        "maxProperties": _INT,
+        "minLength": _INT,
+        "maxLength": _INT,
+        "pattern": _STRING,
+        "example": ("value", False),
+        "anyOf": ("Schema", True),
+        "propertyOrdering": ("string", True),
+        "default": ("value", False),
+        "items": ("Schema", False),
+        "minimum": _NUM,
+        "maximum": _NUM,
     },
 }
 SCHEMA_KEYWORDS = frozenset(MESSAGES["Schema"])
 ENUMS = {
-    "TaskType": {"TASK_TYPE_UNSPECIFIED", "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY",
-                 "CLASSIFICATION", "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY"},
+    "TaskType": {
+        "TASK_TYPE_UNSPECIFIED",
+        "RETRIEVAL_QUERY",
+        "RETRIEVAL_DOCUMENT",
+        "SEMANTIC_SIMILARITY",
+        "CLASSIFICATION",
+        "CLUSTERING",
+        "QUESTION_ANSWERING",
+        "FACT_VERIFICATION",
+        "CODE_RETRIEVAL_QUERY",
+    },
     "Type": {"TYPE_UNSPECIFIED", "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"},
     "Mode": {"MODE_UNSPECIFIED", "AUTO", "ANY", "NONE", "VALIDATED"},
     "ThinkingLevel": {"THINKING_LEVEL_UNSPECIFIED", "MINIMAL", "LOW", "MEDIUM", "HIGH"},
     "Modality": {"MODALITY_UNSPECIFIED", "TEXT", "IMAGE", "AUDIO"},
     "Behavior": {"UNSPECIFIED", "BLOCKING", "NON_BLOCKING"},
     "Scheduling": {"SCHEDULING_UNSPECIFIED", "SILENT", "WHEN_IDLE", "INTERRUPT"},
-    "MediaResolution": {"MEDIA_RESOLUTION_UNSPECIFIED", "MEDIA_RESOLUTION_LOW", "MEDIA_RESOLUTION_MEDIUM",
-                        "MEDIA_RESOLUTION_HIGH"},
-    "HarmCategory": {"HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_SEXUALLY_EXPLICIT",
-                     "HARM_CATEGORY_DANGEROUS_CONTENT", "HARM_CATEGORY_CIVIC_INTEGRITY"},
-    "Threshold": {"HARM_BLOCK_THRESHOLD_UNSPECIFIED", "BLOCK_LOW_AND_ABOVE", "BLOCK_MEDIUM_AND_ABOVE",
-                  "BLOCK_ONLY_HIGH", "BLOCK_NONE", "OFF"},
+    "MediaResolution": {
+        "MEDIA_RESOLUTION_UNSPECIFIED",
+        "MEDIA_RESOLUTION_LOW",
+        "MEDIA_RESOLUTION_MEDIUM",
+        "MEDIA_RESOLUTION_HIGH",
+    },
+    "HarmCategory": {
+        "HARM_CATEGORY_HARASSMENT",
+        "HARM_CATEGORY_HATE_SPEECH",
+        "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+        "HARM_CATEGORY_DANGEROUS_CONTENT",
+        "HARM_CATEGORY_CIVIC_INTEGRITY",
+    },
+    "Threshold": {
+        "HARM_BLOCK_THRESHOLD_UNSPECIFIED",
+        "BLOCK_LOW_AND_ABOVE",
+        "BLOCK_MEDIUM_AND_ABOVE",
+        "BLOCK_ONLY_HIGH",
+        "BLOCK_NONE",
+        "OFF",
+    },
 }
 SCHEMA_FORMATS = {"STRING": {"enum", "date-time"}, "INTEGER": {"int32", "int64"}, "NUMBER": {"float", "double"}}
-_DATA_FIELDS = ("text", "inlineData", "functionCall", "functionResponse", "fileData", "executableCode",
-                "codeExecutionResult")
+_DATA_FIELDS = (
+    "text",
+    "inlineData",
+    "functionCall",
+    "functionResponse",
+    "fileData",
+    "executableCode",
+    "codeExecutionResult",
+)
 _FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
 _MIME_TYPES = {"text/plain", "application/json", "application/xml", "application/yaml", "text/x.enum"}
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
@@ -184,8 +287,10 @@ def shape_errors(value: Any, message: str = "GenerateContentRequest", path: str 
 
 def _check_message(value: Any, message: str, path: str, errors: list[str]) -> None:
     if not isinstance(value, dict):
-        errors.append(f"Invalid value at '{path}' (type.googleapis.com/google.ai.generativelanguage.v1beta."
-                      f"{message}), {json.dumps(value)}")
+        errors.append(
+            f"Invalid value at '{path}' (type.googleapis.com/google.ai.generativelanguage.v1beta."
+            f"{message}), {json.dumps(value)}"
+        )
         return
     fields = MESSAGES[message]
     for raw_name, child in value.items():
@@ -198,8 +303,10 @@ def _check_message(value: Any, message: str, path: str, errors: list[str]) -> No
         child_path = _Path.join(path, name)
         if repeated:
             if not isinstance(child, list):
-                errors.append(f"Invalid value at '{child_path}', {json.dumps(child)}: Proto field is not repeating, "
-                              "cannot start list.")
+                errors.append(
+                    f"Invalid value at '{child_path}', {json.dumps(child)}: Proto field is not repeating, "
+                    "cannot start list."
+                )
                 continue
             for i, item in enumerate(child):
                 _check_value(item, kind, f"{child_path}[{i}]", errors)
@@ -241,8 +348,9 @@ def _check_value(value: Any, kind: str, path: str, errors: list[str]) -> None:
         if not isinstance(value, bool):
             bad("TYPE_BOOL")
     elif kind == "int":
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and
-                                                                       value.lstrip("-").isdigit())):
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())
+        ):
             bad("TYPE_INT32")
     elif kind == "number":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -271,8 +379,10 @@ def _check_schema(schema: dict[str, Any], path: str, errors: list[str]) -> None:
     kind = str(schema.get("type", "")).upper()
     fmt = schema.get("format")
     if fmt is not None and fmt not in SCHEMA_FORMATS.get(kind, ()):
-        errors.append(f"* GenerateContentRequest.{path}.format: only 'enum' and 'date-time' are supported for "
-                      f"STRING type; int32/int64 for INTEGER, float/double for NUMBER (got '{fmt}' for {kind or 'no type'})")
+        errors.append(
+            f"* GenerateContentRequest.{path}.format: only 'enum' and 'date-time' are supported for "
+            f"STRING type; int32/int64 for INTEGER, float/double for NUMBER (got '{fmt}' for {kind or 'no type'})"
+        )
     if kind == "ARRAY" and "items" not in schema:
         errors.append(f"* GenerateContentRequest.{path}.items: missing field.")
     properties = schema.get("properties") or {}
@@ -309,38 +419,51 @@ def semantic_errors(body: dict[str, Any]) -> list[str]:
         # "only text should be used in parts of Content"; search tool, docs corpus). The wording is a paraphrase.
         for j, part in enumerate(parts):
             if isinstance(part, dict) and any(_norm(part).get(f) is not None for f in _DATA_FIELDS[1:]):
-                errors.append(f"* GenerateContentRequest.system_instruction.parts[{j}]: only text parts are "
-                              "supported in a system instruction.")
+                errors.append(
+                    f"* GenerateContentRequest.system_instruction.parts[{j}]: only text parts are "
+                    "supported in a system instruction."
+                )
     for t, tool in enumerate(body.get("tools") or ()):
         for d, decl in enumerate(_norm(tool).get("functionDeclarations") or ()):
             decl = _norm(decl)
             where = f"tools[{t}].function_declarations[{d}]"
             if not _FUNCTION_NAME.match(decl.get("name") or ""):
-                errors.append(f"* GenerateContentRequest.{where}.name: Invalid function name. Must start with a "
-                              "letter or an underscore. Must be a-z, A-Z, 0-9, or contain underscores, dots, colons "
-                              "and dashes, with a maximum length of 64.")
+                errors.append(
+                    f"* GenerateContentRequest.{where}.name: Invalid function name. Must start with a "
+                    "letter or an underscore. Must be a-z, A-Z, 0-9, or contain underscores, dots, colons "
+                    "and dashes, with a maximum length of 64."
+                )
             if "parameters" in decl:
                 errors.extend(schema_errors(decl["parameters"], f"{where}.parameters"))
             if "parameters" in decl and "parametersJsonSchema" in decl:
-                errors.append(f"* GenerateContentRequest.{where}: parameters and parameters_json_schema are "
-                              "mutually exclusive")
+                errors.append(
+                    f"* GenerateContentRequest.{where}: parameters and parameters_json_schema are mutually exclusive"
+                )
     calling = _norm(_norm(body.get("toolConfig") or {}).get("functionCallingConfig") or {})
     if calling.get("allowedFunctionNames") and str(calling.get("mode", "")).upper() not in ("ANY", "VALIDATED"):
-        errors.append("* GenerateContentRequest.tool_config.function_calling_config.allowed_function_names: "
-                      "allowed_function_names can only be set when mode is ANY or VALIDATED")
+        errors.append(
+            "* GenerateContentRequest.tool_config.function_calling_config.allowed_function_names: "
+            "allowed_function_names can only be set when mode is ANY or VALIDATED"
+        )
     config = _norm(body.get("generationConfig") or {})
     if "responseSchema" in config:
         errors.extend(schema_errors(config["responseSchema"], "generation_config.response_schema"))
         if config.get("responseMimeType") not in ("application/json", "text/x.enum"):
-            errors.append("* GenerateContentRequest.generation_config.response_mime_type: response_schema needs "
-                          "response_mime_type application/json or text/x.enum")
+            errors.append(
+                "* GenerateContentRequest.generation_config.response_mime_type: response_schema needs "
+                "response_mime_type application/json or text/x.enum"
+            )
     if "responseSchema" in config and "responseJsonSchema" in config:
-        errors.append("* GenerateContentRequest.generation_config: response_schema and response_json_schema are "
-                      "mutually exclusive")
+        errors.append(
+            "* GenerateContentRequest.generation_config: response_schema and response_json_schema are "
+            "mutually exclusive"
+        )
     mime = config.get("responseMimeType")
     if mime is not None and mime not in _MIME_TYPES:
-        errors.append(f"* GenerateContentRequest.generation_config.response_mime_type: allowed mimetypes are "
-                      f"{', '.join(sorted(_MIME_TYPES))}, got {mime!r}")
+        errors.append(
+            f"* GenerateContentRequest.generation_config.response_mime_type: allowed mimetypes are "
+            f"{', '.join(sorted(_MIME_TYPES))}, got {mime!r}"
+        )
     count = config.get("candidateCount")
     if isinstance(count, int) and not 1 <= count <= 8:
         errors.append("* GenerateContentRequest.generation_config.candidate_count: must be between 1 and 8")
@@ -349,8 +472,10 @@ def semantic_errors(body: dict[str, Any]) -> list[str]:
         errors.append("* GenerateContentRequest.generation_config.temperature: must be in [0.0, 2.0]")
     thinking = _norm(config.get("thinkingConfig") or {})
     if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
-        errors.append("* GenerateContentRequest.generation_config.thinking_config: thinking_budget and "
-                      "thinking_level cannot both be set")
+        errors.append(
+            "* GenerateContentRequest.generation_config.thinking_config: thinking_budget and "
+            "thinking_level cannot both be set"
+        )
     return errors
 
 
@@ -369,8 +494,10 @@ def embedding_errors(body: dict[str, Any], model: str, dimensions: int | None) -
         request = _norm(request)
         where = f"* BatchEmbedContentsRequest.requests[{i}]"
         if request.get("model") != name:
-            errors.append(f"{where}.model: The model in each of these requests must match the model specified "
-                          f"BatchEmbedContentsRequest.model ({name}), got {request.get('model')!r}")
+            errors.append(
+                f"{where}.model: The model in each of these requests must match the model specified "
+                f"BatchEmbedContentsRequest.model ({name}), got {request.get('model')!r}"
+            )
         content = _norm(request.get("content") or {})
         if "content" not in request:
             errors.append(f"{where}.content: content is not specified")
@@ -396,7 +523,7 @@ def embedding_values(text: str, dimensions: int) -> list[float]:
     while len(values) < dimensions:
         digest = hashlib.sha256(text.encode() + b"|gemini|" + block.to_bytes(4, "little")).digest()
         for offset in range(0, len(digest), 2):
-            raw = int.from_bytes(digest[offset:offset + 2], "little")
+            raw = int.from_bytes(digest[offset : offset + 2], "little")
             values.append(struct.unpack("<f", struct.pack("<f", raw / 32768.0 - 1.0))[0])
         block += 1
     return values[:dimensions]
@@ -410,8 +537,10 @@ def _parts_errors(parts: list[Any], where: str) -> list[str]:
         part = _norm(part)
         present = [f for f in _DATA_FIELDS if part.get(f) not in (None, "")]
         if len(present) != 1:
-            errors.append(f"* GenerateContentRequest.{where}.parts[{j}].data: required oneof field 'data' must have "
-                          "one initialized field")
+            errors.append(
+                f"* GenerateContentRequest.{where}.parts[{j}].data: required oneof field 'data' must have "
+                "one initialized field"
+            )
         blob = _norm(part.get("inlineData") or {})
         if part.get("inlineData") is not None and not blob.get("mimeType"):
             errors.append(f"* GenerateContentRequest.{where}.parts[{j}].inline_data.mime_type: missing field.")
@@ -427,31 +556,56 @@ _ERRORS: dict[int, tuple[str, str]] = {
     400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
     # A credential that is not an API key (an OAuth token, say, sent as a bearer) is a 401, verbatim in public
     # reports: Xposed-Modules-Repo/com.niki914.zafiro#9, musistudio/claude-code-router#1011, xalgorix/xalgorix#2.
-    401: ("UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
-                             "cookie or other valid authentication credential. See "
-                             "https://developers.google.com/identity/sign-in/web/devconsole-project."),
+    401: (
+        "UNAUTHENTICATED",
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
+        "cookie or other valid authentication credential. See "
+        "https://developers.google.com/identity/sign-in/web/devconsole-project.",
+    ),
     403: ("PERMISSION_DENIED", "The caller does not have permission"),
-    404: ("NOT_FOUND", "models/{model} is not found for API version v1beta, or is not supported for generateContent. "
-                       "Call ListModels to see the list of available models and their supported methods."),
-    429: ("RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details. For "
-                                "more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits."),
-    500: ("INTERNAL", "An internal error has occurred. Please retry or report in "
-                      "https://developers.generativeai.google/guide/troubleshooting"),
+    404: (
+        "NOT_FOUND",
+        "models/{model} is not found for API version v1beta, or is not supported for generateContent. "
+        "Call ListModels to see the list of available models and their supported methods.",
+    ),
+    429: (
+        "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check your plan and billing details. For "
+        "more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.",
+    ),
+    500: (
+        "INTERNAL",
+        "An internal error has occurred. Please retry or report in "
+        "https://developers.generativeai.google/guide/troubleshooting",
+    ),
     503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
 }
 
 
-def error_body(status: int, message: str | None = None, google_status: str | None = None,
-               details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def error_body(
+    status: int,
+    message: str | None = None,
+    google_status: str | None = None,
+    details: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Google's error object for ``status``, with its usual message."""
     default_status, default_message = _ERRORS.get(status, ("UNKNOWN", "Unknown error."))
-    error: dict[str, Any] = {"code": status, "message": message or default_message,
-                             "status": google_status or default_status}
+    error: dict[str, Any] = {
+        "code": status,
+        "message": message or default_message,
+        "status": google_status or default_status,
+    }
     if details is None and status == 429:
         details = [
-            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
-                "quotaMetric": "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count",
-                "quotaId": "GenerateContentPaidTierInputTokensPerModelPerMinute"}]},
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count",
+                        "quotaId": "GenerateContentPaidTierInputTokensPerModelPerMinute",
+                    }
+                ],
+            },
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"},
         ]
     if details:
@@ -501,8 +655,9 @@ class _Abort(Exception):
 class FakeGemini:
     """The fake API. ``requests`` holds what it received; ``script`` queues replies (FIFO, then the default)."""
 
-    def __init__(self, *, api_key: str = API_KEY, models: frozenset[str] = MODELS,
-                 embedding_models: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, *, api_key: str = API_KEY, models: frozenset[str] = MODELS, embedding_models: dict[str, int] | None = None
+    ) -> None:
         self.api_key = api_key
         self.models = models
         self.embedding_models = dict(EMBEDDING_MODELS if embedding_models is None else embedding_models)
@@ -552,10 +707,12 @@ class FakeGemini:
         except _Abort:
             raise RuntimeError("fake Gemini: connection cut on purpose") from None
 
-    async def _handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
-                      body: bytes, send: Any) -> None:
-        match = re.fullmatch(r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents)",
-                             path)
+    async def _handle(
+        self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes, send: Any
+    ) -> None:
+        match = re.fullmatch(
+            r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents)", path
+        )
         stream = bool(match) and match.group(2) == "streamGenerateContent"
         sse = stream and query.get("alt") == ["sse"]
         wrap = stream and not sse  # the JSON-array stream endpoint wraps errors in a list too
@@ -569,15 +726,36 @@ class FakeGemini:
             return await fail(405, error_body(400, f"{method} is not allowed", "INVALID_ARGUMENT"))
         key = headers.get("x-goog-api-key") or (query.get("key") or [None])[0]
         if not key:
-            return await fail(403, error_body(403, "Method doesn't allow unregistered callers (callers without "
-                                                   "established identity). Please use API Key or other form of API "
-                                                   "consumer identity to call this API."))
+            return await fail(
+                403,
+                error_body(
+                    403,
+                    "Method doesn't allow unregistered callers (callers without "
+                    "established identity). Please use API Key or other form of API "
+                    "consumer identity to call this API.",
+                ),
+            )
         if key != self.api_key:
-            return await fail(400, error_body(400, "API key not valid. Please pass a valid API key.", details=[
-                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-                 "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
-                {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US",
-                 "message": "API key not valid. Please pass a valid API key."}]))
+            return await fail(
+                400,
+                error_body(
+                    400,
+                    "API key not valid. Please pass a valid API key.",
+                    details=[
+                        {
+                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                            "reason": "API_KEY_INVALID",
+                            "domain": "googleapis.com",
+                            "metadata": {"service": "generativelanguage.googleapis.com"},
+                        },
+                        {
+                            "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                            "locale": "en-US",
+                            "message": "API key not valid. Please pass a valid API key.",
+                        },
+                    ],
+                ),
+            )
         try:
             request = json.loads(body)
         except ValueError:
@@ -589,8 +767,14 @@ class FakeGemini:
             errors = semantic_errors(request)
         if errors:
             violations = [{"description": e} for e in errors]
-            return await fail(400, error_body(400, "\n".join(errors), details=[
-                {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}]))
+            return await fail(
+                400,
+                error_body(
+                    400,
+                    "\n".join(errors),
+                    details=[{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}],
+                ),
+            )
         model = match.group(1)
         if model not in self.models:
             return await fail(404, error_body(404, _ERRORS[404][1].format(model=model)))
@@ -602,15 +786,24 @@ class FakeGemini:
             return await _json(send, 200, _merged(chunks))
         if not sse:
             return await _json(send, 200, chunks)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), (b"x-fake", b"gemini")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"), (b"x-fake", b"gemini")],
+            }
+        )
         for i, chunk in enumerate(chunks):
             if reply.cut_after is not None and i >= reply.cut_after:
                 raise _Abort()
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n"})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "more_body": True,
+                    "body": b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n",
+                }
+            )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
 
     async def _embed(self, model: str, request: Any, send: Any) -> None:
         """``:batchEmbedContents``: validate like Google, answer one vector per request."""
@@ -620,8 +813,15 @@ class FakeGemini:
             errors = embedding_errors(request, model, dimensions)
         if errors:
             violations = [{"description": e} for e in errors]
-            return await _json(send, 400, error_body(400, "\n".join(errors), details=[
-                {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}]))
+            return await _json(
+                send,
+                400,
+                error_body(
+                    400,
+                    "\n".join(errors),
+                    details=[{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}],
+                ),
+            )
         if dimensions is None:
             message = _ERRORS[404][1].format(model=model).replace("generateContent", "batchEmbedContents")
             return await _json(send, 404, error_body(404, message))
@@ -642,8 +842,13 @@ class FakeGemini:
 
 async def _json(send: Any, status: int, value: Any) -> None:
     body = json.dumps(value, indent=2).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json; charset=UTF-8")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json; charset=UTF-8")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -659,8 +864,13 @@ def _chunks(reply: Reply, model: str, request: dict[str, Any]) -> list[dict[str,
     prompt = sum(_words(json.dumps(c)) for c in request.get("contents", []))
     meta = {"modelVersion": reply.model_version or model, "responseId": reply.response_id}
     if reply.block:
-        return [{"promptFeedback": {"blockReason": reply.block},
-                 "usageMetadata": reply.usage or {"promptTokenCount": prompt, "totalTokenCount": prompt}, **meta}]
+        return [
+            {
+                "promptFeedback": {"blockReason": reply.block},
+                "usageMetadata": reply.usage or {"promptTokenCount": prompt, "totalTokenCount": prompt},
+                **meta,
+            }
+        ]
     pieces = [reply.text] if isinstance(reply.text, str) else list(reply.text)
     steps: list[list[dict[str, Any]]] = []
     thoughts = sum(_words(t) for t in reply.thoughts)
@@ -679,8 +889,11 @@ def _chunks(reply: Reply, model: str, request: dict[str, Any]) -> list[dict[str,
     for i, parts in enumerate(steps):
         produced += sum(_words(p.get("text", "")) for p in parts if not p.get("thought"))
         last = i == len(steps) - 1
-        usage = {"promptTokenCount": prompt, "candidatesTokenCount": produced,
-                 "totalTokenCount": prompt + produced + thoughts}
+        usage = {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": produced,
+            "totalTokenCount": prompt + produced + thoughts,
+        }
         if thoughts:
             usage["thoughtsTokenCount"] = thoughts
         if last and reply.usage is not None:
@@ -694,7 +907,8 @@ def _chunks(reply: Reply, model: str, request: dict[str, Any]) -> list[dict[str,
                 tokens = parts[0]["text"].split()
                 cand["logprobsResult"] = {
                     "topCandidates": [{"candidates": [{"token": t, "logProbability": -0.1}]} for t in tokens],
-                    "chosenCandidates": [{"token": t, "logProbability": -0.1} for t in tokens]}
+                    "chosenCandidates": [{"token": t, "logProbability": -0.1} for t in tokens],
+                }
             cands.append(cand)
         chunks.append({"candidates": cands, "usageMetadata": usage, **meta})
     return chunks
@@ -712,8 +926,12 @@ def _merged(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         top: list[Any] = []
         for chunk in chunks:
             for part in chunk["candidates"][index]["content"]["parts"]:
-                if parts and "text" in part and "text" in parts[-1] and \
-                        bool(part.get("thought")) == bool(parts[-1].get("thought")):
+                if (
+                    parts
+                    and "text" in part
+                    and "text" in parts[-1]
+                    and bool(part.get("thought")) == bool(parts[-1].get("thought"))
+                ):
                     parts[-1] = {**parts[-1], "text": parts[-1]["text"] + part["text"]}
                 else:
                     parts.append(dict(part))

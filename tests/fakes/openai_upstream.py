@@ -75,13 +75,45 @@ from typing import Any, Literal
 from mux.asgi import answer_lifespan
 
 # The documented top-level parameters of POST /v1/chat/completions. Anything else is refused with a 400.
-ACCEPTED_PARAMS = frozenset({
-    "messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
-    "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
-    "presence_penalty", "prompt_cache_key", "prompt_cache_retention", "reasoning_effort", "response_format",
-    "safety_identifier", "seed", "service_tier", "stop", "store", "stream", "stream_options", "temperature",
-    "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
-})
+ACCEPTED_PARAMS = frozenset(
+    {
+        "messages",
+        "model",
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "metadata",
+        "modalities",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+    }
+)
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 # The documented request body of POST /v1/embeddings ("Create embeddings"); anything else is refused with a 400.
 EMBEDDING_PARAMS = frozenset({"input", "model", "dimensions", "encoding_format", "user"})
@@ -180,8 +212,9 @@ class Recorded:
     done: threading.Event = field(default_factory=threading.Event)  # the handler has returned
 
 
-def error_object(message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> dict[str, Any]:
+def error_object(
+    message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"message": message, "type": type_, "param": param, "code": code}
 
 
@@ -190,23 +223,37 @@ def default_error(status: int, model: str = "gpt-4o-mini") -> tuple[dict[str, An
     if status == 400:
         return error_object("Invalid request."), {}
     if status == 401:
-        return error_object("Incorrect API key provided: sk-fake***abcd. You can find your API key at "
-                            "https://platform.openai.com/account/api-keys.", code="invalid_api_key"), {}
+        return error_object(
+            "Incorrect API key provided: sk-fake***abcd. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            code="invalid_api_key",
+        ), {}
     if status == 403:
-        return error_object("Country, region, or territory not supported", "request_forbidden",
-                            code="unsupported_country_region_territory"), {}
+        return error_object(
+            "Country, region, or territory not supported",
+            "request_forbidden",
+            code="unsupported_country_region_territory",
+        ), {}
     if status == 404:
-        return error_object(f"The model `{model}` does not exist or you do not have access to it.",
-                            code="model_not_found"), {}
+        return error_object(
+            f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found"
+        ), {}
     if status == 429:
         return error_object(
             f"Rate limit reached for {model} in organization org-fake on requests per min (RPM): Limit 3, "
-            "Used 3, Requested 1. Please try again in 20s.", "requests", code="rate_limit_exceeded",
-        ), {"retry-after": "20", "x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "0",
-            "x-ratelimit-reset-requests": "20s"}
+            "Used 3, Requested 1. Please try again in 20s.",
+            "requests",
+            code="rate_limit_exceeded",
+        ), {
+            "retry-after": "20",
+            "x-ratelimit-limit-requests": "3",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "20s",
+        }
     if status == 500:
-        return error_object("The server had an error while processing your request. Sorry about that!",
-                            "server_error"), {}
+        return error_object(
+            "The server had an error while processing your request. Sorry about that!", "server_error"
+        ), {}
     if status == 503:
         return error_object("The engine is currently overloaded, please try again later.", "server_error"), {}
     return error_object(f"Upstream failure (HTTP {status}).", "server_error"), {}
@@ -215,9 +262,14 @@ def default_error(status: int, model: str = "gpt-4o-mini") -> tuple[dict[str, An
 class FakeOpenAI:
     """The fake upstream. Thread-safe enough for tests: it runs on the server thread, tests read from theirs."""
 
-    def __init__(self, *, api_key: str = "sk-fake-upstream-key-abcd", models: dict[str, str] | None = None,
-                 embedding_models: dict[str, int] | None = None,
-                 message_fields: dict[str, frozenset[str]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str = "sk-fake-upstream-key-abcd",
+        models: dict[str, str] | None = None,
+        embedding_models: dict[str, int] | None = None,
+        message_fields: dict[str, frozenset[str]] | None = None,
+    ) -> None:
         self.api_key = api_key
         self.message_fields = message_fields  # role -> accepted message properties (None: not checked)
         self.models = dict(DEFAULT_MODELS if models is None else models)
@@ -275,8 +327,13 @@ class FakeOpenAI:
             if not message.get("more_body", False):
                 break
         raw_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
-        record = Recorded(method=scope["method"], path=scope["path"], headers=dict(raw_headers),
-                          raw_headers=raw_headers, raw_body=b"".join(chunks))
+        record = Recorded(
+            method=scope["method"],
+            path=scope["path"],
+            headers=dict(raw_headers),
+            raw_headers=raw_headers,
+            raw_body=b"".join(chunks),
+        )
         self.requests.append(record)
         gone = asyncio.Event()
 
@@ -298,7 +355,7 @@ class FakeOpenAI:
             watcher.cancel()
             record.done.set()
 
-    async def _handle(self, record: Recorded, out: "_Sender") -> None:
+    async def _handle(self, record: Recorded, out: _Sender) -> None:
         if record.path == "/v1/models" and record.method == "GET":
             if not await self._authorized(record, out):
                 return
@@ -310,15 +367,23 @@ class FakeOpenAI:
             return
         content_type = record.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
-            return await out.error(400, error_object(
-                "Invalid Content-Type header ({}), expected application/json.".format(content_type or "none")))
+            return await out.error(
+                400,
+                error_object(
+                    "Invalid Content-Type header ({}), expected application/json.".format(content_type or "none")
+                ),
+            )
         try:
             body = json.loads(record.raw_body)
         except ValueError:
-            return await out.error(400, error_object(
-                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
-                "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid "
-                "JSON.)"))
+            return await out.error(
+                400,
+                error_object(
+                    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+                    "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid "
+                    "JSON.)"
+                ),
+            )
         record.body = body
         embeddings = record.path == "/v1/embeddings"
         problem = validate_embeddings(body, self.embedding_models) if embeddings else validate(body, self.models)
@@ -332,25 +397,35 @@ class FakeOpenAI:
             return await self._embed(body, reply, out)
         await self._answer(body, reply, out)
 
-    async def _authorized(self, record: Recorded, out: "_Sender") -> bool:
+    async def _authorized(self, record: Recorded, out: _Sender) -> bool:
         auth = record.headers.get("authorization")
         if auth is None:
-            await out.error(401, error_object(
-                "You didn't provide an API key. You need to provide your API key in an Authorization header using "
-                "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code="invalid_api_key"))
+            await out.error(
+                401,
+                error_object(
+                    "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+                    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                    code="invalid_api_key",
+                ),
+            )
             return False
         if auth != "Bearer " + self.api_key:
             given = auth[7:] if auth.startswith("Bearer ") else auth
             masked = (given[:3] + "*" * 3 + given[-4:]) if len(given) > 8 else "***"
-            await out.error(401, error_object(
-                f"Incorrect API key provided: {masked}. You can find your API key at "
-                "https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
+            await out.error(
+                401,
+                error_object(
+                    f"Incorrect API key provided: {masked}. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.",
+                    code="invalid_api_key",
+                ),
+            )
             return False
         return True
 
     # --- answers ---------------------------------------------------------------------------------------------
 
-    async def _embed(self, body: dict, reply: Reply, out: "_Sender") -> None:
+    async def _embed(self, body: dict, reply: Reply, out: _Sender) -> None:
         """Answer an embedding list: one deterministic vector per input (``embedding_vector``)."""
         if reply.stall_s:
             await out.pause(reply.stall_s)
@@ -365,14 +440,16 @@ class FakeOpenAI:
         data = []
         for index, item in enumerate(embedding_inputs(body["input"])):
             vector = embedding_vector(item, dimensions)
-            data.append({"object": "embedding", "index": index,
-                         "embedding": pack_float32(vector) if base64_wanted else vector})
+            data.append(
+                {"object": "embedding", "index": index, "embedding": pack_float32(vector) if base64_wanted else vector}
+            )
         tokens = sum(embedding_tokens(item) for item in embedding_inputs(body["input"]))
         usage = reply.usage or {"prompt_tokens": tokens, "total_tokens": tokens}
-        await out.json(200, {"object": "list", "data": data, "model": reply.model or requested, "usage": usage},
-                       reply.headers)
+        await out.json(
+            200, {"object": "list", "data": data, "model": reply.model or requested, "usage": usage}, reply.headers
+        )
 
-    async def _answer(self, body: dict, reply: Reply, out: "_Sender") -> None:
+    async def _answer(self, body: dict, reply: Reply, out: _Sender) -> None:
         if reply.stall_s:
             await out.pause(reply.stall_s)
         if reply.body is not None:
@@ -394,8 +471,7 @@ class FakeOpenAI:
         usage = reply.usage or answer.usage(body, n)
         if body.get("stream"):
             return await self._stream(body, reply, out, answer, model, completion_id, created, n, usage)
-        message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None,
-                                   "annotations": []}
+        message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None, "annotations": []}
         if answer.reasoning is not None:
             message["reasoning"] = answer.reasoning
         if answer.tool_calls:
@@ -409,24 +485,42 @@ class FakeOpenAI:
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": i, "message": message, "logprobs": None, "finish_reason": answer.finish_reason}
-                        for i in range(n)],
+            "choices": [
+                {"index": i, "message": message, "logprobs": None, "finish_reason": answer.finish_reason}
+                for i in range(n)
+            ],
             "usage": usage,
             "service_tier": "default",
             "system_fingerprint": _FINGERPRINT,
         }
         await out.json(200, completion, reply.headers, indent=2)
 
-    async def _stream(self, body: dict, reply: Reply, out: "_Sender", answer: "Answer", model: str,
-                      completion_id: str, created: int, n: int, usage: dict) -> None:
+    async def _stream(
+        self,
+        body: dict,
+        reply: Reply,
+        out: _Sender,
+        answer: Answer,
+        model: str,
+        completion_id: str,
+        created: int,
+        n: int,
+        usage: dict,
+    ) -> None:
         options = body.get("stream_options") or {}
         include_usage = options.get("include_usage") is True
         obfuscate = options.get("include_obfuscation") is not False
 
         def chunk(choices: list[dict], **extra: Any) -> dict:
-            data: dict[str, Any] = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                    "model": model, "service_tier": "default", "system_fingerprint": _FINGERPRINT,
-                                    "choices": choices}
+            data: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "service_tier": "default",
+                "system_fingerprint": _FINGERPRINT,
+                "choices": choices,
+            }
             if include_usage:
                 data["usage"] = None
             data.update(extra)
@@ -440,17 +534,31 @@ class FakeOpenAI:
         events: list[dict] = []
         if answer.tool_calls:
             for position, call in enumerate(answer.tool_calls):
-                head = {"index": position, "id": call["id"], "type": "function",
-                        "function": {"name": call["name"], "arguments": ""}}
+                head = {
+                    "index": position,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": ""},
+                }
                 if position == 0:
-                    events.append(chunk(each({"role": "assistant", "content": None, "tool_calls": [head],
-                                              "refusal": None})))
+                    events.append(
+                        chunk(each({"role": "assistant", "content": None, "tool_calls": [head], "refusal": None}))
+                    )
                 else:
                     events.append(chunk(each({"tool_calls": [head]})))
                 arguments = call["arguments"]
                 for start in range(0, len(arguments), 8):
-                    events.append(chunk(each({"tool_calls": [
-                        {"index": position, "function": {"arguments": arguments[start:start + 8]}}]})))
+                    events.append(
+                        chunk(
+                            each(
+                                {
+                                    "tool_calls": [
+                                        {"index": position, "function": {"arguments": arguments[start : start + 8]}}
+                                    ]
+                                }
+                            )
+                        )
+                    )
         else:
             events.append(chunk(each({"role": "assistant", "content": "", "refusal": None})))
             for piece in _PIECES.findall(answer.reasoning or ""):
@@ -497,8 +605,12 @@ class _Sender:
         if self._gone.is_set():
             raise _Disconnected
         self._record.status = status
-        pairs = [(b"content-type", content_type.encode()), (b"x-request-id", b"req_fake0123456789"),
-                 (b"openai-version", b"2020-10-01"), (b"openai-processing-ms", b"12")]
+        pairs = [
+            (b"content-type", content_type.encode()),
+            (b"x-request-id", b"req_fake0123456789"),
+            (b"openai-version", b"2020-10-01"),
+            (b"openai-processing-ms", b"12"),
+        ]
         pairs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         await self._send({"type": "http.response.start", "status": status, "headers": pairs})
 
@@ -520,8 +632,9 @@ class _Sender:
         await self.start(status, content_type, {"content-length": str(len(data)), **headers})
         await self.body(data, more=False)
 
-    async def json(self, status: int, payload: Any, headers: dict[str, str] | None = None,
-                   indent: int | None = None) -> None:
+    async def json(
+        self, status: int, payload: Any, headers: dict[str, str] | None = None, indent: int | None = None
+    ) -> None:
         data = json.dumps(payload, indent=indent).encode()
         await self.raw(status, data, "application/json", headers or {})
 
@@ -554,33 +667,41 @@ def validate(body: Any, models: dict[str, str]) -> tuple[int, dict] | None:
         return problem
     model = body["model"]
     if "messages" not in body:
-        return 400, error_object("Missing required parameter: 'messages'.", param="messages",
-                                 code="missing_required_parameter")
+        return 400, error_object(
+            "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
+        )
     messages = body["messages"]
     if not isinstance(messages, list):
-        return 400, error_object("Invalid type for 'messages': expected an array of objects.", param="messages",
-                                 code="invalid_type")
+        return 400, error_object(
+            "Invalid type for 'messages': expected an array of objects.", param="messages", code="invalid_type"
+        )
     if not messages:
-        return 400, error_object("Invalid 'messages': empty array. Expected an array with minimum length 1, but "
-                                 "got an empty array instead.", param="messages", code="empty_array")
+        return 400, error_object(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            param="messages",
+            code="empty_array",
+        )
     problem = _validate_messages(messages)
     if problem is not None:
         return 400, problem
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        return 400, error_object("Invalid type for 'stream': expected a boolean.", param="stream",
-                                 code="invalid_type")
+        return 400, error_object("Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type")
     if body.get("stream_options") is not None and not stream:
-        return 400, error_object("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                                 param="stream_options")
+        return 400, error_object(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+        )
     n = body.get("n")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
-        return 400, error_object("Invalid 'n': must be an integer between 1 and 128.", param="n",
-                                 code="invalid_value")
+        return 400, error_object("Invalid 'n': must be an integer between 1 and 128.", param="n", code="invalid_value")
     temperature = body.get("temperature")
     if temperature is not None and (not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2):
-        return 400, error_object(f"Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but "
-                                 f"got {temperature} instead.", param="temperature", code="decimal_above_max_value")
+        return 400, error_object(
+            f"Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but "
+            f"got {temperature} instead.",
+            param="temperature",
+            code="decimal_above_max_value",
+        )
     problem = _validate_tools(body)
     if problem is not None:
         return 400, problem
@@ -588,8 +709,9 @@ def validate(body: Any, models: dict[str, str]) -> tuple[int, dict] | None:
     if problem is not None:
         return 400, problem
     if model not in models:
-        return 404, error_object(f"The model `{model}` does not exist or you do not have access to it.",
-                                 code="model_not_found")
+        return 404, error_object(
+            f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found"
+        )
     if _SNAPSHOT.sub("", model) in REASONING_MODELS:
         return _reasoning_model_problem(body)
     return None
@@ -608,14 +730,21 @@ def _reasoning_model_problem(body: dict) -> tuple[int, dict] | None:
       default (1) value is supported.", quoted in public client test suites found by exact string;
       huang-sh/GPTBioInsightor#4 reports o4-mini refusing it)."""
     if body.get("max_tokens") is not None:
-        return 400, error_object("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
-                                 "'max_completion_tokens' instead.", param="max_tokens", code="unsupported_parameter")
+        return 400, error_object(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+            "'max_completion_tokens' instead.",
+            param="max_tokens",
+            code="unsupported_parameter",
+        )
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None and value != 1:
-            return 400, error_object(f"Unsupported value: '{name}' does not support {json.dumps(value)} with this "
-                                     "model. Only the default (1) value is supported.", param=name,
-                                     code="unsupported_value")
+            return 400, error_object(
+                f"Unsupported value: '{name}' does not support {json.dumps(value)} with this "
+                "model. Only the default (1) value is supported.",
+                param=name,
+                code="unsupported_value",
+            )
     return None
 
 
@@ -626,31 +755,42 @@ def validate_embeddings(body: Any, models: dict[str, int]) -> tuple[int, dict] |
         return problem
     model = body["model"]
     if "input" not in body:
-        return 400, error_object("Missing required parameter: 'input'.", param="input",
-                                 code="missing_required_parameter")
+        return 400, error_object(
+            "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+        )
     if not _valid_embedding_input(body["input"]):
         return 400, error_object(_INVALID_INPUT)
     fmt = body.get("encoding_format")
     if fmt is not None and fmt not in ("float", "base64"):
-        return 400, error_object(f"Invalid value: '{fmt}'. Supported values are: 'float' and 'base64'.",
-                                 param="encoding_format", code="invalid_value")
+        return 400, error_object(
+            f"Invalid value: '{fmt}'. Supported values are: 'float' and 'base64'.",
+            param="encoding_format",
+            code="invalid_value",
+        )
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         return 400, error_object("Invalid type for 'user': expected a string.", param="user", code="invalid_type")
     if model not in models:
-        return 404, error_object(f"The model `{model}` does not exist or you do not have access to it.",
-                                 code="model_not_found")
+        return 404, error_object(
+            f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found"
+        )
     dimensions = body.get("dimensions")
     if dimensions is not None:
         if not model.startswith("text-embedding-3"):
             return 400, error_object("This model does not support specifying dimensions.")
         if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
-            return 400, error_object(f"Invalid 'dimensions': expected an integer >= 1, but got {dimensions!r} instead.",
-                                     param="dimensions", code="invalid_value")
+            return 400, error_object(
+                f"Invalid 'dimensions': expected an integer >= 1, but got {dimensions!r} instead.",
+                param="dimensions",
+                code="invalid_value",
+            )
         if dimensions > models[model]:
-            return 400, error_object(f"Invalid 'dimensions': integer above maximum value. Expected a value <= "
-                                     f"{models[model]}, but got {dimensions} instead.", param="dimensions",
-                                     code="integer_above_max_value")
+            return 400, error_object(
+                f"Invalid 'dimensions': integer above maximum value. Expected a value <= "
+                f"{models[model]}, but got {dimensions} instead.",
+                param="dimensions",
+                code="integer_above_max_value",
+            )
     return None
 
 
@@ -693,7 +833,7 @@ def embedding_vector(item: Any, dimensions: int) -> list[float]:
     while len(values) < dimensions:
         digest = hashlib.sha256(seed + block.to_bytes(4, "little")).digest()
         for offset in range(0, len(digest), 2):
-            raw = int.from_bytes(digest[offset:offset + 2], "little")
+            raw = int.from_bytes(digest[offset : offset + 2], "little")
             values.append(struct.unpack("<f", struct.pack("<f", raw / 32768.0 - 1.0))[0])
         block += 1
     return values[:dimensions]
@@ -712,48 +852,76 @@ def _validate_messages(messages: list) -> dict | None:
             return error_object(f"Invalid type for '{where}': expected an object.", param=where, code="invalid_type")
         role = message.get("role")
         if role is None:
-            return error_object(f"Missing required parameter: '{where}.role'.", param=f"{where}.role",
-                                code="missing_required_parameter")
+            return error_object(
+                f"Missing required parameter: '{where}.role'.", param=f"{where}.role", code="missing_required_parameter"
+            )
         if role not in ROLES:
             supported = ", ".join(f"'{r}'" for r in ROLES[:-1]) + f", and '{ROLES[-1]}'"
-            return error_object(f"Invalid value: '{role}'. Supported values are: {supported}.",
-                                param=f"{where}.role", code="invalid_value")
+            return error_object(
+                f"Invalid value: '{role}'. Supported values are: {supported}.",
+                param=f"{where}.role",
+                code="invalid_value",
+            )
         if pending and role != "tool":
             missing = ", ".join(pending)
-            return error_object("An assistant message with 'tool_calls' must be followed by tool messages "
-                                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
-                                f"response messages: {missing}", param="messages")
+            return error_object(
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {missing}",
+                param="messages",
+            )
         content = message.get("content")
         if role == "assistant":
             calls = message.get("tool_calls")
             if content is None and not calls and message.get("function_call") is None:
-                return error_object(f"Missing required parameter: '{where}.content'.", param=f"{where}.content",
-                                    code="missing_required_parameter")
+                return error_object(
+                    f"Missing required parameter: '{where}.content'.",
+                    param=f"{where}.content",
+                    code="missing_required_parameter",
+                )
             for position, call in enumerate(calls or []):
                 if not isinstance(call, dict) or not call.get("id") or not isinstance(call.get("function"), dict):
-                    return error_object(f"Invalid '{where}.tool_calls[{position}]'.",
-                                        param=f"{where}.tool_calls[{position}]", code="invalid_value")
+                    return error_object(
+                        f"Invalid '{where}.tool_calls[{position}]'.",
+                        param=f"{where}.tool_calls[{position}]",
+                        code="invalid_value",
+                    )
                 pending[call["id"]] = where
         elif content is None:
-            return error_object(f"Missing required parameter: '{where}.content'.", param=f"{where}.content",
-                                code="missing_required_parameter")
+            return error_object(
+                f"Missing required parameter: '{where}.content'.",
+                param=f"{where}.content",
+                code="missing_required_parameter",
+            )
         elif not isinstance(content, (str, list)):
-            return error_object(f"Invalid type for '{where}.content': expected one of a string or array of "
-                                "objects.", param=f"{where}.content", code="invalid_type")
+            return error_object(
+                f"Invalid type for '{where}.content': expected one of a string or array of objects.",
+                param=f"{where}.content",
+                code="invalid_type",
+            )
         if role == "tool":
             call_id = message.get("tool_call_id")
             if call_id is None:
-                return error_object(f"Missing required parameter: '{where}.tool_call_id'.",
-                                    param=f"{where}.tool_call_id", code="missing_required_parameter")
+                return error_object(
+                    f"Missing required parameter: '{where}.tool_call_id'.",
+                    param=f"{where}.tool_call_id",
+                    code="missing_required_parameter",
+                )
             if call_id not in pending:
-                return error_object("Invalid parameter: messages with role 'tool' must be a response to a "
-                                    "preceeding message with 'tool_calls'.", param=f"{where}.role")
+                return error_object(
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'.",
+                    param=f"{where}.role",
+                )
             del pending[call_id]
     if pending:
         missing = ", ".join(pending)
-        return error_object("An assistant message with 'tool_calls' must be followed by tool messages responding "
-                            f"to each 'tool_call_id'. The following tool_call_ids did not have response messages: "
-                            f"{missing}", param="messages")
+        return error_object(
+            "An assistant message with 'tool_calls' must be followed by tool messages responding "
+            f"to each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+            f"{missing}",
+            param="messages",
+        )
     return None
 
 
@@ -763,9 +931,11 @@ def _unsupported_message_property(messages: list[dict], fields: dict[str, frozen
         role = message["role"]
         for key in message:
             if key not in fields.get(role, frozenset()):
-                return 400, {"message": f"'messages.{index}' : for 'role:{role}' the following must be satisfied"
-                                        f"[('messages.{index}' : property '{key}' is unsupported)]",
-                             "type": "invalid_request_error"}
+                return 400, {
+                    "message": f"'messages.{index}' : for 'role:{role}' the following must be satisfied"
+                    f"[('messages.{index}' : property '{key}' is unsupported)]",
+                    "type": "invalid_request_error",
+                }
     return None
 
 
@@ -783,26 +953,37 @@ def _validate_tools(body: dict) -> dict | None:
                 function = tool.get("function")
                 name = function.get("name") if isinstance(function, dict) else None
                 if not isinstance(name, str) or not _TOOL_NAME.match(name):
-                    return error_object(f"Invalid '{where}.function.name': string does not match pattern. "
-                                        "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
-                                        param=f"{where}.function.name", code="invalid_value")
+                    return error_object(
+                        f"Invalid '{where}.function.name': string does not match pattern. "
+                        "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                        param=f"{where}.function.name",
+                        code="invalid_value",
+                    )
                 names.append(name)
     choice = body.get("tool_choice")
     if choice is None:
         return None
     if not tools:
-        return error_object("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are "
-                            "specified.", param="tool_choice")
+        return error_object(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+            param="tool_choice",
+        )
     if isinstance(choice, str):
         if choice not in ("none", "auto", "required"):
-            return error_object(f"Invalid value: '{choice}'. Supported values are: 'none', 'auto', and 'required'.",
-                                param="tool_choice", code="invalid_value")
+            return error_object(
+                f"Invalid value: '{choice}'. Supported values are: 'none', 'auto', and 'required'.",
+                param="tool_choice",
+                code="invalid_value",
+            )
         return None
     if isinstance(choice, dict) and choice.get("type") == "function":
         name = (choice.get("function") or {}).get("name")
         if name not in names:
-            return error_object(f"Invalid value for 'tool_choice': function '{name}' is not among the 'tools'.",
-                                param="tool_choice", code="invalid_value")
+            return error_object(
+                f"Invalid value for 'tool_choice': function '{name}' is not among the 'tools'.",
+                param="tool_choice",
+                code="invalid_value",
+            )
     return None
 
 
@@ -812,22 +993,33 @@ def _validate_response_format(body: dict) -> dict | None:
         return None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind not in ("text", "json_object", "json_schema"):
-        return error_object(f"Invalid value: '{kind}'. Supported values are: 'text', 'json_object', and "
-                            "'json_schema'.", param="response_format.type", code="invalid_value")
+        return error_object(
+            f"Invalid value: '{kind}'. Supported values are: 'text', 'json_object', and 'json_schema'.",
+            param="response_format.type",
+            code="invalid_value",
+        )
     if kind == "json_object" and "json" not in json.dumps(body["messages"]).lower():
-        return error_object("'messages' must contain the word 'json' in some form, to use 'response_format' of "
-                            "type 'json_object'.", param="messages")
+        return error_object(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
+            param="messages",
+        )
     if kind == "json_schema":
         spec = fmt.get("json_schema")
         if not isinstance(spec, dict) or not spec.get("name"):
-            return error_object("Missing required parameter: 'response_format.json_schema.name'.",
-                                param="response_format.json_schema.name", code="missing_required_parameter")
+            return error_object(
+                "Missing required parameter: 'response_format.json_schema.name'.",
+                param="response_format.json_schema.name",
+                code="missing_required_parameter",
+            )
         schema = spec.get("schema") or {}
         if spec.get("strict"):
             trouble = _strict_schema_problem(schema, ())
             if trouble:
-                return error_object(f"Invalid schema for response_format '{spec['name']}': {trouble}",
-                                    param="response_format", code="invalid_json_schema")
+                return error_object(
+                    f"Invalid schema for response_format '{spec['name']}': {trouble}",
+                    param="response_format",
+                    code="invalid_json_schema",
+                )
     return None
 
 
@@ -841,8 +1033,10 @@ def _strict_schema_problem(schema: Any, context: tuple[str, ...]) -> str | None:
         properties = schema.get("properties") or {}
         missing = [k for k in properties if k not in (schema.get("required") or [])]
         if missing:
-            return (f"In context={context}, 'required' is required to be supplied and to be an array including "
-                    f"every key in properties. Missing '{missing[0]}'.")
+            return (
+                f"In context={context}, 'required' is required to be supplied and to be an array including "
+                f"every key in properties. Missing '{missing[0]}'."
+            )
         for key, sub in properties.items():
             trouble = _strict_schema_problem(sub, (*context, "properties", key))
             if trouble:
@@ -878,7 +1072,7 @@ class Answer:
         stops = [stops] if isinstance(stops, str) else [s for s in stops or () if isinstance(s, str) and s]
         cuts = [self.content.find(s) for s in stops if s in self.content]
         if cuts:
-            self.content = self.content[:min(cuts)]
+            self.content = self.content[: min(cuts)]
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         pieces = _PIECES.findall(self.content)
         if isinstance(limit, int) and len(pieces) > limit:
@@ -896,8 +1090,12 @@ class Answer:
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         }
 
 
@@ -942,8 +1140,13 @@ def plan_answer(body: dict, serial: int) -> Answer:
         calls = []
         for position, name in enumerate(wanted):
             arguments = sample(tools[name].get("parameters") or {"type": "object", "properties": {}})
-            calls.append({"id": f"call_fake{serial:04d}x{position}", "name": name,
-                          "arguments": json.dumps(arguments, separators=(",", ":"))})
+            calls.append(
+                {
+                    "id": f"call_fake{serial:04d}x{position}",
+                    "name": name,
+                    "arguments": json.dumps(arguments, separators=(",", ":")),
+                }
+            )
         return Answer(tool_calls=calls)
     if last.get("role") == "tool":
         name = _tool_name_of(messages, last.get("tool_call_id"))

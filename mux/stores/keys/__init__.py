@@ -71,12 +71,15 @@ def key_store(url: str, *, prefix: str = "mux:{keys}:") -> KeyStore:
     for another URL."""
     if url == "memory":
         from mux.stores.keys.memory import MemoryKeyStore
+
         return MemoryKeyStore()
     if url.startswith("sqlite:///"):
         from mux.stores.keys.sqlite import SQLiteKeyStore
-        return SQLiteKeyStore(url[len("sqlite:///"):])
+
+        return SQLiteKeyStore(url[len("sqlite:///") :])
     if url.startswith(("redis://", "rediss://", "unix://")):
         from mux.stores.keys.redis import RedisKeyStore
+
         return RedisKeyStore(url, prefix=prefix)
     raise ValueError(f"unknown state URL {url!r}: expected memory, sqlite:///path or redis://host:port/db")
 

@@ -3,9 +3,9 @@ at the next start."""
 
 from __future__ import annotations
 
+from mux.keys.model import KeyRecord
 from mux.stores.keys import KeyHashInUse
 from mux.stores.lifecycle import Lifecycle
-from mux.keys.model import KeyRecord
 
 
 class MemoryKeyStore(Lifecycle):

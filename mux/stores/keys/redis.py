@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mux.keys.model import KeyRecord
 from mux.stores import redis_server
 from mux.stores.keys import KeyHashInUse, KeyStoreUnavailable
-from mux.keys.model import KeyRecord
 
 _decode = msgspec.json.Decoder(KeyRecord).decode
 _encode = msgspec.json.Encoder().encode
@@ -71,8 +71,14 @@ class RedisKeyStore(redis_server.RedisBacked):
 
     _name = "RedisKeyStore"
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "mux:{keys}:",
-                 client: aioredis.Redis | None = None, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "mux:{keys}:",
+        client: aioredis.Redis | None = None,
+        timeout_s: float = 1.0,
+    ) -> None:
         super().__init__(None if client is not None else url, client, timeout_s=timeout_s)
         self.prefix = prefix
         self._scripts: dict[str, Any] = {}
@@ -128,4 +134,3 @@ class RedisKeyStore(redis_server.RedisBacked):
 
     async def delete(self, name: str) -> bool:
         return await self._call(self._script("delete", [self.prefix, name])) > 0
-

@@ -9,13 +9,14 @@ as JSON, both hashes indexed) and ``mux_keys_meta`` (the revision).
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Awaitable, TypeVar
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import msgspec
 
+from mux.keys.model import KeyRecord
 from mux.stores import StoreUnavailable, sqlite_file
 from mux.stores.keys import KeyHashInUse, KeyStoreUnavailable
-from mux.keys.model import KeyRecord
 
 T = TypeVar("T")
 
@@ -63,8 +64,11 @@ class SQLiteKeyStore(sqlite_file.SqliteBacked):
         return rows[0] if rows else None
 
     async def by_hash(self, key_hash: str) -> KeyRecord | None:
-        row = await self._one("SELECT record FROM mux_keys WHERE key_hash = ? UNION ALL "
-                              "SELECT record FROM mux_keys WHERE previous_hash = ? LIMIT 1", (key_hash, key_hash))
+        row = await self._one(
+            "SELECT record FROM mux_keys WHERE key_hash = ? UNION ALL "
+            "SELECT record FROM mux_keys WHERE previous_hash = ? LIMIT 1",
+            (key_hash, key_hash),
+        )
         return _decode(row[0]) if row else None
 
     async def get(self, name: str) -> KeyRecord | None:
@@ -93,12 +97,16 @@ class SQLiteKeyStore(sqlite_file.SqliteBacked):
 
 
 def _put(conn: sqlite3.Connection, record: KeyRecord, hashes: tuple[str, ...]) -> int:
-    other = conn.execute("SELECT name FROM mux_keys WHERE name != ? AND (key_hash IN (?, ?) "
-                         "OR previous_hash IN (?, ?)) LIMIT 1", (record.name, *hashes, *hashes)).fetchone()
+    other = conn.execute(
+        "SELECT name FROM mux_keys WHERE name != ? AND (key_hash IN (?, ?) OR previous_hash IN (?, ?)) LIMIT 1",
+        (record.name, *hashes, *hashes),
+    ).fetchone()
     if other is not None:
         raise KeyHashInUse(record.name, other[0])
-    conn.execute("INSERT OR REPLACE INTO mux_keys (name, key_hash, previous_hash, record) VALUES (?, ?, ?, ?)",
-                 (record.name, record.key_hash, record.previous_hash, _encode(record)))
+    conn.execute(
+        "INSERT OR REPLACE INTO mux_keys (name, key_hash, previous_hash, record) VALUES (?, ?, ?, ?)",
+        (record.name, record.key_hash, record.previous_hash, _encode(record)),
+    )
     return _bump(conn)
 
 

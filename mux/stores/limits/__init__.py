@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from msgspec import Struct
 

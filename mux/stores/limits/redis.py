@@ -11,8 +11,8 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from mux.stores import redis_server
-from mux.stores.redis_server import Lua
 from mux.stores.limits import UNLIMITED, Clock, RateDecision, check, limit_state
+from mux.stores.redis_server import Lua
 
 GCRA = """
 local W = 60000000
@@ -46,7 +46,9 @@ end
 
 # KEYS: requests bucket, tokens bucket.  ARGV: rpm (0: none), tpm (0: none), tokens, now_us|'', slack_ms.
 # Answers {admitted, then per limit: admitted, remaining, reset_us, retry_us}.
-ACQUIRE = GCRA + """
+ACQUIRE = (
+    GCRA
+    + """
 local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_us(ARGV[4])
 local r_level, t_level = 0, 0
@@ -70,14 +72,18 @@ else
 end
 return {admitted and 1 or 0, r[1], r[3], r[4], r[5], t[1], t[3], t[4], t[5]}
 """
+)
 
 # KEYS: tokens bucket.  ARGV: tpm, token delta, now_us|'', slack_ms.
-CORRECT = GCRA + """
+CORRECT = (
+    GCRA
+    + """
 local tpm, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_us(ARGV[3])
 store(KEYS[1], math.max(0, level_now(KEYS[1], now, tpm) + delta * W), now, tpm, tonumber(ARGV[4]))
 return 1
 """
+)
 
 
 class RedisRateLimitStore(redis_server.RedisBacked):
@@ -85,8 +91,9 @@ class RedisRateLimitStore(redis_server.RedisBacked):
 
     _name = "the Redis rate-limit store"
 
-    def __init__(self, url: str | None = None, *, client: Redis | None = None, clock: Clock | None = None,
-                 prefix: str = "mux:") -> None:
+    def __init__(
+        self, url: str | None = None, *, client: Redis | None = None, clock: Clock | None = None, prefix: str = "mux:"
+    ) -> None:
         super().__init__(url, client)
         self._clock = clock
         self._prefix = prefix + "rl:"
@@ -107,8 +114,9 @@ class RedisRateLimitStore(redis_server.RedisBacked):
         if rpm is None and tpm is None:
             return UNLIMITED
         p = self._prefix
-        out = await self._acquire([p + "r:" + scope_key, p + "t:" + scope_key],
-                                  [rpm or 0, tpm or 0, tokens, self._now(), self._slack_ms])
+        out = await self._acquire(
+            [p + "r:" + scope_key, p + "t:" + scope_key], [rpm or 0, tpm or 0, tokens, self._now(), self._slack_ms]
+        )
         r = limit_state(rpm, out[2], out[3], out[4], out[1] == 1) if rpm is not None else None
         t = limit_state(tpm, out[6], out[7], out[8], out[5] == 1) if tpm is not None else None
         return RateDecision(out[0] == 1, r, t)

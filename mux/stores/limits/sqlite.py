@@ -33,8 +33,9 @@ class SqliteRateLimitStore(sqlite_file.SqliteBacked):
 
     _name = "the SQLite rate-limit store"
 
-    def __init__(self, path: str, *, clock: Clock = time.time,
-                 busy_timeout_s: float = sqlite_file.BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self, path: str, *, clock: Clock = time.time, busy_timeout_s: float = sqlite_file.BUSY_TIMEOUT_S
+    ) -> None:
         super().__init__(path, SCHEMA, busy_timeout_s=busy_timeout_s)
         self._clock = clock
         self._next_sweep = 0  # touched only in the connection's thread
@@ -56,8 +57,9 @@ class SqliteRateLimitStore(sqlite_file.SqliteBacked):
 
     # ---- in the connection's thread, inside BEGIN IMMEDIATE ----
 
-    def _acquire(self, conn: sqlite3.Connection, scope_key: str, rpm: int | None, tpm: int | None, tokens: int,
-                 now: int) -> RateDecision:
+    def _acquire(
+        self, conn: sqlite3.Connection, scope_key: str, rpm: int | None, tpm: int | None, tokens: int, now: int
+    ) -> RateDecision:
         self._sweep(conn, now)
         rk, tk = "r|" + scope_key, "t|" + scope_key
         r_level = _level(conn, rk, now, rpm) if rpm is not None else 0

@@ -17,7 +17,8 @@ file), ``RedisSpendStore`` (replicas share a server; one Lua script, one round t
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from msgspec import Struct
 
@@ -171,20 +172,18 @@ def plan(windows: Sequence[BudgetWindow], now: float) -> Plan:
     return Plan(counters, index, starts, resets)
 
 
-def decide(
-    windows: Sequence[BudgetWindow], p: Plan, values: Sequence[tuple[int, int]], amount: int
-) -> Admission:
+def decide(windows: Sequence[BudgetWindow], p: Plan, values: Sequence[tuple[int, int]], amount: int) -> Admission:
     """Answer the admission of ``amount`` given each counter's ``(spent, reserved)`` before the reservation.
 
     Pure; the backends call it inside their atomic step (the Redis script mirrors it in Lua).
     """
     refused = -1
-    for j, (w, i) in enumerate(zip(windows, p.index)):
+    for j, (w, i) in enumerate(zip(windows, p.index, strict=False)):
         if w.enforce and not admit(values[i][0], values[i][1], amount, w.cap_nano):
             refused = j
             break
     extra = amount if refused < 0 else 0
-    out = [usage_of(w, p, i, (values[i][0], values[i][1] + extra)) for w, i in zip(windows, p.index)]
+    out = [usage_of(w, p, i, (values[i][0], values[i][1] + extra)) for w, i in zip(windows, p.index, strict=False)]
     return Admission(refused < 0, out, out[refused] if refused >= 0 else None)
 
 

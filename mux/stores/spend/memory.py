@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import heapq
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from mux.money.periods import window as period_window
 from mux.stores.lifecycle import Lifecycle
-from mux.stores.spend import DEFAULT_RETAIN_S, Admission, BudgetWindow, Clock, check_reservation as _check, counter_key, decide, plan
+from mux.stores.spend import DEFAULT_RETAIN_S, Admission, BudgetWindow, Clock, counter_key, decide, plan
+from mux.stores.spend import check_reservation as _check
 
 HELD, LAPSED, SETTLED, RELEASED = 0, 1, 2, 3
 
@@ -20,8 +21,9 @@ HELD, LAPSED, SETTLED, RELEASED = 0, 1, 2, 3
 class _Hold:
     __slots__ = ("amount", "expires", "forget_at", "state", "counters", "resets")
 
-    def __init__(self, amount: int, expires: float, forget_at: float, counters: list[str],
-                 resets: list[int | None]) -> None:
+    def __init__(
+        self, amount: int, expires: float, forget_at: float, counters: list[str], resets: list[int | None]
+    ) -> None:
         self.amount = amount
         self.expires = expires
         self.forget_at = forget_at
@@ -56,7 +58,7 @@ class MemorySpendStore(Lifecycle):
         values = [tuple(self._counters.get(c, (0, 0))) for c in p.counters]
         answer = decide(windows, p, values, amount_nano)  # type: ignore[arg-type]
         if answer.admitted:
-            for c, resets in zip(p.counters, p.resets):
+            for c, resets in zip(p.counters, p.resets, strict=False):
                 self._counter(c, resets)[1] += amount_nano
             expires = now + ttl_s
             hold = _Hold(amount_nano, expires, expires + self._retain, p.counters, p.resets)
@@ -89,7 +91,7 @@ class MemorySpendStore(Lifecycle):
         hold = self._holds.get(request_id)
         if hold is None or hold.state >= SETTLED:
             return False
-        for c, resets in zip(hold.counters, hold.resets):
+        for c, resets in zip(hold.counters, hold.resets, strict=False):
             counter = self._counter(c, resets)
             if hold.state == HELD:
                 counter[1] -= hold.amount
@@ -125,5 +127,3 @@ class MemorySpendStore(Lifecycle):
         drops = self._drops
         while drops and drops[0][0] <= now:
             self._counters.pop(heapq.heappop(drops)[1], None)
-
-

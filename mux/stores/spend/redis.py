@@ -15,7 +15,7 @@ to 2**53 nano-USD (about 9 million USD) per counter.
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -23,7 +23,16 @@ from redis.exceptions import ResponseError
 from mux.money.periods import window as period_window
 from mux.stores import redis_server
 from mux.stores.redis_server import NOW_MS, Lua
-from mux.stores.spend import DEFAULT_RETAIN_S, Admission, BudgetWindow, Clock, check_reservation, counter_key, usage_of, plan
+from mux.stores.spend import (
+    DEFAULT_RETAIN_S,
+    Admission,
+    BudgetWindow,
+    Clock,
+    check_reservation,
+    counter_key,
+    plan,
+    usage_of,
+)
 
 PURGE = """
 local function purge(c, z, now)
@@ -45,7 +54,10 @@ end
 # KEYS: c_1..c_n, z_1..z_n, q.  ARGV: rid, amount, ttl_ms, keep_request_ms, now_ms|'', n_windows,
 # (counter index, cap, enforce) per window, keep_ms per counter (0: forever).
 # Answers {refused window (0: admitted), spent_1, reserved_1, ..., spent_n, reserved_n}.
-RESERVE = NOW_MS + PURGE + """
+RESERVE = (
+    NOW_MS
+    + PURGE
+    + """
 local n = (#KEYS - 1) / 2
 local q = KEYS[2 * n + 1]
 local rid = ARGV[1]
@@ -94,6 +106,7 @@ for i = 1, n do
 end
 return out
 """
+)
 
 # KEYS: q.  ARGV: rid, actual, final state (2 settled, 3 released).  Answers 1 when this call finished it.
 FINISH = """
@@ -119,11 +132,15 @@ return 1
 """
 
 # KEYS: c, z.  ARGV: now_ms|''.  Answers {spent, reserved}.
-USAGE = NOW_MS + PURGE + """
+USAGE = (
+    NOW_MS
+    + PURGE
+    + """
 purge(KEYS[1], KEYS[2], now_ms(ARGV[1]))
 local v = redis.call('HMGET', KEYS[1], 's', 'r')
 return {tonumber(v[1]) or 0, tonumber(v[2]) or 0}
 """
+)
 
 # KEYS: c.  ARGV: nano, keep_ms (0: forever).
 ADD = """
@@ -144,8 +161,15 @@ class RedisSpendStore(redis_server.RedisBacked):
 
     _name = "the Redis spend store"
 
-    def __init__(self, url: str | None = None, *, client: Redis | None = None, clock: Clock | None = None,
-                 prefix: str = "mux:", retain_s: float = DEFAULT_RETAIN_S) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | None = None,
+        clock: Clock | None = None,
+        prefix: str = "mux:",
+        retain_s: float = DEFAULT_RETAIN_S,
+    ) -> None:
         super().__init__(url, client)
         self._clock = clock
         self._prefix = prefix
@@ -175,9 +199,15 @@ class RedisSpendStore(redis_server.RedisBacked):
         p = plan(windows, now)
         pre = self._prefix
         keys = [pre + "c:" + c for c in p.counters] + [pre + "z:" + c for c in p.counters] + [pre + "q:" + request_id]
-        args: list[object] = [request_id, amount_nano, int(ttl_s * 1000) or 1,
-                              int((ttl_s + self._retain) * 1000), now_arg, len(windows)]
-        for w, i in zip(windows, p.index):
+        args: list[object] = [
+            request_id,
+            amount_nano,
+            int(ttl_s * 1000) or 1,
+            int((ttl_s + self._retain) * 1000),
+            now_arg,
+            len(windows),
+        ]
+        for w, i in zip(windows, p.index, strict=False):
             args += (i + 1, w.cap_nano, 1 if w.enforce else 0)
         args += [max(1, self._keep_ms(r, now)) if r is not None else 0 for r in p.resets]
         try:
@@ -188,7 +218,7 @@ class RedisSpendStore(redis_server.RedisBacked):
             raise
         refused = out[0] - 1
         values = [(out[2 * i + 1], out[2 * i + 2]) for i in range(len(p.counters))]
-        usages = [usage_of(w, p, i, values[i]) for w, i in zip(windows, p.index)]
+        usages = [usage_of(w, p, i, values[i]) for w, i in zip(windows, p.index, strict=False)]
         return Admission(refused < 0, usages, usages[refused] if refused >= 0 else None)
 
     async def settle(self, request_id: str, actual_nano: int) -> bool:

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import msgspec
 
 from mux.money.periods import window as period_window
 from mux.stores import sqlite_file
 from mux.stores.spend import (
-    DEFAULT_RETAIN_S, Admission, BudgetWindow, Clock, check_reservation, counter_key, decide, plan,
+    DEFAULT_RETAIN_S,
+    Admission,
+    BudgetWindow,
+    Clock,
+    check_reservation,
+    counter_key,
+    decide,
+    plan,
 )
 
 HELD, LAPSED, SETTLED, RELEASED = 0, 1, 2, 3
@@ -43,10 +50,14 @@ CREATE INDEX IF NOT EXISTS mux_spend_request_live ON mux_spend_request(expires) 
 CREATE INDEX IF NOT EXISTS mux_spend_request_expires ON mux_spend_request(expires);
 """
 
-_ADD = ("INSERT INTO mux_spend_counter(ckey, spent, reserved, drop_at) VALUES (?1, ?2, ?3, ?4) "
-        "ON CONFLICT(ckey) DO UPDATE SET spent = spent + ?2, reserved = reserved + ?3")
-_SETTLE = ("INSERT INTO mux_spend_counter(ckey, spent, reserved, drop_at) VALUES (?1, ?2, 0, ?3) "
-           "ON CONFLICT(ckey) DO UPDATE SET spent = spent + ?2, reserved = reserved - ?4")
+_ADD = (
+    "INSERT INTO mux_spend_counter(ckey, spent, reserved, drop_at) VALUES (?1, ?2, ?3, ?4) "
+    "ON CONFLICT(ckey) DO UPDATE SET spent = spent + ?2, reserved = reserved + ?3"
+)
+_SETTLE = (
+    "INSERT INTO mux_spend_counter(ckey, spent, reserved, drop_at) VALUES (?1, ?2, 0, ?3) "
+    "ON CONFLICT(ckey) DO UPDATE SET spent = spent + ?2, reserved = reserved - ?4"
+)
 _READ = "SELECT spent, reserved FROM mux_spend_counter WHERE ckey = ?"
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(list[tuple[str, float | None]]).decode
@@ -57,8 +68,14 @@ class SqliteSpendStore(sqlite_file.SqliteBacked):
 
     _name = "the SQLite spend store"
 
-    def __init__(self, path: str, *, clock: Clock = time.time, retain_s: float = DEFAULT_RETAIN_S,
-                 busy_timeout_s: float = sqlite_file.BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Clock = time.time,
+        retain_s: float = DEFAULT_RETAIN_S,
+        busy_timeout_s: float = sqlite_file.BUSY_TIMEOUT_S,
+    ) -> None:
         super().__init__(path, SCHEMA, busy_timeout_s=busy_timeout_s)
         self._clock = clock
         self._retain = retain_s
@@ -95,8 +112,15 @@ class SqliteSpendStore(sqlite_file.SqliteBacked):
 
     # ---- in the connection's thread, inside BEGIN IMMEDIATE ----
 
-    def _reserve(self, conn: sqlite3.Connection, rid: str, windows: Sequence[BudgetWindow], amount: int,
-                 now: float, expires: float) -> Admission:
+    def _reserve(
+        self,
+        conn: sqlite3.Connection,
+        rid: str,
+        windows: Sequence[BudgetWindow],
+        amount: int,
+        now: float,
+        expires: float,
+    ) -> Admission:
         self._purge(conn, now)
         if conn.execute("SELECT 1 FROM mux_spend_request WHERE request_id = ?", (rid,)).fetchone():
             raise ValueError(f"request {rid!r} already holds a reservation")
@@ -104,15 +128,17 @@ class SqliteSpendStore(sqlite_file.SqliteBacked):
         values = [conn.execute(_READ, (c,)).fetchone() or (0, 0) for c in p.counters]
         answer = decide(windows, p, values, amount)
         if answer.admitted:
-            counters = [(c, self._drop_at(r)) for c, r in zip(p.counters, p.resets)]
+            counters = [(c, self._drop_at(r)) for c, r in zip(p.counters, p.resets, strict=False)]
             conn.executemany(_ADD, [(c, 0, amount, d) for c, d in counters])
-            conn.execute("INSERT INTO mux_spend_request VALUES (?, ?, ?, ?, ?)",
-                         (rid, amount, expires, HELD, _encode(counters)))
+            conn.execute(
+                "INSERT INTO mux_spend_request VALUES (?, ?, ?, ?, ?)", (rid, amount, expires, HELD, _encode(counters))
+            )
         return answer
 
     def _finish(self, conn: sqlite3.Connection, rid: str, actual: int, state: int, now: float) -> bool:
-        row = conn.execute("SELECT amount, expires, state, counters FROM mux_spend_request WHERE request_id = ?",
-                           (rid,)).fetchone()
+        row = conn.execute(
+            "SELECT amount, expires, state, counters FROM mux_spend_request WHERE request_id = ?", (rid,)
+        ).fetchone()
         if row is None or row[2] >= SETTLED or row[1] + self._retain <= now:
             return False
         amount, _, held, counters = row
@@ -127,11 +153,14 @@ class SqliteSpendStore(sqlite_file.SqliteBacked):
         return (row[0], row[1]) if row else (0, 0)
 
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
-        lapsed = conn.execute("SELECT request_id, amount, counters FROM mux_spend_request "
-                              "WHERE state = 0 AND expires <= ?", (now,)).fetchall()
+        lapsed = conn.execute(
+            "SELECT request_id, amount, counters FROM mux_spend_request WHERE state = 0 AND expires <= ?", (now,)
+        ).fetchall()
         for rid, amount, counters in lapsed:
-            conn.executemany("UPDATE mux_spend_counter SET reserved = reserved - ? WHERE ckey = ?",
-                             [(amount, c) for c, _ in _decode(counters)])
+            conn.executemany(
+                "UPDATE mux_spend_counter SET reserved = reserved - ? WHERE ckey = ?",
+                [(amount, c) for c, _ in _decode(counters)],
+            )
             conn.execute("UPDATE mux_spend_request SET state = ? WHERE request_id = ?", (LAPSED, rid))
         if now >= self._next_cleanup:
             self._next_cleanup = now + CLEANUP_EVERY_S
