@@ -35,6 +35,9 @@ import uvloop
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _DONE_TAIL = b"data: [DONE]\n\n"
+# The client's key, sent to every target as ``Authorization: Bearer``: the pass-through and mux without keys
+# ignore it; the mux variants with virtual keys (``servers.py --variant money-*``) configure it as their key.
+CLIENT_KEY = "sk-bench-client-0123456789abcdef"
 
 BODY = {
     "model": "gpt-4o-mini",
@@ -58,7 +61,7 @@ def request_body(stream: bool, model: str = "gpt-4o-mini") -> bytes:
 
 def http_request(host: str, port: int, path: str, body: bytes) -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: mux-bench/1\r\n"
-            f"Accept: application/json\r\nContent-Type: application/json\r\nAuthorization: Bearer sk-client\r\n"
+            f"Accept: application/json\r\nContent-Type: application/json\r\nAuthorization: Bearer {CLIENT_KEY}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
@@ -138,7 +141,9 @@ class Conn(asyncio.Protocol):
             return
         req.end = perf_counter()
         req.ok = self.status == 200 and (not self.phase.stream or self.tail.endswith(_DONE_TAIL))
-        self.phase.answered += 1
+        phase = self.phase
+        phase.answered += 1
+        phase.statuses[self.status] = phase.statuses.get(self.status, 0) + 1
         keep = self.parser.should_keep_alive()
         if not keep:
             self.lost = True
@@ -171,6 +176,7 @@ class Phase:
         self.errors = 0
         self.connects = 0
         self.answered = 0  # every completed request, warm-up included
+        self.statuses: dict[int, int] = {}  # answers by HTTP status, warm-up included
         self.conns: list[Conn] = []
         self.window: tuple[float, float] = (0.0, 0.0)
         self.cpu_start: dict[str, float] = {}
@@ -220,6 +226,7 @@ class Phase:
             "completed": done,
             "connections": self.connects,
             "answered": self.answered,
+            "statuses": {str(code): n for code, n in sorted(self.statuses.items())},
             "latency_ms": _stats([(r.end - origin(r)) * 1000 for r in ok]),
         }
         if self.stream:
