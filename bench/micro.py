@@ -36,8 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from fake_upstream import completion_body, stream_events  # noqa: E402
-from loadgen import request_body  # noqa: E402
-from loadgen import CLIENT_KEY  # noqa: E402
+from loadgen import CLIENT_KEY, request_body  # noqa: E402
 from servers import ADMIN_TOKEN, API_KEY, KEY_SECRET, VARIANTS, forget_redis_state, mux_config  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # --state redis: the benchmark's own database
@@ -69,8 +68,7 @@ class CannedTransport:
     def __init__(self) -> None:
         self.body = completion_body("gpt-4o-mini")
         # the fake's HTTP chunks, without the chunked-encoding framing
-        self.events = [piece.split(b"\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
-                       for piece in stream_events("gpt-4o-mini", True)]
+        self.events = [piece.split(b"\r\n", 1)[1].rsplit(b"\r\n", 1)[0] for piece in stream_events("gpt-4o-mini", True)]
 
     async def send(self, request, provider) -> CannedResponse:
         if b'"stream":true' in request.body:
@@ -85,8 +83,10 @@ def load_mux(source: str, log_path: str):
     sys.path.insert(0, source)
     import mux
 
-    mux.configure_logging(stream=open(log_path, "ab"),  # noqa: SIM115 - lives as long as the process
-                          secrets=[API_KEY, CLIENT_KEY, ADMIN_TOKEN, KEY_SECRET])
+    mux.configure_logging(
+        stream=open(log_path, "ab"),  # noqa: SIM115 - lives as long as the process
+        secrets=[API_KEY, CLIENT_KEY, ADMIN_TOKEN, KEY_SECRET],
+    )
     return mux
 
 
@@ -105,8 +105,12 @@ def build(mux, config: dict, layers: int | None):
 async def drive(app, body: bytes, n: int, after=None) -> float:
     """Answer the seconds of CPU per request for ``n`` requests sent one after another; ``after`` (a coroutine
     function) runs inside the measurement once they are answered (a ledger's flush)."""
-    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-               (b"authorization", f"Bearer {CLIENT_KEY}".encode()), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"application/json"),
+        (b"authorization", f"Bearer {CLIENT_KEY}".encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
     never = asyncio.get_running_loop().create_future()
     sent = []
 
@@ -114,10 +118,21 @@ async def drive(app, body: bytes, n: int, after=None) -> float:
         sent.append(message)
 
     def scope():
-        return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-                "query_string": b"", "root_path": "", "headers": headers, "client": ("127.0.0.1", 5000),
-                "server": ("127.0.0.1", 8080), "state": {}}
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 8080),
+            "state": {},
+        }
 
     async def one():
         delivered = False
@@ -150,7 +165,7 @@ async def drive(app, body: bytes, n: int, after=None) -> float:
 class Row:
     """One line of a table: an app and its best CPU time per request in each mode."""
 
-    def __init__(self, label: str, app, after=None, base: "Row | None" = None) -> None:
+    def __init__(self, label: str, app, after=None, base: Row | None = None) -> None:
         self.label, self.app, self.after, self.base = label, app, after, base
         self.best = {"json": float("inf"), "stream": float("inf")}
 
@@ -205,8 +220,9 @@ async def measure(args) -> None:
         tmp = tempfile.mkdtemp(prefix="mux-micro-")
         prefix = f"muxbench:micro-{uuid.uuid4().hex[:12]}:"
         try:
-            config = mux_config("http://127.0.0.1:9", args.variant, state_dir=tmp, redis_url=REDIS_URL,
-                                state_prefix=prefix)
+            config = mux_config(
+                "http://127.0.0.1:9", args.variant, state_dir=tmp, redis_url=REDIS_URL, state_prefix=prefix
+            )
             app = build(mux, config, None)
             after = ledger_flush(app) if args.variant == "ledger" else None
             body = request_body(args.profile == "stream")
@@ -219,8 +235,10 @@ async def measure(args) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             if args.variant == "money-redis":
                 await forget_redis_state(REDIS_URL, prefix, args.source)
-        print(f"{args.profile} ({args.variant}): {per * 1e6:.1f} µs per request under cProfile (inflated); top "
-              "functions by own time:")
+        print(
+            f"{args.profile} ({args.variant}): {per * 1e6:.1f} µs per request under cProfile (inflated); top "
+            "functions by own time:"
+        )
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
         return
 
@@ -228,8 +246,10 @@ async def measure(args) -> None:
     prefix = f"muxbench:micro-{uuid.uuid4().hex[:12]}:"
     try:
         chosen = tables(mux, args.tables, args.state, tmp, prefix)
-        print(f"mux stack cost per request, in-process, canned upstream: the fastest of {args.repeat} runs of "
-              f"{args.n} requests (µs of CPU, GC included; in brackets: over the row it adds to)")
+        print(
+            f"mux stack cost per request, in-process, canned upstream: the fastest of {args.repeat} runs of "
+            f"{args.n} requests (µs of CPU, GC included; in brackets: over the row it adds to)"
+        )
         rows = list({id(row): row for _, table in chosen for row in table}.values())  # a row may be in two tables
         for _ in range(args.repeat):  # interleaved, so that a slow moment of the machine hits every row alike
             for row in rows:
@@ -256,14 +276,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000, help="requests per measurement (default 5000)")
     parser.add_argument("--repeat", type=int, default=5, help="measurements per cell, the fastest kept (default 5)")
-    parser.add_argument("--tables", default="default,money,ledger",
-                        help="which tables: default, money, ledger, comma-separated (default all three)")
-    parser.add_argument("--state", choices=("memory", "sqlite", "redis"), default="memory",
-                        help="the money table's state: this process, a tmp SQLite file, or Redis at "
-                             f"{REDIS_URL} under a prefix of the run's own (default memory)")
+    parser.add_argument(
+        "--tables",
+        default="default,money,ledger",
+        help="which tables: default, money, ledger, comma-separated (default all three)",
+    )
+    parser.add_argument(
+        "--state",
+        choices=("memory", "sqlite", "redis"),
+        default="memory",
+        help="the money table's state: this process, a tmp SQLite file, or Redis at "
+        f"{REDIS_URL} under a prefix of the run's own (default memory)",
+    )
     parser.add_argument("--profile", choices=("json", "stream"), help="cProfile the full stack instead")
-    parser.add_argument("--variant", choices=VARIANTS, default="default",
-                        help="--profile: the config to profile, as servers.py --variant (default: the default stack)")
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="default",
+        help="--profile: the config to profile, as servers.py --variant (default: the default stack)",
+    )
     parser.add_argument("--source", default=os.path.dirname(HERE), help="directory holding the mux package")
     parser.add_argument("--log", default=os.devnull, help="where the request log goes (default /dev/null)")
     args = parser.parse_args()

@@ -43,16 +43,29 @@ MONEY = {
 }
 
 
-def mux_config(upstream: str, variant: str = "default", *, state_dir: str | None = None,
-               redis_url: str | None = None, state_prefix: str | None = None) -> dict:
+def mux_config(
+    upstream: str,
+    variant: str = "default",
+    *,
+    state_dir: str | None = None,
+    redis_url: str | None = None,
+    state_prefix: str | None = None,
+) -> dict:
     """Answer the config of a mux target: the default stack (one provider ``openai`` at ``upstream``) with
     what ``variant`` adds. ``state_dir`` holds the SQLite files (state, ledger); ``redis_url`` and
     ``state_prefix`` place the Redis state."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
     config: dict = {
-        "providers": [{"name": "openai", "type": "openai", "base_url": f"{upstream}/v1", "api_key": API_KEY,
-                       "models": ["gpt-4o-mini"]}],
+        "providers": [
+            {
+                "name": "openai",
+                "type": "openai",
+                "base_url": f"{upstream}/v1",
+                "api_key": API_KEY,
+                "models": ["gpt-4o-mini"],
+            }
+        ],
     }
     if variant.startswith("money-"):
         backend = variant.removeprefix("money-")
@@ -144,8 +157,12 @@ class AiohttpPassthrough:
         import aiohttp
 
         connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30.0)
-        self.session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",),
-                                             timeout=aiohttp.ClientTimeout(total=None), trust_env=False)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            skip_auto_headers=("User-Agent",),
+            timeout=aiohttp.ClientTimeout(total=None),
+            trust_env=False,
+        )
 
     async def _close(self) -> None:
         await self.session.close()
@@ -157,16 +174,28 @@ class AiohttpPassthrough:
         async with self.session.post(self.url, data=body, headers=_UPSTREAM_HEADERS) as response:
             content_type = response.headers.get("content-type", "application/json")
             if content_type.startswith("text/event-stream"):
-                await send({"type": "http.response.start", "status": response.status,
-                            "headers": [(b"content-type", content_type.encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": [(b"content-type", content_type.encode())],
+                    }
+                )
                 async for chunk in response.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
             else:
                 data = await response.read()
-                await send({"type": "http.response.start", "status": response.status,
-                            "headers": [(b"content-type", content_type.encode()),
-                                        (b"content-length", str(len(data)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": [
+                            (b"content-type", content_type.encode()),
+                            (b"content-length", str(len(data)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": data})
 
 
@@ -199,16 +228,28 @@ class HttpxPassthrough:
         try:
             content_type = response.headers.get("content-type", "application/json")
             if content_type.startswith("text/event-stream"):
-                await send({"type": "http.response.start", "status": response.status_code,
-                            "headers": [(b"content-type", content_type.encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status_code,
+                        "headers": [(b"content-type", content_type.encode())],
+                    }
+                )
                 async for chunk in response.aiter_raw():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
             else:
                 data = await response.aread()
-                await send({"type": "http.response.start", "status": response.status_code,
-                            "headers": [(b"content-type", content_type.encode()),
-                                        (b"content-length", str(len(data)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status_code,
+                        "headers": [
+                            (b"content-type", content_type.encode()),
+                            (b"content-length", str(len(data)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": data})
         finally:
             await response.aclose()
@@ -223,19 +264,34 @@ def main() -> None:
     parser.add_argument("--client", default="aiohttp", choices=("aiohttp", "httpx", "httpx-default"))
     parser.add_argument("--log-file", default=os.devnull, help="mux's JSON request log")
     parser.add_argument("--mux-source", default=ROOT, help="the directory holding the mux package to serve")
-    parser.add_argument("--variant", default="default", choices=VARIANTS,
-                        help="mux only: what the config adds to the default stack (see the module docstring)")
+    parser.add_argument(
+        "--variant",
+        default="default",
+        choices=VARIANTS,
+        help="mux only: what the config adds to the default stack (see the module docstring)",
+    )
     parser.add_argument("--state-dir", help="mux variants: the directory of the state and ledger SQLite files")
     parser.add_argument("--redis-url", help="money-redis: the state's Redis database, redis://host:port/db")
     parser.add_argument("--state-prefix", help="money-redis: the Redis key prefix (state_prefix)")
-    parser.add_argument("--gc-tune", action="store_true",
-                        help="after start-up, freeze the objects alive then and raise the collection thresholds "
-                             "(an experiment: see bench/README.md)")
+    parser.add_argument(
+        "--gc-tune",
+        action="store_true",
+        help="after start-up, freeze the objects alive then and raise the collection thresholds "
+        "(an experiment: see bench/README.md)",
+    )
     args = parser.parse_args()
 
     if args.kind == "mux":
-        app = mux_app(args.upstream, args.log_file, args.client, args.mux_source, args.variant,
-                      state_dir=args.state_dir, redis_url=args.redis_url, state_prefix=args.state_prefix)
+        app = mux_app(
+            args.upstream,
+            args.log_file,
+            args.client,
+            args.mux_source,
+            args.variant,
+            state_dir=args.state_dir,
+            redis_url=args.redis_url,
+            state_prefix=args.state_prefix,
+        )
     elif args.client == "aiohttp":
         app = AiohttpPassthrough(f"{args.upstream}/v1/chat/completions")
     else:
@@ -250,8 +306,17 @@ def main() -> None:
         gc.freeze()  # start-up objects (modules, config) are never traced again
         gc.set_threshold(10_000, 50, 100)  # young collections ~60x rarer: most request garbage dies by refcount
 
-    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
-                access_log=False, log_level="warning", timeout_graceful_shutdown=2)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+    )
 
 
 if __name__ == "__main__":
