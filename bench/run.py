@@ -1140,10 +1140,9 @@ def render(results, memory, log_lines, summary, args, answers=None, ledgers=None
                 f"{what}: {p['count']} (first: {p['first_error'][:160]!r})" for what, p in seen["log_problems"].items()
             )
             lines.append(f"PROBLEMS {name}: answers by status {codes}" + (f"; its log: {problems}" if problems else ""))
-    if answers and not any(seen["not_200"] for seen in answers.values()):
-        lines.append(
-            f"answers: all {sum(sum(a['statuses'].values()) for a in answers.values())} answers to the load were 200"
-        )
+    total = sum(sum(seen["statuses"].values()) for seen in (answers or {}).values())
+    if total and not any(seen["not_200"] for seen in answers.values()):
+        lines.append(f"answers: all {total} answers to the load were 200")
     for mode in args.modes:
         entry = summary.get(mode, {})
         if "throughput_rps" in entry:
