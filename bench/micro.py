@@ -178,8 +178,9 @@ def ledger_flush(app):
     return flush
 
 
-def tables(mux, which: list[str], state: str, tmp: str, prefix: str) -> list[tuple[str, list[Row]]]:
-    """The rows of each table asked for (see the module docstring)."""
+def tables(mux, which: list[str], state: str, tmp: str, prefix: str) -> list[tuple[str, list[tuple[str, Row]]]]:
+    """The title and the (label, row) lines of each table asked for (see the module docstring); a row may be
+    shown in two tables, under another label."""
     upstream = "http://127.0.0.1:9"
     out = []
     names = [cls.__name__ for cls, _ in mux.stack(mux.parse_config({}))]
@@ -191,7 +192,7 @@ def tables(mux, which: list[str], state: str, tmp: str, prefix: str) -> list[tup
             label = "Endpoints + Dispatch" if k == 0 else f"+ {names[k - 1]}"
             rows.append(Row(label, build(mux, default, k), base=rows[-1] if rows else None))
         full_default = rows[-1]
-        out.append(("the default stack, layer by layer", rows))
+        out.append(("the default stack, layer by layer", [(row.label, row) for row in rows]))
     if "money" in which:
         where = {"state_dir": tmp, "redis_url": REDIS_URL, "state_prefix": prefix}
         config = mux_config(upstream, f"money-{state}", **where)
@@ -200,11 +201,14 @@ def tables(mux, which: list[str], state: str, tmp: str, prefix: str) -> list[tup
         for k in range(2, len(money) + 1):
             label = " + ".join(money[:2]) if k == 2 else f"+ {money[k - 1]}"
             rows.append(Row(label, build(mux, config, k), base=rows[-1] if rows else None))
-        out.append((f"with a key, a budget and a rate limit (state: {state}), layer by layer", rows))
+        out.append(
+            (f"with a key, a budget and a rate limit (state: {state}), layer by layer", [(r.label, r) for r in rows])
+        )
     if "ledger" in which:
         full_default = full_default or Row("the default stack", build(mux, default, None))
         app = build(mux, mux_config(upstream, "ledger", state_dir=tmp), None)
-        rows = [full_default, Row("the default stack + the ledger (SQLite)", app, ledger_flush(app), full_default)]
+        ledger = Row("the default stack + the ledger (SQLite)", app, ledger_flush(app), full_default)
+        rows = [("the default stack", full_default), (ledger.label, ledger)]
         out.append(("the request ledger (TraceLayer's rows, written to a tmp SQLite file)", rows))
     return out
 
@@ -250,7 +254,7 @@ async def measure(args) -> None:
             f"mux stack cost per request, in-process, canned upstream: the fastest of {args.repeat} runs of "
             f"{args.n} requests (µs of CPU, GC included; in brackets: over the row it adds to)"
         )
-        rows = list({id(row): row for _, table in chosen for row in table}.values())  # a row may be in two tables
+        rows = list({id(row): row for _, table in chosen for _, row in table}.values())  # a row may be in two tables
         for _ in range(args.repeat):  # interleaved, so that a slow moment of the machine hits every row alike
             for row in rows:
                 for mode in ("json", "stream"):
@@ -260,10 +264,10 @@ async def measure(args) -> None:
         for title, table in chosen:
             print(f"\n{title}")
             print(f"{'stack':<44} {'json':>8} {'stream':>8}")
-            for row in table:
-                base = row.base.best if row.base is not None else None
+            for label, row in table:
+                base = row.base.best if row.base is not None and label == row.label else None
                 delta = "" if base is None else "   (" + ", ".join(f"{row.best[m] - base[m]:+.1f}" for m in base) + ")"
-                print(f"{row.label:<44} {row.best['json']:>8.1f} {row.best['stream']:>8.1f}{delta}")
+                print(f"{label:<44} {row.best['json']:>8.1f} {row.best['stream']:>8.1f}{delta}")
         for row in rows:
             await row.app.resources.aclose()
     finally:
