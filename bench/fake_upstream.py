@@ -34,27 +34,53 @@ _peek = msgspec.json.Decoder(_Peek)
 CREATED = 1_700_000_000
 WORDS = ["Hello", "! How", " can I", " help you", " today?"]
 CONTENT = "".join(WORDS)
-USAGE = {"prompt_tokens": 24, "completion_tokens": 9, "total_tokens": 33,
-         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                       "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+USAGE = {
+    "prompt_tokens": 24,
+    "completion_tokens": 9,
+    "total_tokens": 33,
+    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+    "completion_tokens_details": {
+        "reasoning_tokens": 0,
+        "audio_tokens": 0,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    },
+}
 
 
 def completion_body(model: str) -> bytes:
-    return json.dumps({
-        "id": "chatcmpl-bench0000000000000000000001", "object": "chat.completion", "created": CREATED,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": CONTENT, "refusal": None,
-                                              "annotations": []},
-                     "logprobs": None, "finish_reason": "stop"}],
-        "usage": USAGE, "service_tier": "default", "system_fingerprint": "fp_bench",
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench0000000000000000000001",
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": CONTENT, "refusal": None, "annotations": []},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": USAGE,
+            "service_tier": "default",
+            "system_fingerprint": "fp_bench",
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def stream_events(model: str, include_usage: bool) -> list[bytes]:
     """Answer the SSE events of one stream, each already framed as one HTTP chunk."""
-    base = {"id": "chatcmpl-bench0000000000000000000002", "object": "chat.completion.chunk", "created": CREATED,
-            "model": model, "service_tier": "default", "system_fingerprint": "fp_bench"}
+    base = {
+        "id": "chatcmpl-bench0000000000000000000002",
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": model,
+        "service_tier": "default",
+        "system_fingerprint": "fp_bench",
+    }
 
     def chunk(choices: list, usage=None) -> bytes:
         data = {**base, "choices": choices}
@@ -62,10 +88,19 @@ def stream_events(model: str, include_usage: bool) -> list[bytes]:
             data["usage"] = usage
         return json.dumps(data, separators=(",", ":")).encode()
 
-    payloads = [chunk([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
-                        "logprobs": None, "finish_reason": None}])]
-    payloads += [chunk([{"index": 0, "delta": {"content": w}, "logprobs": None, "finish_reason": None}])
-                 for w in WORDS]
+    payloads = [
+        chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": "", "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+    ]
+    payloads += [chunk([{"index": 0, "delta": {"content": w}, "logprobs": None, "finish_reason": None}]) for w in WORDS]
     payloads.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]))
     if include_usage:
         payloads.append(chunk([], USAGE))
@@ -73,10 +108,14 @@ def stream_events(model: str, include_usage: bool) -> list[bytes]:
     return [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
 
 
-_JSON_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nopenai-processing-ms: 1\r\n"
-              b"x-request-id: req_bench\r\ncontent-length: %d\r\n\r\n")
-_STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-                b"openai-processing-ms: 1\r\nx-request-id: req_bench\r\ntransfer-encoding: chunked\r\n\r\n")
+_JSON_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nopenai-processing-ms: 1\r\n"
+    b"x-request-id: req_bench\r\ncontent-length: %d\r\n\r\n"
+)
+_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+    b"openai-processing-ms: 1\r\nx-request-id: req_bench\r\ntransfer-encoding: chunked\r\n\r\n"
+)
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 _LAST_CHUNK = b"0\r\n\r\n"
 
@@ -179,8 +218,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--chunk-gap-ms", type=float, default=1.0,
-                        help="pause between stream events (0: write them back to back)")
+    parser.add_argument(
+        "--chunk-gap-ms", type=float, default=1.0, help="pause between stream events (0: write them back to back)"
+    )
     args = parser.parse_args()
     uvloop.run(serve(args.host, args.port, args.chunk_gap_ms / 1000))
 

@@ -35,6 +35,9 @@ import uvloop
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _DONE_TAIL = b"data: [DONE]\n\n"
+# The client's key, sent to every target as ``Authorization: Bearer``: the pass-through and mux without keys
+# ignore it; the mux variants with virtual keys (``servers.py --variant money-*``) configure it as their key.
+CLIENT_KEY = "sk-bench-client-0123456789abcdef"
 
 BODY = {
     "model": "gpt-4o-mini",
@@ -57,16 +60,18 @@ def request_body(stream: bool, model: str = "gpt-4o-mini") -> bytes:
 
 
 def http_request(host: str, port: int, path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: mux-bench/1\r\n"
-            f"Accept: application/json\r\nContent-Type: application/json\r\nAuthorization: Bearer sk-client\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: mux-bench/1\r\n"
+        f"Accept: application/json\r\nContent-Type: application/json\r\nAuthorization: Bearer {CLIENT_KEY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads, live and exited), in seconds."""
     with open(f"/proc/{pid}/stat", "rb") as handle:
         data = handle.read()
-    fields = data[data.rfind(b")") + 2:].split()
+    fields = data[data.rfind(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -98,7 +103,7 @@ class Req:
 class Conn(asyncio.Protocol):
     """One keep-alive connection; at most one request in flight."""
 
-    def __init__(self, phase: "Phase") -> None:
+    def __init__(self, phase: Phase) -> None:
         self.phase = phase
         self.transport = None
         self.parser = httptools.HttpResponseParser(self)
@@ -138,7 +143,9 @@ class Conn(asyncio.Protocol):
             return
         req.end = perf_counter()
         req.ok = self.status == 200 and (not self.phase.stream or self.tail.endswith(_DONE_TAIL))
-        self.phase.answered += 1
+        phase = self.phase
+        phase.answered += 1
+        phase.statuses[self.status] = phase.statuses.get(self.status, 0) + 1
         keep = self.parser.should_keep_alive()
         if not keep:
             self.lost = True
@@ -160,8 +167,12 @@ class Phase:
         self.host = spec.get("host", "127.0.0.1")
         self.port = int(spec["port"])
         self.stream = bool(spec["stream"])
-        self.payload = http_request(self.host, self.port, spec.get("path", "/v1/chat/completions"),
-                                    request_body(self.stream, spec.get("model", "gpt-4o-mini")))
+        self.payload = http_request(
+            self.host,
+            self.port,
+            spec.get("path", "/v1/chat/completions"),
+            request_body(self.stream, spec.get("model", "gpt-4o-mini")),
+        )
         self.warmup = float(spec.get("warmup", 1.0))
         self.duration = float(spec["duration"])
         self.grace = float(spec.get("grace", 5.0))
@@ -171,6 +182,7 @@ class Phase:
         self.errors = 0
         self.connects = 0
         self.answered = 0  # every completed request, warm-up included
+        self.statuses: dict[int, int] = {}  # answers by HTTP status, warm-up included
         self.conns: list[Conn] = []
         self.window: tuple[float, float] = (0.0, 0.0)
         self.cpu_start: dict[str, float] = {}
@@ -220,6 +232,7 @@ class Phase:
             "completed": done,
             "connections": self.connects,
             "answered": self.answered,
+            "statuses": {str(code): n for code, n in sorted(self.statuses.items())},
             "latency_ms": _stats([(r.end - origin(r)) * 1000 for r in ok]),
         }
         if self.stream:
@@ -250,8 +263,11 @@ class Phase:
                 continue
             if name in self.cpu_end:
                 used = self.cpu_end[name] - self.cpu_start[name]
-                cpu[name] = {"cpu_s": round(used, 3), "util": round(used / wall, 3),
-                             "ms_per_req": round(used * 1000 / done, 4) if done else None}
+                cpu[name] = {
+                    "cpu_s": round(used, 3),
+                    "util": round(used / wall, 3),
+                    "ms_per_req": round(used * 1000 / done, 4) if done else None,
+                }
         out["cpu"] = cpu
         return out
 
@@ -265,8 +281,15 @@ def _stats(values: list[float]) -> dict:
     def pct(p: float) -> float:
         return round(values[min(n - 1, max(0, int(p * n + 0.999999) - 1))], 3)
 
-    return {"n": n, "mean": round(sum(values) / n, 3), "p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99),
-            "p999": pct(0.999), "max": round(values[-1], 3)}
+    return {
+        "n": n,
+        "mean": round(sum(values) / n, 3),
+        "p50": pct(0.50),
+        "p90": pct(0.90),
+        "p99": pct(0.99),
+        "p999": pct(0.999),
+        "max": round(values[-1], 3),
+    }
 
 
 class OpenPhase(Phase):
