@@ -196,7 +196,7 @@ class Keys:
     it opens the store and makes it hold exactly the config's keys (``load_config_keys``)."""
 
     def __init__(self, config: Config, *, store: KeyStore | None = None, logger: Any = None) -> None:
-        self.store = store or key_store(config.state)
+        self.store = store or key_store(config.state, prefix=f"{config.state_prefix}{{keys}}:")
         self.secret = config.server.key_secret
         self.cache = KeyCache(self.store, secret=self.secret)
         self.specs = list(config.keys)
