@@ -14,8 +14,8 @@ them refuse sooner).
 
 **Tokens** are the prompt estimate (``mux.money.estimate.prompt_tokens``) up front; once the inner app has
 returned (after a stream's last byte), each token limit is corrected by the real usage over every attempt
-(prompt and completion tokens) minus the estimate. A request that failed without usage gives its estimate
-back; one answered without usage keeps it.
+(prompt and completion tokens) minus the estimate, within a few ms (the store batches corrections). A request
+that failed without usage gives its estimate back; one answered without usage keeps it.
 
 **Headers**, in OpenAI's naming and format, on every limited answer and on the 429: ``x-ratelimit-limit-
 requests``, ``x-ratelimit-remaining-requests``, ``x-ratelimit-reset-requests`` and the ``-tokens`` three,
@@ -33,7 +33,6 @@ first (``_parse_retry_after_header``); a request larger than the limit itself ne
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from time import monotonic
@@ -221,7 +220,6 @@ class RateLimitLayer:
         self._source: Any = None
         self.rules: list[LimitRule] = []
         self._warned_at = -math.inf
-        self._tasks: set[asyncio.Task] = set()
         self._rules_now()
 
     def _rules_now(self) -> list[LimitRule]:
@@ -251,7 +249,7 @@ class RateLimitLayer:
             for bucket in buckets:
                 decision = await self.store.acquire(bucket.key, bucket.rpm, bucket.tpm, tokens)
                 if not decision.admitted:
-                    self._background(self._correct(taken, -tokens))
+                    self._correct(taken, -tokens)
                     ctx.ratelimit = "limited"
                     return await deny(scope, send, refusal(bucket, decision, tokens))
                 taken.append(bucket)
@@ -281,22 +279,17 @@ class RateLimitLayer:
         finally:
             real = real_tokens(ctx.outcome, answered)
             if real is not None and real != tokens:
-                await asyncio.shield(self._background(self._correct(taken, real - tokens)))
+                self._correct(taken, real - tokens)
 
-    def _background(self, coro: Any) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _correct(self, buckets: Sequence[Bucket], delta: int) -> None:
-        """Add ``delta`` tokens to each token limit of ``buckets``; an unreachable store is logged and skipped."""
+    def _correct(self, buckets: Sequence[Bucket], delta: int) -> None:
+        """Add ``delta`` tokens to each token limit of ``buckets``, batched off the request path by the store
+        (``RateLimitStore.correct_soon``); a failure is logged and skipped."""
         if not delta:
             return
         for bucket in buckets:
             if bucket.tpm is not None:
                 try:
-                    await self.store.correct(bucket.key, bucket.tpm, delta)
+                    self.store.correct_soon(bucket.key, bucket.tpm, delta)
                 except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
                     self.logger.warning(
                         "rate_limit_correction_skipped", bucket=bucket.name, error=f"{type(exc).__name__}: {exc}"

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mux.stores import StoreUnavailable
@@ -64,6 +64,41 @@ class Lua:
             return await self._script(keys, args)
         except _DOWN as e:
             raise StoreUnavailable(f"Redis state unreachable: {e}") from None
+
+    def call(self, keys: Sequence[Any], args: Sequence[Any]) -> Call:
+        """Answer this script's call on ``keys`` and ``args``, for ``batch``."""
+        return (self, keys, args)
+
+
+Call = tuple[Lua, Sequence[Any], Sequence[Any]]
+
+
+async def batch(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run ``calls`` in one pipeline (one round trip, not a transaction) and answer each one's reply or
+    exception (a ``ResponseError`` stays in the list). A script the server does not have is loaded and its
+    calls run again (only those: they did not run)."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    try:
+        for _ in range(2):
+            pipe = redis.pipeline(transaction=False)
+            for i in todo:
+                lua, keys, args = calls[i]
+                pipe.evalsha(lua._script.sha, len(keys), *keys, *args)
+            out = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(todo, out, strict=True):
+                replies[i] = reply
+                if isinstance(reply, NoScriptError):
+                    missing.append(i)
+            if not missing:
+                break
+            for lua in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                await redis.script_load(lua._script.script)
+            todo = missing
+    except _DOWN as e:
+        raise StoreUnavailable(f"Redis state unreachable: {e}") from None
+    return replies
 
 
 class RedisBacked(Connected[Redis]):

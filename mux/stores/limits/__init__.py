@@ -64,6 +64,15 @@ class RateLimitStore(Protocol):
         """Add ``token_delta`` (real minus estimated tokens) to ``scope_key``'s token limit."""
         ...
 
+    def correct_soon(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
+        """``correct`` within a few ms, off the caller's path: queued and run in a batch
+        (``mux.stores.deferred``)."""
+        ...
+
+    async def flush(self) -> None:
+        """Run the queued corrections now."""
+        ...
+
 
 def limit_store(state: StateURL, *, clock: Clock | None = None, prefix: str = "mux:") -> RateLimitStore:
     """Answer an unopened rate-limit store for ``state`` (``clock`` defaults to ``time.time``; Redis uses the

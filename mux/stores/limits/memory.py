@@ -40,6 +40,12 @@ class MemoryRateLimitStore(Lifecycle):
         return RateDecision(admitted, state_of(rpm, r), state_of(tpm, t))
 
     async def correct(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
+        self.correct_soon(scope_key, tpm, token_delta)
+
+    async def flush(self) -> None:
+        return None
+
+    def correct_soon(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
         if tpm is None or token_delta == 0:
             return
         check(None, tpm, 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from mux.stores import redis_server
+from mux.stores.deferred import Deferred
 from mux.stores.limits import UNLIMITED, Clock, RateDecision, check, limit_state
 from mux.stores.redis_server import Lua
 
@@ -100,6 +101,27 @@ class RedisRateLimitStore(redis_server.RedisBacked):
         # A bucket's key expires once it has drained, plus this slack. Redis expires keys on its own clock, so a
         # store given another clock keeps them an hour longer, for that clock to reach.
         self._slack_ms = 1000 if clock is None else 3_600_000
+        self._later: Deferred[redis_server.Call] = Deferred(self._run_later, name=self._name)
+
+    async def close(self) -> None:
+        if self._held is not None:
+            await self._later.close()
+        await super().close()
+
+    async def _run_later(self, calls: list[redis_server.Call]) -> None:
+        await redis_server.batch(self._conn(), calls)
+
+    def correct_soon(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
+        if tpm is None or token_delta == 0:
+            return
+        check(None, tpm, 0)
+        self._check_open()
+        self._later.add(
+            self._correct.call([self._prefix + "t:" + scope_key], [tpm, token_delta, self._now(), self._slack_ms])
+        )
+
+    async def flush(self) -> None:
+        await self._later.flush()
 
     def _load(self, redis: Redis) -> None:
         self._acquire = Lua(redis, ACQUIRE)
@@ -114,9 +136,21 @@ class RedisRateLimitStore(redis_server.RedisBacked):
         if rpm is None and tpm is None:
             return UNLIMITED
         p = self._prefix
-        out = await self._acquire(
-            [p + "r:" + scope_key, p + "t:" + scope_key], [rpm or 0, tpm or 0, tokens, self._now(), self._slack_ms]
+        keys, args = (
+            [p + "r:" + scope_key, p + "t:" + scope_key],
+            [rpm or 0, tpm or 0, tokens, self._now(), self._slack_ms],
         )
+        queued = self._later.take()
+        if queued:
+            try:
+                out = (await redis_server.batch(self._conn(), [*queued, self._acquire.call(keys, args)]))[-1]
+            except Exception:
+                self._later.give_back(queued)
+                raise
+            if isinstance(out, Exception):
+                raise out
+        else:
+            out = await self._acquire(keys, args)
         r = limit_state(rpm, out[2], out[3], out[4], out[1] == 1) if rpm is not None else None
         t = limit_state(tpm, out[6], out[7], out[8], out[5] == 1) if tpm is not None else None
         return RateDecision(out[0] == 1, r, t)
