@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,6 +27,7 @@ from mux.stores import StoreUnavailable
 from mux.stores.lifecycle import Connected
 
 TIMEOUT_S = 1.0
+MAX_CONNECTIONS = 64  # per client (each store has its own): enough for one worker's concurrent calls
 _DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 # Lua: the current time in ms, from the caller's clock when one is given (tests), else from the server, so
@@ -40,9 +41,19 @@ end
 """
 
 
-def client(url: str, *, timeout_s: float = TIMEOUT_S) -> Redis:
-    """Answer a pooled client for ``url`` with short timeouts and one immediate retry."""
-    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1))
+def client(url: str, *, timeout_s: float = TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> Redis:
+    """Answer a pooled client for ``url`` with short timeouts and one immediate retry. The pool holds at most
+    ``max_connections``; a call finding them all busy waits for one (up to ``timeout_s``, then
+    ``StoreUnavailable``) instead of failing at once with "Too many connections"."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return Redis.from_pool(pool)
 
 
 async def ping(redis: Redis) -> None:
