@@ -42,6 +42,7 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from time import time
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from mux.routing.plan import Plan
 
 SLACK_S = 2.0  # added to a plan's longest time: the store calls before and after its attempts
+MEMO_SIZE = 4096  # identities whose applicable budgets are remembered (the memo starts over past it)
 MAX_TTL_S = 43_200.0  # below the stores' retain_s (a day), so a late settle is still recorded
 
 _encode = msgspec.json.Encoder().encode
@@ -144,6 +146,7 @@ def settlement(outcome: Outcome, answered: bool, reserved_nano: int) -> int | No
     return reserved_nano if not outcome.spent else 0
 
 
+@lru_cache(maxsize=256)
 def iso(ts: int | None) -> str | None:
     """Answer epoch seconds as ISO 8601 UTC (``2027-03-11T00:00:00Z``), None for None."""
     if ts is None:
@@ -281,12 +284,29 @@ class BudgetLayer:
         self._given = budgets
         self._source: Any = None
         self._rules: list[Rule] = []
+        self._applied: dict[tuple, list[Applied]] = {}  # who -> applicable budgets, for the current rules
         self._rules_for(budgets if budgets is not None else routing.config.budgets)
 
     def _rules_for(self, budgets: Sequence[Any]) -> list[Rule]:
         if budgets is not self._source:
             self._rules, self._source = compile_budgets(budgets), budgets
+            self._applied = {}
         return self._rules
+
+    def _applicable(self, key: Any, end_user: str | None, tags: dict[str, str]) -> list[Applied]:
+        """``applicable`` for the current rules, remembered per identity (at most ``MEMO_SIZE`` of them); the
+        answer is shared: never change it."""
+        who = (
+            (key.name, key.team, key.budget_usd, key.budget_period) if key is not None else None,
+            end_user,
+            tuple(tags.items()) if tags else (),
+        )
+        found = self._applied.get(who)
+        if found is None:
+            if len(self._applied) >= MEMO_SIZE:
+                self._applied.clear()
+            found = self._applied[who] = applicable(self._rules, key, end_user, tags)
+        return found
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
         if scope["type"] != "http" or ingress_of(scope) is None:
@@ -300,7 +320,7 @@ class BudgetLayer:
     async def _guard(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> None:
         mlx = ctx.mlx
         end_user = mlx.end_user if mlx is not None else None
-        applied = applicable(self._rules, ctx.key, end_user, mlx.tags if mlx is not None else {})
+        applied = self._applicable(ctx.key, end_user, mlx.tags if mlx is not None else {})
         if not applied:
             return await self.app(scope, receive, send)
         routing = self.routing

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from mux.routing.live import LiveRouting
 
 WARN_EVERY_S = 10.0
+MEMO_SIZE = 4096  # identities whose applicable limits are remembered (the memo starts over past it)
 
 
 # ---- pure decisions -------------------------------------------------------------------------------------
@@ -134,15 +135,22 @@ def least(states: Sequence[LimitState | None]) -> LimitState | None:
     return min(present, key=lambda s: (s.remaining, -s.reset_s)) if present else None
 
 
+_NAMES = {
+    kind: tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
+    for kind in ("requests", "tokens")
+}
+
+
 def limit_headers(requests: LimitState | None, tokens: LimitState | None) -> list[tuple[bytes, bytes]]:
     """Answer OpenAI's ``x-ratelimit-*`` headers for a requests and a tokens limit (each may be None)."""
     headers = []
     for kind, state in (("requests", requests), ("tokens", tokens)):
         if state is not None:
+            limit, remaining, reset = _NAMES[kind]
             headers += [
-                (f"x-ratelimit-limit-{kind}".encode(), str(state.limit).encode()),
-                (f"x-ratelimit-remaining-{kind}".encode(), str(state.remaining).encode()),
-                (f"x-ratelimit-reset-{kind}".encode(), duration_text(state.reset_s).encode()),
+                (limit, str(state.limit).encode()),
+                (remaining, str(state.remaining).encode()),
+                (reset, duration_text(state.reset_s).encode()),
             ]
     return headers
 
@@ -219,6 +227,7 @@ class RateLimitLayer:
         self._given = limits
         self._source: Any = None
         self.rules: list[LimitRule] = []
+        self._buckets: dict[tuple, list[Bucket]] = {}  # who -> applicable buckets, for the current rules
         self._warned_at = -math.inf
         self._rules_now()
 
@@ -226,7 +235,22 @@ class RateLimitLayer:
         limits = self._given if self._given is not None else self.routing.config.rate_limits if self.routing else ()
         if limits is not self._source:
             self.rules, self._source = compile_limits(limits), limits
+            self._buckets = {}
         return self.rules
+
+    def _applicable(self, key: Any, end_user: str | None, tags: dict[str, str]) -> list[Bucket]:
+        """``applicable`` for the current rules, remembered per identity (at most ``MEMO_SIZE`` of them)."""
+        who = (
+            (key.name, key.team, key.rpm, key.tpm) if key is not None else None,
+            end_user,
+            tuple(tags.items()) if tags else (),
+        )
+        found = self._buckets.get(who)
+        if found is None:
+            if len(self._buckets) >= MEMO_SIZE:
+                self._buckets.clear()
+            found = self._buckets[who] = applicable(self.rules, key, end_user, tags)
+        return found
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
         if scope["type"] != "http" or ingress_of(scope) is None:
@@ -239,7 +263,7 @@ class RateLimitLayer:
 
     async def _limit(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> None:
         mlx = ctx.mlx
-        buckets = applicable(self.rules, ctx.key, mlx.end_user if mlx else None, mlx.tags if mlx else {})
+        buckets = self._applicable(ctx.key, mlx.end_user if mlx else None, mlx.tags if mlx else {})
         if not buckets:
             return await self.app(scope, receive, send)
         tokens = prompt_tokens(request) if any(b.tpm is not None for b in buckets) else 0
