@@ -91,3 +91,17 @@ def test_a_batch_that_meets_an_unreachable_store_is_tried_again_then_lands() -> 
 
     asyncio.run(main())
     assert seen == [[1, 2], [3]]
+
+
+def test_acquire_all_stops_at_the_first_refusal_and_gives_the_earlier_tokens_back(backend: Backend) -> None:
+    async def main() -> None:
+        async with backend.limits() as store:
+            limits = [("user:u1", 10, 1000), ("team:t", None, 500), ("global", 10, None)]
+            decisions = await store.acquire_all(limits, 600)  # the team's 500 refuses 600 tokens
+            assert [d.admitted for d in decisions] == [True, False]
+            await store.flush()
+            after = await store.acquire("user:u1", 10, 1000, 1000)  # the user's 600 tokens came back
+            assert after.admitted and after.requests.remaining == 8  # its request count stays taken
+            assert [d.admitted for d in await store.acquire_all(limits[2:], 0)] == [True]
+
+    asyncio.run(main())

@@ -267,17 +267,13 @@ class RateLimitLayer:
         if not buckets:
             return await self.app(scope, receive, send)
         tokens = prompt_tokens(request) if any(b.tpm is not None for b in buckets) else 0
-        taken: list[Bucket] = []
-        decisions: list[RateDecision] = []
         try:
-            for bucket in buckets:
-                decision = await self.store.acquire(bucket.key, bucket.rpm, bucket.tpm, tokens)
-                if not decision.admitted:
-                    self._correct(taken, -tokens)
-                    ctx.ratelimit = "limited"
-                    return await deny(scope, send, refusal(bucket, decision, tokens))
-                taken.append(bucket)
-                decisions.append(decision)
+            decisions = await self.store.acquire_all([(b.key, b.rpm, b.tpm) for b in buckets], tokens)
+            last = decisions[-1]
+            if not last.admitted:  # the store gave the earlier limits' tokens back
+                ctx.ratelimit = "limited"
+                return await deny(scope, send, refusal(buckets[len(decisions) - 1], last, tokens))
+            taken = buckets
         except StoreUnavailable as exc:
             now = monotonic()
             if now - self._warned_at >= WARN_EVERY_S:

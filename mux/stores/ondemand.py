@@ -106,6 +106,9 @@ class OnDemand:
     async def acquire(self, *args: Any) -> Any:
         return await (await self.ensure()).acquire(*args)
 
+    async def acquire_all(self, *args: Any) -> Any:
+        return await (await self.ensure()).acquire_all(*args)
+
     async def correct(self, *args: Any) -> Any:
         return await (await self.ensure()).correct(*args)
 

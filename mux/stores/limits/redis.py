@@ -8,11 +8,13 @@ script is ``mux.money.gcra`` in Lua, in the same integers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from redis.asyncio import Redis
 
 from mux.stores import redis_server
 from mux.stores.deferred import Deferred
-from mux.stores.limits import UNLIMITED, Clock, RateDecision, check, limit_state
+from mux.stores.limits import UNLIMITED, Clock, Limit, RateDecision, acquire_each, check, limit_state
 from mux.stores.redis_server import Lua
 
 GCRA = """
@@ -154,6 +156,9 @@ class RedisRateLimitStore(redis_server.RedisBacked):
         r = limit_state(rpm, out[2], out[3], out[4], out[1] == 1) if rpm is not None else None
         t = limit_state(tpm, out[6], out[7], out[8], out[5] == 1) if tpm is not None else None
         return RateDecision(out[0] == 1, r, t)
+
+    async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
+        return await acquire_each(self, limits, tokens)
 
     async def correct(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
         if tpm is None or token_delta == 0:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 
 from mux.money import gcra
 from mux.stores import sqlite_file
 from mux.stores.deferred import Deferred
-from mux.stores.limits import UNLIMITED, Clock, RateDecision, check, drain_time_us, state_of
+from mux.stores.limits import UNLIMITED, Clock, Limit, RateDecision, check, drain_time_us, state_of
 
 SWEEP_EVERY_US = 300_000_000
 
@@ -73,6 +74,18 @@ class SqliteRateLimitStore(sqlite_file.SqliteBacked):
             self._later.give_back(ops)
             raise
 
+    async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
+        for _, rpm, tpm in limits:
+            check(rpm, tpm, tokens)
+        db = self._conn()
+        now = int(self._clock() * 1_000_000)
+        ops = self._later.take()
+        try:
+            return await sqlite_file.run(db, self._acquire_all, limits, tokens, now, ops)
+        except Exception:  # the transaction rolled back (a cancelled caller's may still have committed)
+            self._later.give_back(ops)
+            raise
+
     async def correct(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
         if tpm is None or token_delta == 0:
             return
@@ -108,6 +121,28 @@ class SqliteRateLimitStore(sqlite_file.SqliteBacked):
     def _correct(self, conn: sqlite3.Connection, tk: str, tpm: int, delta: int, now: int) -> None:
         level = gcra.adjust(_level(conn, tk, now, tpm), delta)
         conn.execute(_WRITE, (tk, level, now, now + drain_time_us(level, tpm)))
+
+    def _acquire_all(
+        self,
+        conn: sqlite3.Connection,
+        limits: Sequence[Limit],
+        tokens: int,
+        now: int,
+        ops: list[tuple[str, int, int, int]],
+    ) -> list[RateDecision]:
+        self._correct_all(conn, ops)
+        out: list[RateDecision] = []
+        for scope_key, rpm, tpm in limits:
+            decision = (
+                UNLIMITED if rpm is None and tpm is None else self._acquire(conn, scope_key, rpm, tpm, tokens, now, [])
+            )
+            out.append(decision)
+            if not decision.admitted:
+                for key, _, earlier_tpm in limits[: len(out) - 1]:
+                    if earlier_tpm is not None and tokens:
+                        self._correct(conn, "t|" + key, earlier_tpm, -tokens, now)
+                break
+        return out
 
     def _correct_all(self, conn: sqlite3.Connection, ops: list[tuple[str, int, int, int]]) -> None:
         for tk, tpm, delta, at in ops:
