@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from mux.stores import redis_server
 from mux.stores.deferred import Deferred
-from mux.stores.limits import UNLIMITED, Clock, Limit, RateDecision, acquire_each, check, limit_state
+from mux.stores.limits import UNLIMITED, Clock, Limit, RateDecision, check, limit_state
 from mux.stores.redis_server import Lua
 
 GCRA = """
@@ -158,7 +158,41 @@ class RedisRateLimitStore(redis_server.RedisBacked):
         return RateDecision(out[0] == 1, r, t)
 
     async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
-        return await acquire_each(self, limits, tokens)
+        """Every limit's script in one pipeline (one round trip, with the queued corrections): the limits after
+        a refusing one take too, and like the earlier ones give their tokens back but keep the request."""
+        for _, rpm, tpm in limits:
+            check(rpm, tpm, tokens)
+        self._check_open()
+        if len(limits) == 1:
+            return [await self.acquire(*limits[0], tokens)]
+        p, now = self._prefix, self._now()
+        calls = [
+            self._acquire.call([p + "r:" + key, p + "t:" + key], [rpm or 0, tpm or 0, tokens, now, self._slack_ms])
+            for key, rpm, tpm in limits
+        ]
+        queued = self._later.take()
+        try:
+            replies = (await redis_server.batch(self._conn(), [*queued, *calls]))[len(queued) :]
+        except Exception:
+            self._later.give_back(queued)
+            raise
+        out: list[RateDecision] = []
+        for (_, rpm, tpm), reply in zip(limits, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            if rpm is None and tpm is None:
+                out.append(UNLIMITED)
+                continue
+            r = limit_state(rpm, reply[2], reply[3], reply[4], reply[1] == 1) if rpm is not None else None
+            t = limit_state(tpm, reply[6], reply[7], reply[8], reply[5] == 1) if tpm is not None else None
+            out.append(RateDecision(reply[0] == 1, r, t))
+        refused = next((i for i, d in enumerate(out) if not d.admitted), None)
+        if refused is None:
+            return out
+        for (key, _, tpm), decision in zip(limits, out, strict=True):
+            if decision.admitted:
+                self.correct_soon(key, tpm, -tokens)
+        return out[: refused + 1]
 
     async def correct(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
         if tpm is None or token_delta == 0:
