@@ -8,9 +8,10 @@ app answered, ``ctx.outcome``. Writes ``ctx.ratelimit`` (``ok``, ``limited``, ``
 
 **Which limits apply**: a virtual key's own ``rpm``/``tpm`` (named ``key:<name>``) and every configured
 limit whose scope the request matches (``mux.money.scopes``); each limit keeps one bucket per scope key.
-They are taken one by one, the narrowest scope first (end user, key, tags, team, everything); when one
-refuses, the tokens the earlier ones took are given back, but their request count stays taken (it only makes
-them refuse sooner).
+They are taken in one store call (``RateLimitStore.acquire_all``: one SQLite transaction, one Redis
+pipeline), the narrowest scope first (end user, key, tags, team, everything); when one refuses, the tokens
+the earlier ones took are given back, but their request count stays taken (it only makes them refuse
+sooner; on Redis, where the pipeline runs every limit, the later ones' too).
 
 **Tokens** are the prompt estimate (``mux.money.estimate.prompt_tokens``) up front; once the inner app has
 returned (after a stream's last byte), each token limit is corrected by the real usage over every attempt
