@@ -7,9 +7,10 @@ written by the AuthLayer) reads only that key's records; a request without one r
 without a key. Any other record, or none, is a 404 ``not_found``, so a key cannot learn that another key's
 id exists.
 
-Rows reach the store a few milliseconds after their request ends: a record not found while rows are still
-queued is looked up again once the writer has written them (``LedgerWriter.flush``, ``wait_s`` at most), so a
-client asking right after its answer finds it.
+Rows reach the store a few milliseconds after their request ends: a record not found while rows were queued
+when the lookup began is looked up again once the writer has written them (``LedgerWriter.flush``, ``wait_s``
+at most), so a client asking right after its answer finds it. "When the lookup began": a batch written while
+the first lookup runs may hold the record, although the writer's queue is empty by the time it answers.
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ class Generation:
         if not id:
             raise InvalidRequest("Missing required parameter: 'id'.", param="id", code="missing_required_parameter")
         everyone, key_name = self._reader(scope)
+        queued = self._queued()  # before the lookup: a batch may be written while it runs
         row = await self._get(id, key_name)
-        if row is None and await self._pending():
+        if row is None and queued:
+            await self.ledger.flush(self.wait_s)
             row = await self._get(id, key_name)
         if row is None or not (everyone or row.key_name == key_name):
             raise NotFound(f"No generation with id '{id}'.")
@@ -75,11 +78,9 @@ class Generation:
         except Exception as exc:  # noqa: BLE001 - the store's failure, whatever its driver calls it
             raise LedgerUnavailable(f"The ledger store could not answer: {type(exc).__name__}.") from exc
 
-    async def _pending(self) -> bool:
-        """Write the rows still queued; answer whether there were any (so a second look may find more)."""
+    def _queued(self) -> bool:
+        """Whether rows wait in the writer (queued or being written): then a record not found yet may be
+        among them."""
         assert self.ledger is not None
         stats = self.ledger.stats
-        if not stats.queue_depth and not stats.in_flight:
-            return False
-        await self.ledger.flush(self.wait_s)
-        return True
+        return bool(stats.queue_depth or stats.in_flight)

@@ -30,7 +30,7 @@ from mux.stores.keys import KeyStore, key_store
 from mux.stores.limits import limit_store
 from mux.stores.ondemand import OnDemand
 from mux.stores.spend import spend_store
-from mux.stores.state_url import parse_state_url
+from mux.stores.state_url import MemoryState, parse_state_url
 
 if TYPE_CHECKING:
     from mux.config.schema import LedgerConfig
@@ -87,13 +87,22 @@ class Resources:
     def _budget_state(self, config: Config) -> None:
         """The spend and rate-limit stores on the ``state`` backend, each opened when first needed: at startup
         when budgets (or rate limits) are configured, else by the first request a key's own limits apply to.
-        Nothing is created or connected for a gateway that never counts."""
+        Nothing is created or connected for a gateway that never counts. With ``memory`` state and a ledger,
+        each budget counter starts from the ledger's spend (``mux.ledger.seed``)."""
         state = parse_state_url(config.state)
         prefix = config.state_prefix
+        seed = None
+        if self.ledger is not None and isinstance(state, MemoryState):  # the others keep their spend
+            from mux.ledger.seed import LedgerSeed
+
+            seed = LedgerSeed(self.ledger)
         self.spend = self.add(
             "budget state",
             OnDemand(
-                spend_store(state, prefix=prefix), name="budget state", eager=bool(config.budgets), logger=self.logger
+                spend_store(state, prefix=prefix, seed=seed),
+                name="budget state",
+                eager=bool(config.budgets),
+                logger=self.logger,
             ),
         )
         self.limits = self.add(

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import httpx
+import openai
 
 import mux
 from mux.layers.budget import BudgetLayer, usd_text
@@ -81,6 +82,37 @@ def test_fifty_concurrent_requests_on_a_key_budget_that_fits_ten_reach_the_provi
     assert reached == 10
     refused = next(a for a in answers if status_of(a) == 402)
     assert refused.response.json()["budget"]["name"] == "key:acme"
+
+
+def test_a_real_virtual_keys_budget_holds_under_fifty_concurrent_requests_sent_with_api_key(fake_openai):
+    """The whole path a user takes: the key in ``keys:`` with ``budget_usd``, sent by the openai SDK as its
+    ``api_key`` (and by the anthropic SDK's header, ``x-api-key``)."""
+    raw = "sk-virtual-acme-0123456789abcdef"
+    cfg = config(
+        fake_openai.base_url,
+        state="memory",
+        keys=[{"name": "acme", "key": raw, "budget_usd": usd(W * 10 + W // 2), "budget_period": "day"}],
+    )
+    with gateway(cfg) as (url, _, _app):
+        with openai.OpenAI(base_url=url + "/v1", api_key=raw, max_retries=0, timeout=20) as client:
+            answers, reached = held_burst(fake_openai, lambda i: chat(client, max_tokens=MAX))
+        assert reached == 10
+        refused = next(a for a in answers if status_of(a) == 402)
+        assert refused.response.json()["budget"]["name"] == "key:acme"
+        by_header = httpx.post(
+            url + "/v1/chat/completions",
+            headers={"x-api-key": raw},
+            json={"model": "openai/gpt-4o-mini", "messages": HI, "max_tokens": MAX},
+        )
+        # the admitted ten settled to their real cost, below the worst case: there is room for this one
+        assert by_header.status_code == 200 and by_header.headers["x-mux-budget-name"] == "key:acme"
+        stranger = httpx.post(
+            url + "/v1/chat/completions",
+            headers={"x-api-key": "sk-not-a-key-0123456789"},
+            json={"model": "openai/gpt-4o-mini", "messages": HI},
+        )
+        assert stranger.status_code == 401 and stranger.json()["error"]["code"] == "invalid_api_key"
+        assert raw not in by_header.text and raw not in str(by_header.headers)
 
 
 def test_fifty_concurrent_requests_on_an_end_user_budget_that_fits_ten_reach_the_provider_at_most_ten_times(

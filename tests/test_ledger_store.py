@@ -307,15 +307,18 @@ def test_spend_sums_a_scope_since_a_time(backend):
         {"end_user": "u2"},
         {"tag": ("env", "prod")},
         {"key_name": "key-c", "tag": ("app", "chat")},
+        {"tags": {"env": "prod", "app": "rag"}},
+        {"team": "ads", "tag": ("env", "dev"), "tags": {"app": "chat"}},
     ]
 
-    def matches(r, key_name=None, team=None, end_user=None, tag=None):
+    def matches(r, key_name=None, team=None, end_user=None, tag=None, tags=None):
+        wanted = {**dict([tag] if tag else []), **(tags or {})}
         return (
             r.created_at >= since
             and (key_name is None or r.key_name == key_name)
             and (team is None or r.team == team)
             and (end_user is None or r.end_user == end_user)
-            and (tag is None or r.tags.get(tag[0]) == tag[1])
+            and all(r.tags.get(name) == value for name, value in wanted.items())
         )
 
     async def scenario(store):

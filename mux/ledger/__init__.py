@@ -3,8 +3,9 @@ analytics and budgets' spend.
 
 ``LedgerRow`` (row.py) is the record; ``LedgerStore`` (store.py) the store contract, answered by
 ``SQLiteLedgerStore`` (sqlite.py) and ``PostgresLedgerStore`` (postgres.py), which share their queries
-(sql.py); ``LedgerWriter`` (writer.py) queues rows and writes them in batches. ``store_from_url`` picks the
-store of a ``ledger.store`` URL. The database drivers are imported only by the store that needs them.
+(sql.py); ``LedgerWriter`` (writer.py) queues rows and writes them in batches; ``LedgerSeed`` (seed.py)
+starts a memory budget from the ledger's spend. ``store_from_url`` picks the store of a ``ledger.store`` URL.
+The database drivers are imported only by the store that needs them.
 """
 
 from __future__ import annotations

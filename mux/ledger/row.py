@@ -14,12 +14,16 @@ from typing import Any
 
 import msgspec
 
+from mux.money.units import to_nano
+
 NANO_PER_USD = 1_000_000_000
 
 
 def nano_usd(usd: float | None) -> int:
-    """Answer ``usd`` as a whole number of nano-USD, rounded to nearest (``None`` is 0)."""
-    return round(usd * NANO_PER_USD) if usd else 0
+    """Answer ``usd`` as a whole number of nano-USD (``None`` is 0), rounded as a budget charges it
+    (``mux.money.units.to_nano``: up, unless within float noise of a whole one), so the ledger's spend of a
+    scope is what its budget settled."""
+    return to_nano(usd) if usd else 0
 
 
 class LedgerRow(msgspec.Struct, kw_only=True, gc=False):

@@ -13,8 +13,8 @@ Indexes (created by each store) and the queries they serve:
 * ``ledger_model_time (model_used, created_at, request_id)``: ``requests(model=)``;
 * ``ledger_response (response_id)``: ``get`` by response id (by request id: the primary key);
 * ``ledger_tags_lookup (name, value, created_at, request_id)`` on the tag side table: ``requests(tag=)``
-  and ``spend(tag=)`` walk it in time order; ``analytics(group_by="tag:NAME")`` joins it by its primary key
-  ``(request_id, name)``.
+  and ``spend(tag=)`` walk it in time order; ``analytics(group_by="tag:NAME")`` and the further tags of
+  ``spend(tags=)`` join it by its primary key ``(request_id, name)``.
 
 Pages are keyset-paginated on (created_at, request_id), newest first, so a page costs its size whatever its
 depth. ``status`` has no index: it is filtered while walking one of the indexes above.
@@ -23,7 +23,7 @@ depth. ``status`` has no index: it is filtered while walking one of the indexes 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -184,13 +184,15 @@ class SqlLedgerStore:
         team: str | None = None,
         end_user: str | None = None,
         tag: tuple[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> tuple[str, list[Any]]:
         p = Params(self.numbered_params)
         join, where = "", []
-        if tag is not None:
-            join = (
-                f" JOIN {self.tags} t ON t.request_id = l.request_id AND t.name = {p(tag[0])} "
-                f"AND t.value = {p(tag[1])} AND t.created_at >= {p(since_ts)}"
+        wanted = ([tag] if tag is not None else []) + list((tags or {}).items())
+        for i, (name, wanted_value) in enumerate(wanted):  # the first walks the tag index, the others its key
+            join += (
+                f" JOIN {self.tags} t{i} ON t{i}.request_id = l.request_id AND t{i}.name = {p(name)} "
+                f"AND t{i}.value = {p(wanted_value)} AND t{i}.created_at >= {p(since_ts)}"
             )
         for column, value in (("key_name", key_name), ("team", team), ("end_user", end_user)):
             if value is not None:
@@ -209,9 +211,10 @@ class SqlLedgerStore:
         team: str | None = None,
         end_user: str | None = None,
         tag: tuple[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> int:
         records = await self._fetch(
-            *self._spend_sql(since_ts, key_name=key_name, team=team, end_user=end_user, tag=tag)
+            *self._spend_sql(since_ts, key_name=key_name, team=team, end_user=end_user, tag=tag, tags=tags)
         )
         return int(records[0][0])
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -78,9 +78,10 @@ class LedgerStore(Protocol):
         team: str | None = None,
         end_user: str | None = None,
         tag: tuple[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> int:
         """Answer the nano-USD spent since ``since_ts`` by the records matching every filter given (all
-        records when none is)."""
+        records when none is); ``tags`` are more tag filters, each one a condition like ``tag``."""
 
 
 def encode_cursor(created_at: float, request_id: str) -> str:

@@ -5,13 +5,15 @@ A ``Scope`` holds up to four conditions — a virtual key's name, its team, the 
 answer is the **scope key** that names its counter in the stores: ``key:acme``, ``end_user:user_42``,
 ``tag:tenant=acme``, ``team:search``, several joined with ``&`` (``team:search&tag:tenant=acme``), or
 ``global`` for a scope with no condition (every request, one counter). Values are percent-encoded in scope
-keys, so no value can forge another's counter. Pure: no I/O.
+keys, so no value can forge another's counter; ``conditions`` reads a scope key back into its values (what
+a budget asks the request ledger for). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import quote
+from typing import NamedTuple
+from urllib.parse import quote, unquote
 
 ANY = "*"
 
@@ -80,3 +82,36 @@ class Scope:
         if tags:
             parts.append("tag:" + ",".join(f"{_q(k)}={_q(v)}" for k, v in tags.items()))
         return "&".join(parts) or "global"
+
+
+class Conditions(NamedTuple):
+    """The values one scope key names: the requests it counts are those matching every one that is set."""
+
+    key: str | None = None
+    team: str | None = None
+    end_user: str | None = None
+    tags: dict[str, str] = {}
+
+
+def conditions(scope_key: str) -> Conditions:
+    """Answer the values the scope key ``scope_key`` (as ``Scope.of`` or ``key_scope`` answer it) names; no value
+    for ``global``. Raise ValueError for a string no scope answers."""
+    if scope_key == "global":
+        return Conditions(tags={})
+    found: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    for part in scope_key.split("&"):
+        kind, sep, value = part.partition(":")
+        if not sep or kind in found or kind == "tag" and tags:
+            raise ValueError(f"not a scope key: {scope_key!r}")
+        if kind == "tag":
+            for pair in value.split(","):
+                name, eq, tag_value = pair.partition("=")
+                if not eq:
+                    raise ValueError(f"not a scope key: {scope_key!r}")
+                tags[unquote(name)] = unquote(tag_value)
+        elif kind in ("key", "team", "end_user"):
+            found[kind] = unquote(value)
+        else:
+            raise ValueError(f"not a scope key: {scope_key!r}")
+    return Conditions(found.get("key"), found.get("team"), found.get("end_user"), tags)

@@ -12,14 +12,15 @@ key's shorthand budget and a named budget with another cap) read one counter, an
 is counted once in it. A window's period is taken from the store's clock at reservation; the settle books the
 spend in that same period. Amounts are integer nano-USD (``mux.money.units``).
 
-Backends: ``MemorySpendStore`` (one process), ``SqliteSpendStore`` (the workers of one machine share a
-file), ``RedisSpendStore`` (replicas share a server; one Lua script, one round trip, per call).
+Backends: ``MemorySpendStore`` (one process; its counters can start from a seed, such as the request ledger's
+spend), ``SqliteSpendStore`` (the workers of one machine share a file), ``RedisSpendStore`` (replicas share a
+server; one Lua script, one round trip, per call).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from msgspec import Struct
@@ -123,18 +124,27 @@ class SpendStore(Protocol):
         ...
 
     async def add_spend(self, window: BudgetWindow, nano: int, at: float | None = None) -> None:
-        """Add ``nano`` to the spend of ``window`` in the period holding epoch ``at`` (default: now), e.g. to
-        rebuild a memory store's spend from a request ledger after a restart."""
+        """Add ``nano`` to the spend of ``window`` in the period holding epoch ``at`` (default: now), as it
+        stands (a seeded memory store adds its seed once, on the counter's first reservation or usage)."""
         ...
 
 
-def spend_store(state: StateURL, *, clock: Clock | None = None, prefix: str = "mux:") -> SpendStore:
+def spend_store(
+    state: StateURL,
+    *,
+    clock: Clock | None = None,
+    prefix: str = "mux:",
+    seed: Callable[[str, int], Awaitable[int]] | None = None,
+) -> SpendStore:
     """Answer an unopened spend store for ``state`` (``clock`` defaults to ``time.time``; ``prefix`` names the
-    Redis keys)."""
+    Redis keys). ``seed`` starts each counter of a ``memory`` store from the spend before this process
+    (``mux.stores.spend.memory``); the other backends keep their spend, so they take none (ValueError)."""
     if isinstance(state, MemoryState):
         from mux.stores.spend.memory import MemorySpendStore
 
-        return MemorySpendStore(clock=clock or time.time)
+        return MemorySpendStore(clock=clock or time.time, seed=seed)
+    if seed is not None:
+        raise ValueError("only memory state is seeded: the other backends keep their spend across restarts")
     if isinstance(state, SqliteState):
         from mux.stores.spend.sqlite import SqliteSpendStore
 

@@ -1,14 +1,23 @@
-"""The spend store in this process's memory: plain dict work, atomic because no call awaits anything.
+"""The spend store in this process's memory: plain dict work, atomic because no call awaits anything
+between reading and writing its counters.
 
 Expired reservations, forgotten requests and counters of long-past periods are dropped lazily by each call,
 in time order, from three heaps.
+
+**Seeded counters.** Memory loses spend at restart; given a ``seed`` (``seed(scope_key, period_start)``
+answering the nano-USD that scope spent since then, e.g. ``mux.ledger.seed.LedgerSeed``), the first
+``reserve`` or ``usage`` to touch a counter in this process waits for its seed and starts the counter from it;
+every later call is plain dict work again. Calls touching a counter whose seed is under way wait for that one
+seed, so no reservation is booked in a counter before its history is; a seed that fails raises (the
+``StoreUnavailable`` it raised, say) in every call waiting for it, and the next call tries again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from mux.money.periods import window as period_window
 from mux.stores.lifecycle import Lifecycle
@@ -16,6 +25,7 @@ from mux.stores.spend import DEFAULT_RETAIN_S, Admission, BudgetWindow, Clock, c
 from mux.stores.spend import check_reservation as _check
 
 HELD, LAPSED, SETTLED, RELEASED = 0, 1, 2, 3
+Seed = Callable[[str, int], Awaitable[int]]  # (scope key, period start) -> nano-USD spent since
 
 
 class _Hold:
@@ -35,9 +45,14 @@ class _Hold:
 class MemorySpendStore(Lifecycle):
     """Spend state of one process. Reads and writes only its own dicts; answers as ``SpendStore``."""
 
-    def __init__(self, *, clock: Clock = time.time, retain_s: float = DEFAULT_RETAIN_S) -> None:
+    def __init__(
+        self, *, clock: Clock = time.time, retain_s: float = DEFAULT_RETAIN_S, seed: Seed | None = None
+    ) -> None:
         self._clock = clock
         self._retain = retain_s
+        self._seed = seed
+        self._seeded: set[str] = set()  # counters started from their seed
+        self._seeding: dict[str, asyncio.Future[None]] = {}  # counters whose seed is under way
         self._counters: dict[str, list[int]] = {}  # counter key -> [spent, reserved]
         self._holds: dict[str, _Hold] = {}
         self._expiries: list[tuple[float, str]] = []  # live holds by expiry
@@ -52,9 +67,11 @@ class MemorySpendStore(Lifecycle):
         self._purge(now)
         if not windows:
             return Admission(True, [])
+        p = plan(windows, now)
+        if self._seed is not None:
+            await self._seeded_all(p.counters, p.starts, p.resets)
         if request_id in self._holds:
             raise ValueError(f"request {request_id!r} already holds a reservation")
-        p = plan(windows, now)
         values = [tuple(self._counters.get(c, (0, 0))) for c in p.counters]
         answer = decide(windows, p, values, amount_nano)  # type: ignore[arg-type]
         if answer.admitted:
@@ -86,13 +103,39 @@ class MemorySpendStore(Lifecycle):
     async def usage(self, window: BudgetWindow) -> tuple[int, int]:
         now = self._clock()
         self._purge(now)
-        start, _ = period_window(window.period, now)
-        spent, reserved = self._counters.get(counter_key(window.scope_key, window.period, start), (0, 0))
+        start, resets = period_window(window.period, now)
+        key = counter_key(window.scope_key, window.period, start)
+        if self._seed is not None:
+            await self._seeded_all([key], [start], [resets])
+        spent, reserved = self._counters.get(key, (0, 0))
         return spent, reserved
 
     async def add_spend(self, window: BudgetWindow, nano: int, at: float | None = None) -> None:
         start, resets = period_window(window.period, self._clock() if at is None else at)
         self._counter(counter_key(window.scope_key, window.period, start), resets)[0] += nano
+
+    async def _seeded_all(self, counters: list[str], starts: list[int], resets: list[int | None]) -> None:
+        """Return once every counter of ``counters`` (periods starting at ``starts``, ending at ``resets``)
+        holds its seed; raise what a failed seed raised."""
+        waits = []
+        for c, start, reset in zip(counters, starts, resets, strict=False):
+            if c in self._seeded:
+                continue
+            pending = self._seeding.get(c)
+            if pending is None:
+                pending = self._seeding[c] = asyncio.ensure_future(self._seed_counter(c, start, reset))
+            waits.append(asyncio.shield(pending))  # a cancelled request does not cancel a seed others await
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def _seed_counter(self, c: str, start: int, resets: int | None) -> None:
+        assert self._seed is not None
+        try:
+            spent = await self._seed(c.rsplit("|", 2)[0], start)
+            self._counter(c, resets)[0] += spent
+            self._seeded.add(c)
+        finally:
+            del self._seeding[c]
 
     def _finish(self, request_id: str, actual: int, state: int) -> bool:
         self._purge(self._clock())
@@ -134,4 +177,6 @@ class MemorySpendStore(Lifecycle):
                 del self._holds[rid]
         drops = self._drops
         while drops and drops[0][0] <= now:
-            self._counters.pop(heapq.heappop(drops)[1], None)
+            key = heapq.heappop(drops)[1]
+            self._counters.pop(key, None)
+            self._seeded.discard(key)
