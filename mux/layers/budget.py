@@ -21,8 +21,10 @@ reporting but no longer refusing; a ``warn`` budget never refuses.
 **Settlement**, once the inner app has returned (after a stream's last byte): the reservation becomes the
 request's real total cost over every attempt (``ctx.outcome.cost_usd``); a request answered without any usage
 keeps its worst case as spend (the provider did not say what it cost); a failed request, or a client that
-went away (499), with no priced attempt releases it. Settle is idempotent by the request id. A reservation
-expires after the longest the plan can take (``reservation_ttl``), so a crashed worker cannot hold a budget.
+went away (499), with no priced attempt releases it. Settle is idempotent by the request id, and off the
+request path: the store batches it with others and it lands within a few ms (``SpendStore.finish_soon``);
+until then the reservation holds the worst case, so the cap stays safe. A reservation expires after the
+longest the plan can take (``reservation_ttl``), so a crashed worker cannot hold a budget.
 
 **Headers** on every budgeted answer, written at ``http.response.start``: ``x-mux-budget-name`` (the budget
 with the least left), ``x-mux-budget-remaining-usd`` (its cap minus spend and reservations, counting this
@@ -36,11 +38,11 @@ request at its known cost, or its worst case while a stream runs), ``x-mux-budge
 
 from __future__ import annotations
 
-import asyncio
 import math
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from time import time
 from typing import TYPE_CHECKING, Any
 
@@ -64,8 +66,8 @@ if TYPE_CHECKING:
     from mux.routing.plan import Plan
 
 SLACK_S = 2.0  # added to a plan's longest time: the store calls before and after its attempts
+MEMO_SIZE = 4096  # identities whose applicable budgets are remembered (the memo starts over past it)
 MAX_TTL_S = 43_200.0  # below the stores' retain_s (a day), so a late settle is still recorded
-SETTLE_RETRIES_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # a settle that met an unreachable store is retried after these
 
 _encode = msgspec.json.Encoder().encode
 
@@ -144,6 +146,7 @@ def settlement(outcome: Outcome, answered: bool, reserved_nano: int) -> int | No
     return reserved_nano if not outcome.spent else 0
 
 
+@lru_cache(maxsize=256)
 def iso(ts: int | None) -> str | None:
     """Answer epoch seconds as ISO 8601 UTC (``2027-03-11T00:00:00Z``), None for None."""
     if ts is None:
@@ -281,13 +284,29 @@ class BudgetLayer:
         self._given = budgets
         self._source: Any = None
         self._rules: list[Rule] = []
-        self._tasks: set[asyncio.Task] = set()
+        self._applied: dict[tuple, list[Applied]] = {}  # who -> applicable budgets, for the current rules
         self._rules_for(budgets if budgets is not None else routing.config.budgets)
 
     def _rules_for(self, budgets: Sequence[Any]) -> list[Rule]:
         if budgets is not self._source:
             self._rules, self._source = compile_budgets(budgets), budgets
+            self._applied = {}
         return self._rules
+
+    def _applicable(self, key: Any, end_user: str | None, tags: dict[str, str]) -> list[Applied]:
+        """``applicable`` for the current rules, remembered per identity (at most ``MEMO_SIZE`` of them); the
+        answer is shared: never change it."""
+        who = (
+            (key.name, key.team, key.budget_usd, key.budget_period) if key is not None else None,
+            end_user,
+            tuple(tags.items()) if tags else (),
+        )
+        found = self._applied.get(who)
+        if found is None:
+            if len(self._applied) >= MEMO_SIZE:
+                self._applied.clear()
+            found = self._applied[who] = applicable(self._rules, key, end_user, tags)
+        return found
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
         if scope["type"] != "http" or ingress_of(scope) is None:
@@ -301,7 +320,7 @@ class BudgetLayer:
     async def _guard(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> None:
         mlx = ctx.mlx
         end_user = mlx.end_user if mlx is not None else None
-        applied = applicable(self._rules, ctx.key, end_user, mlx.tags if mlx is not None else {})
+        applied = self._applicable(ctx.key, end_user, mlx.tags if mlx is not None else {})
         if not applied:
             return await self.app(scope, receive, send)
         routing = self.routing
@@ -411,32 +430,12 @@ class BudgetLayer:
             await self.app(scope, receive, budget_send)
         finally:
             amount = settlement(ctx.outcome, answered, worst.nano)
-            task = asyncio.ensure_future(self._finish(request_id, amount))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            await asyncio.shield(task)  # a cancelled request still settles
-
-    async def _finish(self, request_id: str, amount: int | None) -> None:
-        """Settle (``amount``) or release (None) a reservation, retrying while the store is unreachable; past
-        the retries the reservation expires and the spend is not counted (logged)."""
-        for delay in (*SETTLE_RETRIES_S, None):
             try:
-                if amount is None:
-                    await self.store.release(request_id)
-                else:
-                    await self.store.settle(request_id, amount)
-                return
-            except StoreUnavailable as exc:
-                if delay is None:
-                    self.logger.error("budget_settle_failed", request_id=request_id, amount_nano=amount, error=str(exc))
-                    return
-                await asyncio.sleep(delay)
+                self.store.finish_soon(request_id, amount)  # batched off the request path: lands within ms
             except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
                 self.logger.error(
                     "budget_settle_failed",
                     request_id=request_id,
                     amount_nano=amount,
                     error=f"{type(exc).__name__}: {exc}",
-                    exc_info=exc,
                 )
-                return

@@ -8,14 +8,15 @@ app answered, ``ctx.outcome``. Writes ``ctx.ratelimit`` (``ok``, ``limited``, ``
 
 **Which limits apply**: a virtual key's own ``rpm``/``tpm`` (named ``key:<name>``) and every configured
 limit whose scope the request matches (``mux.money.scopes``); each limit keeps one bucket per scope key.
-They are taken one by one, the narrowest scope first (end user, key, tags, team, everything); when one
-refuses, the tokens the earlier ones took are given back, but their request count stays taken (it only makes
-them refuse sooner).
+They are taken in one store call (``RateLimitStore.acquire_all``: one SQLite transaction, one Redis
+pipeline), the narrowest scope first (end user, key, tags, team, everything); when one refuses, the tokens
+the earlier ones took are given back, but their request count stays taken (it only makes them refuse
+sooner; on Redis, where the pipeline runs every limit, the later ones' too).
 
 **Tokens** are the prompt estimate (``mux.money.estimate.prompt_tokens``) up front; once the inner app has
 returned (after a stream's last byte), each token limit is corrected by the real usage over every attempt
-(prompt and completion tokens) minus the estimate. A request that failed without usage gives its estimate
-back; one answered without usage keeps it.
+(prompt and completion tokens) minus the estimate, within a few ms (the store batches corrections). A request
+that failed without usage gives its estimate back; one answered without usage keeps it.
 
 **Headers**, in OpenAI's naming and format, on every limited answer and on the 429: ``x-ratelimit-limit-
 requests``, ``x-ratelimit-remaining-requests``, ``x-ratelimit-reset-requests`` and the ``-tokens`` three,
@@ -33,7 +34,6 @@ first (``_parse_retry_after_header``); a request larger than the limit itself ne
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from time import monotonic
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from mux.routing.live import LiveRouting
 
 WARN_EVERY_S = 10.0
+MEMO_SIZE = 4096  # identities whose applicable limits are remembered (the memo starts over past it)
 
 
 # ---- pure decisions -------------------------------------------------------------------------------------
@@ -135,15 +136,22 @@ def least(states: Sequence[LimitState | None]) -> LimitState | None:
     return min(present, key=lambda s: (s.remaining, -s.reset_s)) if present else None
 
 
+_NAMES = {
+    kind: tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
+    for kind in ("requests", "tokens")
+}
+
+
 def limit_headers(requests: LimitState | None, tokens: LimitState | None) -> list[tuple[bytes, bytes]]:
     """Answer OpenAI's ``x-ratelimit-*`` headers for a requests and a tokens limit (each may be None)."""
     headers = []
     for kind, state in (("requests", requests), ("tokens", tokens)):
         if state is not None:
+            limit, remaining, reset = _NAMES[kind]
             headers += [
-                (f"x-ratelimit-limit-{kind}".encode(), str(state.limit).encode()),
-                (f"x-ratelimit-remaining-{kind}".encode(), str(state.remaining).encode()),
-                (f"x-ratelimit-reset-{kind}".encode(), duration_text(state.reset_s).encode()),
+                (limit, str(state.limit).encode()),
+                (remaining, str(state.remaining).encode()),
+                (reset, duration_text(state.reset_s).encode()),
             ]
     return headers
 
@@ -220,15 +228,30 @@ class RateLimitLayer:
         self._given = limits
         self._source: Any = None
         self.rules: list[LimitRule] = []
+        self._buckets: dict[tuple, list[Bucket]] = {}  # who -> applicable buckets, for the current rules
         self._warned_at = -math.inf
-        self._tasks: set[asyncio.Task] = set()
         self._rules_now()
 
     def _rules_now(self) -> list[LimitRule]:
         limits = self._given if self._given is not None else self.routing.config.rate_limits if self.routing else ()
         if limits is not self._source:
             self.rules, self._source = compile_limits(limits), limits
+            self._buckets = {}
         return self.rules
+
+    def _applicable(self, key: Any, end_user: str | None, tags: dict[str, str]) -> list[Bucket]:
+        """``applicable`` for the current rules, remembered per identity (at most ``MEMO_SIZE`` of them)."""
+        who = (
+            (key.name, key.team, key.rpm, key.tpm) if key is not None else None,
+            end_user,
+            tuple(tags.items()) if tags else (),
+        )
+        found = self._buckets.get(who)
+        if found is None:
+            if len(self._buckets) >= MEMO_SIZE:
+                self._buckets.clear()
+            found = self._buckets[who] = applicable(self.rules, key, end_user, tags)
+        return found
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
         if scope["type"] != "http" or ingress_of(scope) is None:
@@ -241,21 +264,17 @@ class RateLimitLayer:
 
     async def _limit(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> None:
         mlx = ctx.mlx
-        buckets = applicable(self.rules, ctx.key, mlx.end_user if mlx else None, mlx.tags if mlx else {})
+        buckets = self._applicable(ctx.key, mlx.end_user if mlx else None, mlx.tags if mlx else {})
         if not buckets:
             return await self.app(scope, receive, send)
         tokens = prompt_tokens(request) if any(b.tpm is not None for b in buckets) else 0
-        taken: list[Bucket] = []
-        decisions: list[RateDecision] = []
         try:
-            for bucket in buckets:
-                decision = await self.store.acquire(bucket.key, bucket.rpm, bucket.tpm, tokens)
-                if not decision.admitted:
-                    self._background(self._correct(taken, -tokens))
-                    ctx.ratelimit = "limited"
-                    return await deny(scope, send, refusal(bucket, decision, tokens))
-                taken.append(bucket)
-                decisions.append(decision)
+            decisions = await self.store.acquire_all([(b.key, b.rpm, b.tpm) for b in buckets], tokens)
+            last = decisions[-1]
+            if not last.admitted:  # the store gave the earlier limits' tokens back
+                ctx.ratelimit = "limited"
+                return await deny(scope, send, refusal(buckets[len(decisions) - 1], last, tokens))
+            taken = buckets
         except StoreUnavailable as exc:
             now = monotonic()
             if now - self._warned_at >= WARN_EVERY_S:
@@ -281,22 +300,17 @@ class RateLimitLayer:
         finally:
             real = real_tokens(ctx.outcome, answered)
             if real is not None and real != tokens:
-                await asyncio.shield(self._background(self._correct(taken, real - tokens)))
+                self._correct(taken, real - tokens)
 
-    def _background(self, coro: Any) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _correct(self, buckets: Sequence[Bucket], delta: int) -> None:
-        """Add ``delta`` tokens to each token limit of ``buckets``; an unreachable store is logged and skipped."""
+    def _correct(self, buckets: Sequence[Bucket], delta: int) -> None:
+        """Add ``delta`` tokens to each token limit of ``buckets``, batched off the request path by the store
+        (``RateLimitStore.correct_soon``); a failure is logged and skipped."""
         if not delta:
             return
         for bucket in buckets:
             if bucket.tpm is not None:
                 try:
-                    await self.store.correct(bucket.key, bucket.tpm, delta)
+                    self.store.correct_soon(bucket.key, bucket.tpm, delta)
                 except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
                     self.logger.warning(
                         "rate_limit_correction_skipped", bucket=bucket.name, error=f"{type(exc).__name__}: {exc}"

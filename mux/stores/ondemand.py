@@ -88,6 +88,13 @@ class OnDemand:
     async def release(self, *args: Any) -> Any:
         return await (await self.ensure()).release(*args)
 
+    def finish_soon(self, *args: Any) -> None:
+        self._opened().finish_soon(*args)
+
+    async def flush(self) -> None:
+        if self._open:
+            await self.store.flush()
+
     async def usage(self, *args: Any) -> Any:
         return await (await self.ensure()).usage(*args)
 
@@ -99,8 +106,21 @@ class OnDemand:
     async def acquire(self, *args: Any) -> Any:
         return await (await self.ensure()).acquire(*args)
 
+    async def acquire_all(self, *args: Any) -> Any:
+        return await (await self.ensure()).acquire_all(*args)
+
     async def correct(self, *args: Any) -> Any:
         return await (await self.ensure()).correct(*args)
+
+    def correct_soon(self, *args: Any) -> None:
+        self._opened().correct_soon(*args)
+
+    def _opened(self) -> Any:
+        """Answer the store when open (a queued write needs no open: its reservation or bucket went through
+        it); raise StoreUnavailable otherwise."""
+        if not self._open:
+            raise StoreUnavailable(f"the {self.name} is not open")
+        return self.store
 
     # ---- the resource lifecycle ----
 

@@ -16,17 +16,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mux.stores import StoreUnavailable
 from mux.stores.lifecycle import Connected
 
 TIMEOUT_S = 1.0
+MAX_CONNECTIONS = 64  # per client (each store has its own): enough for one worker's concurrent calls
 _DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 # Lua: the current time in ms, from the caller's clock when one is given (tests), else from the server, so
@@ -40,9 +41,19 @@ end
 """
 
 
-def client(url: str, *, timeout_s: float = TIMEOUT_S) -> Redis:
-    """Answer a pooled client for ``url`` with short timeouts and one immediate retry."""
-    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1))
+def client(url: str, *, timeout_s: float = TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> Redis:
+    """Answer a pooled client for ``url`` with short timeouts and one immediate retry. The pool holds at most
+    ``max_connections``; a call finding them all busy waits for one (up to ``timeout_s``, then
+    ``StoreUnavailable``) instead of failing at once with "Too many connections"."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return Redis.from_pool(pool)
 
 
 async def ping(redis: Redis) -> None:
@@ -64,6 +75,41 @@ class Lua:
             return await self._script(keys, args)
         except _DOWN as e:
             raise StoreUnavailable(f"Redis state unreachable: {e}") from None
+
+    def call(self, keys: Sequence[Any], args: Sequence[Any]) -> Call:
+        """Answer this script's call on ``keys`` and ``args``, for ``batch``."""
+        return (self, keys, args)
+
+
+Call = tuple[Lua, Sequence[Any], Sequence[Any]]
+
+
+async def batch(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run ``calls`` in one pipeline (one round trip, not a transaction) and answer each one's reply or
+    exception (a ``ResponseError`` stays in the list). A script the server does not have is loaded and its
+    calls run again (only those: they did not run)."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    try:
+        for _ in range(2):
+            pipe = redis.pipeline(transaction=False)
+            for i in todo:
+                lua, keys, args = calls[i]
+                pipe.evalsha(lua._script.sha, len(keys), *keys, *args)
+            out = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(todo, out, strict=True):
+                replies[i] = reply
+                if isinstance(reply, NoScriptError):
+                    missing.append(i)
+            if not missing:
+                break
+            for lua in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                await redis.script_load(lua._script.script)
+            todo = missing
+    except _DOWN as e:
+        raise StoreUnavailable(f"Redis state unreachable: {e}") from None
+    return replies
 
 
 class RedisBacked(Connected[Redis]):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from msgspec import Struct
@@ -23,6 +23,7 @@ from mux.money.gcra import NEVER, Verdict
 from mux.stores.state_url import MemoryState, RedisState, SqliteState, StateURL
 
 Clock = Callable[[], float]
+Limit = tuple[str, int | None, int | None]  # scope_key, rpm, tpm
 
 
 class LimitState(Struct, gc=False):
@@ -62,6 +63,21 @@ class RateLimitStore(Protocol):
 
     async def correct(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
         """Add ``token_delta`` (real minus estimated tokens) to ``scope_key``'s token limit."""
+        ...
+
+    async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
+        """``acquire`` each of ``limits`` (``(scope_key, rpm, tpm)``) in order up to the first that refuses, and
+        give back the tokens the earlier ones took (their request counts stay taken); answer the decisions made,
+        the refusing one last."""
+        ...
+
+    def correct_soon(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
+        """``correct`` within a few ms, off the caller's path: queued and run in a batch
+        (``mux.stores.deferred``)."""
+        ...
+
+    async def flush(self) -> None:
+        """Run the queued corrections now."""
         ...
 
 
@@ -112,3 +128,16 @@ def state_of(limit: int | None, v: Verdict | None) -> LimitState | None:
 def drain_time_us(level: int, limit: int) -> int:
     """Answer how long a bucket at ``level`` takes to empty under ``limit`` (when its state can be dropped)."""
     return -(-level // limit)
+
+
+async def acquire_each(store: RateLimitStore, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
+    """``acquire_all`` as one ``acquire`` call after another (for a store with no faster way)."""
+    out: list[RateDecision] = []
+    for scope_key, rpm, tpm in limits:
+        decision = await store.acquire(scope_key, rpm, tpm, tokens)
+        out.append(decision)
+        if not decision.admitted:
+            for key, _, earlier_tpm in limits[: len(out) - 1]:
+                store.correct_soon(key, earlier_tpm, -tokens)
+            break
+    return out

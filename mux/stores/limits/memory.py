@@ -6,10 +6,11 @@ Buckets that have drained are dropped by a sweep at most once a minute.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from mux.money import gcra
 from mux.stores.lifecycle import Lifecycle
-from mux.stores.limits import UNLIMITED, Clock, RateDecision, check, drain_time_us, state_of
+from mux.stores.limits import UNLIMITED, Clock, Limit, RateDecision, acquire_each, check, drain_time_us, state_of
 
 SWEEP_EVERY_US = 60_000_000
 
@@ -39,7 +40,16 @@ class MemoryRateLimitStore(Lifecycle):
                 self._buckets[tk] = (t.level, now, now + drain_time_us(t.level, tpm))  # type: ignore[arg-type]
         return RateDecision(admitted, state_of(rpm, r), state_of(tpm, t))
 
+    async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
+        return await acquire_each(self, limits, tokens)
+
     async def correct(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
+        self.correct_soon(scope_key, tpm, token_delta)
+
+    async def flush(self) -> None:
+        return None
+
+    def correct_soon(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
         if tpm is None or token_delta == 0:
             return
         check(None, tpm, 0)

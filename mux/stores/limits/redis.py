@@ -8,10 +8,13 @@ script is ``mux.money.gcra`` in Lua, in the same integers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from redis.asyncio import Redis
 
 from mux.stores import redis_server
-from mux.stores.limits import UNLIMITED, Clock, RateDecision, check, limit_state
+from mux.stores.deferred import Deferred
+from mux.stores.limits import UNLIMITED, Clock, Limit, RateDecision, check, limit_state
 from mux.stores.redis_server import Lua
 
 GCRA = """
@@ -100,6 +103,27 @@ class RedisRateLimitStore(redis_server.RedisBacked):
         # A bucket's key expires once it has drained, plus this slack. Redis expires keys on its own clock, so a
         # store given another clock keeps them an hour longer, for that clock to reach.
         self._slack_ms = 1000 if clock is None else 3_600_000
+        self._later: Deferred[redis_server.Call] = Deferred(self._run_later, name=self._name)
+
+    async def close(self) -> None:
+        if self._held is not None:
+            await self._later.close()
+        await super().close()
+
+    async def _run_later(self, calls: list[redis_server.Call]) -> None:
+        await redis_server.batch(self._conn(), calls)
+
+    def correct_soon(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
+        if tpm is None or token_delta == 0:
+            return
+        check(None, tpm, 0)
+        self._check_open()
+        self._later.add(
+            self._correct.call([self._prefix + "t:" + scope_key], [tpm, token_delta, self._now(), self._slack_ms])
+        )
+
+    async def flush(self) -> None:
+        await self._later.flush()
 
     def _load(self, redis: Redis) -> None:
         self._acquire = Lua(redis, ACQUIRE)
@@ -114,12 +138,61 @@ class RedisRateLimitStore(redis_server.RedisBacked):
         if rpm is None and tpm is None:
             return UNLIMITED
         p = self._prefix
-        out = await self._acquire(
-            [p + "r:" + scope_key, p + "t:" + scope_key], [rpm or 0, tpm or 0, tokens, self._now(), self._slack_ms]
+        keys, args = (
+            [p + "r:" + scope_key, p + "t:" + scope_key],
+            [rpm or 0, tpm or 0, tokens, self._now(), self._slack_ms],
         )
+        queued = self._later.take()
+        if queued:
+            try:
+                out = (await redis_server.batch(self._conn(), [*queued, self._acquire.call(keys, args)]))[-1]
+            except Exception:
+                self._later.give_back(queued)
+                raise
+            if isinstance(out, Exception):
+                raise out
+        else:
+            out = await self._acquire(keys, args)
         r = limit_state(rpm, out[2], out[3], out[4], out[1] == 1) if rpm is not None else None
         t = limit_state(tpm, out[6], out[7], out[8], out[5] == 1) if tpm is not None else None
         return RateDecision(out[0] == 1, r, t)
+
+    async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
+        """Every limit's script in one pipeline (one round trip, with the queued corrections): the limits after
+        a refusing one take too, and like the earlier ones give their tokens back but keep the request."""
+        for _, rpm, tpm in limits:
+            check(rpm, tpm, tokens)
+        self._check_open()
+        if len(limits) == 1:
+            return [await self.acquire(*limits[0], tokens)]
+        p, now = self._prefix, self._now()
+        calls = [
+            self._acquire.call([p + "r:" + key, p + "t:" + key], [rpm or 0, tpm or 0, tokens, now, self._slack_ms])
+            for key, rpm, tpm in limits
+        ]
+        queued = self._later.take()
+        try:
+            replies = (await redis_server.batch(self._conn(), [*queued, *calls]))[len(queued) :]
+        except Exception:
+            self._later.give_back(queued)
+            raise
+        out: list[RateDecision] = []
+        for (_, rpm, tpm), reply in zip(limits, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            if rpm is None and tpm is None:
+                out.append(UNLIMITED)
+                continue
+            r = limit_state(rpm, reply[2], reply[3], reply[4], reply[1] == 1) if rpm is not None else None
+            t = limit_state(tpm, reply[6], reply[7], reply[8], reply[5] == 1) if tpm is not None else None
+            out.append(RateDecision(reply[0] == 1, r, t))
+        refused = next((i for i, d in enumerate(out) if not d.admitted), None)
+        if refused is None:
+            return out
+        for (key, _, tpm), decision in zip(limits, out, strict=True):
+            if decision.admitted:
+                self.correct_soon(key, tpm, -tokens)
+        return out[: refused + 1]
 
     async def correct(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
         if tpm is None or token_delta == 0:

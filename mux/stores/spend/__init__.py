@@ -3,7 +3,9 @@
 A request **reserves** its worst-case cost in every window that applies — atomically: every window gets it or
 none does — then **settles** to its real cost (idempotent by request id) or **releases** it. A reservation
 expires after its ttl, so a crashed worker cannot lock a budget; a settle that arrives after the expiry
-still records the spend, exactly once, for ``retain_s`` (default one day) after the expiry.
+still records the spend, exactly once, for ``retain_s`` (default one day) after the expiry. The layer
+settles with ``finish_soon``: the settle lands within a few ms, batched with others (``mux.stores.deferred``);
+until it does, the reservation still holds the request's worst case, so the cap is never the looser for it.
 
 Spend is counted per ``(scope_key, period, period start)``: two budgets on the same scope and period (say a
 key's shorthand budget and a named budget with another cap) read one counter, and a request touching both
@@ -106,6 +108,15 @@ class SpendStore(Protocol):
 
     async def release(self, request_id: str) -> bool:
         """Drop the reservation without spend; answer whether this call dropped it."""
+        ...
+
+    def finish_soon(self, request_id: str, actual_nano: int | None) -> None:
+        """Settle to ``actual_nano`` (release when None) within a few ms, off the caller's path: queued and
+        run in a batch (``mux.stores.deferred``); ``usage``, ``flush`` and ``close`` see it done."""
+        ...
+
+    async def flush(self) -> None:
+        """Run the queued settles and releases now."""
         ...
 
     async def usage(self, window: BudgetWindow) -> tuple[int, int]:

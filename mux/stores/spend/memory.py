@@ -92,6 +92,14 @@ class MemorySpendStore(Lifecycle):
     async def release(self, request_id: str) -> bool:
         return self._finish(request_id, 0, RELEASED)
 
+    def finish_soon(self, request_id: str, actual_nano: int | None) -> None:
+        if actual_nano is not None and actual_nano < 0:
+            raise ValueError("a spend cannot be negative")
+        self._finish(request_id, actual_nano or 0, RELEASED if actual_nano is None else SETTLED)
+
+    async def flush(self) -> None:
+        return None
+
     async def usage(self, window: BudgetWindow) -> tuple[int, int]:
         now = self._clock()
         self._purge(now)

@@ -6,6 +6,9 @@ scored by expiry (ms), purged inside every script that reads the counter; ``q:<r
 amount, state and its counters, kept ``ttl + retain_s`` — it is the settle marker, so a settle or release
 after another one does nothing. Counters expire ``retain_s`` after their period ends (``total`` never).
 
+Settles and releases queued by ``finish_soon`` go in the pipeline of the next reserve (one round trip for
+all), or in one of their own a few ms later (``mux.stores.deferred``).
+
 Reservation expiry uses the server's clock (``TIME``) unless the store is given a clock (tests); the period
 of a window is computed here from ``clock`` or ``time.time``. Settle and release reach the counters named in
 the request record, which a script may do on one server (not across Redis Cluster slots). Amounts are exact up
@@ -22,6 +25,7 @@ from redis.exceptions import ResponseError
 
 from mux.money.periods import window as period_window
 from mux.stores import redis_server
+from mux.stores.deferred import Deferred
 from mux.stores.redis_server import NOW_MS, Lua
 from mux.stores.spend import (
     DEFAULT_RETAIN_S,
@@ -174,6 +178,25 @@ class RedisSpendStore(redis_server.RedisBacked):
         self._clock = clock
         self._prefix = prefix
         self._retain = retain_s
+        self._later: Deferred[redis_server.Call] = Deferred(self._run_later, name=self._name)
+
+    async def close(self) -> None:
+        if self._held is not None:
+            await self._later.close()
+        await super().close()
+
+    async def _run_later(self, calls: list[redis_server.Call]) -> None:
+        await redis_server.batch(self._conn(), calls)
+
+    def finish_soon(self, request_id: str, actual_nano: int | None) -> None:
+        if actual_nano is not None and actual_nano < 0:
+            raise ValueError("a spend cannot be negative")
+        self._check_open()
+        state = _RELEASED if actual_nano is None else _SETTLED
+        self._later.add(self._finish.call([self._prefix + "q:" + request_id], [request_id, actual_nano or 0, state]))
+
+    async def flush(self) -> None:
+        await self._later.flush()
 
     def _load(self, redis: Redis) -> None:
         self._reserve = Lua(redis, RESERVE)
@@ -210,12 +233,22 @@ class RedisSpendStore(redis_server.RedisBacked):
         for w, i in zip(windows, p.index, strict=False):
             args += (i + 1, w.cap_nano, 1 if w.enforce else 0)
         args += [max(1, self._keep_ms(r, now)) if r is not None else 0 for r in p.resets]
-        try:
-            out = await self._reserve(keys, args)
-        except ResponseError as e:
-            if "MUXDUP" in str(e):
+        queued = self._later.take()
+        if queued:
+            try:
+                out = (await redis_server.batch(self._conn(), [*queued, self._reserve.call(keys, args)]))[-1]
+            except Exception:
+                self._later.give_back(queued)
+                raise
+        else:
+            try:
+                out = await self._reserve(keys, args)
+            except ResponseError as e:
+                out = e
+        if isinstance(out, Exception):
+            if isinstance(out, ResponseError) and "MUXDUP" in str(out):
                 raise ValueError(f"request {request_id!r} already holds a reservation") from None
-            raise
+            raise out
         refused = out[0] - 1
         values = [(out[2 * i + 1], out[2 * i + 2]) for i in range(len(p.counters))]
         usages = [usage_of(w, p, i, values[i]) for w, i in zip(windows, p.index, strict=False)]
@@ -235,6 +268,7 @@ class RedisSpendStore(redis_server.RedisBacked):
 
     async def usage(self, window: BudgetWindow) -> tuple[int, int]:
         self._check_open()
+        await self._later.flush()
         now, now_arg = self._now()
         start, _ = period_window(window.period, now)
         c = counter_key(window.scope_key, window.period, start)

@@ -2,7 +2,9 @@
 
 Tables: ``mux_spend_counter`` (spent and reserved nano-USD per ``scope|period|start``) and
 ``mux_spend_request`` (each reservation: amount, expiry, state, the counters it holds). Every call is one
-short ``BEGIN IMMEDIATE`` transaction run in aiosqlite's thread (``mux.stores.sqlite_file``). Reservations
+short ``BEGIN IMMEDIATE`` transaction run in aiosqlite's thread (``mux.stores.sqlite_file``); settles and
+releases queued by ``finish_soon`` run in the next reserve's or usage's transaction, or in one of their own a
+few ms later (``mux.stores.deferred``). Reservations
 past their expiry are taken out of the counters by the next reserve or usage call, found through a partial
 index that holds only live reservations; spent requests and long-past periods are deleted once a minute.
 """
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 
 from mux.money.periods import window as period_window
 from mux.stores import sqlite_file
+from mux.stores.deferred import Deferred
 from mux.stores.spend import (
     DEFAULT_RETAIN_S,
     Admission,
@@ -28,6 +32,7 @@ from mux.stores.spend import (
     plan,
 )
 
+T = TypeVar("T")
 HELD, LAPSED, SETTLED, RELEASED = 0, 1, 2, 3
 CLEANUP_EVERY_S = 60.0
 
@@ -80,16 +85,45 @@ class SqliteSpendStore(sqlite_file.SqliteBacked):
         self._clock = clock
         self._retain = retain_s
         self._next_cleanup = 0.0  # touched only in the connection's thread
+        self._later: Deferred[tuple[str, int, int]] = Deferred(self._run_later, name=self._name)
+
+    async def close(self) -> None:
+        if self._held is not None:
+            await self._later.close()
+        await super().close()
+
+    async def _run_later(self, ops: list[tuple[str, int, int]]) -> None:
+        await sqlite_file.run(self._conn(), self._finish_all, ops, self._clock())
+
+    async def _with_queued(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in one transaction after the queued settles and releases."""
+        db = self._conn()
+        ops = self._later.take()
+        if not ops:
+            return await sqlite_file.run(db, fn, *args)
+        try:
+            return await sqlite_file.run(db, _after, self._finish_all, ops, args[-1], fn, args)
+        except Exception:  # the transaction rolled back (a cancelled caller's may still have committed)
+            self._later.give_back(ops)
+            raise
+
+    def finish_soon(self, request_id: str, actual_nano: int | None) -> None:
+        if actual_nano is not None and actual_nano < 0:
+            raise ValueError("a spend cannot be negative")
+        self._later.add((request_id, actual_nano or 0, RELEASED if actual_nano is None else SETTLED))
+
+    async def flush(self) -> None:
+        await self._later.flush()
 
     async def reserve(
         self, request_id: str, windows: Sequence[BudgetWindow], amount_nano: int, ttl_s: float
     ) -> Admission:
         check_reservation(amount_nano, ttl_s, self._retain)
-        db = self._conn()
+        self._check_open()
         if not windows:
             return Admission(True, [])
         now = self._clock()
-        return await sqlite_file.run(db, self._reserve, request_id, windows, amount_nano, now, now + ttl_s)
+        return await self._with_queued(self._reserve, request_id, windows, amount_nano, now + ttl_s, now)
 
     async def settle(self, request_id: str, actual_nano: int) -> bool:
         if actual_nano < 0:
@@ -103,7 +137,7 @@ class SqliteSpendStore(sqlite_file.SqliteBacked):
         now = self._clock()
         start, _ = period_window(window.period, now)
         key = counter_key(window.scope_key, window.period, start)
-        return await sqlite_file.run(self._conn(), self._usage, key, now)
+        return await self._with_queued(self._usage, key, now)
 
     async def add_spend(self, window: BudgetWindow, nano: int, at: float | None = None) -> None:
         start, resets = period_window(window.period, self._clock() if at is None else at)
@@ -118,8 +152,8 @@ class SqliteSpendStore(sqlite_file.SqliteBacked):
         rid: str,
         windows: Sequence[BudgetWindow],
         amount: int,
-        now: float,
         expires: float,
+        now: float,
     ) -> Admission:
         self._purge(conn, now)
         if conn.execute("SELECT 1 FROM mux_spend_request WHERE request_id = ?", (rid,)).fetchone():
@@ -147,6 +181,10 @@ class SqliteSpendStore(sqlite_file.SqliteBacked):
         conn.execute("UPDATE mux_spend_request SET state = ? WHERE request_id = ?", (state, rid))
         return True
 
+    def _finish_all(self, conn: sqlite3.Connection, ops: list[tuple[str, int, int]], now: float) -> None:
+        for rid, actual, state in ops:
+            self._finish(conn, rid, actual, state, now)
+
     def _usage(self, conn: sqlite3.Connection, key: str, now: float) -> tuple[int, int]:
         self._purge(conn, now)
         row = conn.execute(_READ, (key,)).fetchone()
@@ -169,6 +207,13 @@ class SqliteSpendStore(sqlite_file.SqliteBacked):
 
     def _drop_at(self, resets: int | None) -> float | None:
         return None if resets is None else resets + self._retain
+
+
+def _after(
+    conn: sqlite3.Connection, first: Callable[..., Any], ops: list, now: float, fn: Callable[..., T], args: tuple
+) -> T:
+    first(conn, ops, now)
+    return fn(conn, *args)
 
 
 def _execute(conn: sqlite3.Connection, sql: str, params: tuple) -> None:
