@@ -105,6 +105,17 @@ class TraceLayer:
         first_byte: float | None = None
         error_code: str | None = None
         sent: list[bytes] | None = [] if self._keep_bodies else None
+        recorded = False
+
+        def finish(failure: str | None) -> None:
+            """Log the request's record and queue its ledger row, once: as its last byte goes out (so a client
+            that asks for its record right after its answer finds it queued), or when the app ends without."""
+            nonlocal recorded
+            recorded = True
+            fields = record(ctx, scope, status or ctx.outcome.status or 500, first_byte, error_code, failure)
+            self.logger.info("request", **fields)
+            if self.ledger is not None and ingress_of(scope) is not None:
+                self.ledger.submit(ledger_row(ctx, fields, status, error_code, failure, sent))
 
         def traced_send(message: Message) -> Awaitable[None]:  # returns send's awaitable: no extra coroutine
             nonlocal status, first_byte, error_code
@@ -123,6 +134,8 @@ class TraceLayer:
                         error_code = error_code_of(body)
                 if sent is not None and body:
                     sent.append(body)
+                if not message.get("more_body", False) and not recorded:
+                    finish(None)
             return send(message)
 
         failure: str | None = None
@@ -132,10 +145,8 @@ class TraceLayer:
             failure = type(exc).__name__
             raise
         finally:
-            fields = record(ctx, scope, status or ctx.outcome.status or 500, first_byte, error_code, failure)
-            self.logger.info("request", **fields)
-            if self.ledger is not None and ingress_of(scope) is not None:
-                self.ledger.submit(ledger_row(ctx, fields, status, error_code, failure, sent))
+            if not recorded:
+                finish(failure)
 
 
 def response_headers(ctx: Context, now: float) -> list[tuple[bytes, bytes]]:
