@@ -90,13 +90,14 @@ class ClientWatch:
     whatever it awaits, such as an upstream request, whose connection is then freed. On exit that
     cancellation is absorbed and ``gone`` is true; any other cancellation goes on.
 
-    The watch (a task awaiting ``receive``) starts within ``WATCH_AFTER_S`` of entering, from a timer shared
-    by every watch entered in that window, so work that ends sooner costs no task and no timer of its own; a
-    client gone before the watch starts is noticed when it does. A plain ``with`` block around the awaited
+    The watch (a task awaiting ``receive``) starts only once the work has lasted ``WATCH_AFTER_S`` (at most
+    twice that), from a timer shared by every watch of the loop, so work that ends sooner — every request of
+    a busy gateway, at its usual latency — costs no task and no timer of its own; a client gone before the
+    watch starts is noticed when it does. A plain ``with`` block around the awaited
     work: it adds no coroutine frame to the request's await chain. ``receive`` must be one whose body was
     already read (e.g. ``replaying``): messages before the disconnect are dropped."""
 
-    __slots__ = ("_cancelled", "_finished", "_receive", "_task", "_watch", "gone")
+    __slots__ = ("_cancelled", "_finished", "_receive", "_since", "_task", "_watch", "gone")
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
@@ -108,7 +109,9 @@ class ClientWatch:
 
     def __enter__(self) -> ClientWatch:
         self._task = task = asyncio.current_task()
-        _enlist(self, task.get_loop())  # type: ignore[union-attr]
+        loop = task.get_loop()  # type: ignore[union-attr]
+        self._since = loop.time()
+        _enlist(self, loop)
         return self
 
     def _start(self) -> None:
@@ -153,11 +156,20 @@ def _enlist(watch: ClientWatch, loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _start_batch(batch: tuple[asyncio.AbstractEventLoop, list[ClientWatch]]) -> None:
+    """Start the watches of ``batch`` whose work has lasted ``WATCH_AFTER_S``; the younger ones wait for the
+    next timer (finished ones are dropped)."""
     global _batch
     if _batch is batch:
         _batch = None
+    loop = batch[0]
+    started_before = loop.time() - WATCH_AFTER_S
     for watch in batch[1]:
-        watch._start()
+        if watch._finished:
+            continue
+        if watch._since <= started_before:
+            watch._start()
+        else:
+            _enlist(watch, loop)
 
 
 async def _disconnected(receive: Receive) -> None:
