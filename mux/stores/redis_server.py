@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mux.stores import StoreUnavailable
+from mux.stores.deferred import Deferred
 from mux.stores.lifecycle import Connected
 
 TIMEOUT_S = 1.0
@@ -150,3 +151,21 @@ class RedisBacked(Connected[Redis]):
 
     def _load(self, redis: Redis) -> None:
         """Register the store's Lua scripts on ``redis`` (no round trip)."""
+
+
+class DeferringRedisBacked(RedisBacked):
+    """A ``RedisBacked`` store whose after-answer writes are queued in ``self._later`` (``mux.stores.deferred``)
+    and sent in batches (``batch``): they ride along with the next call, or go on their own a few ms later, and
+    ``close`` sends what is still queued."""
+
+    def __init__(self, url: str | None, client: Redis | None, *, timeout_s: float = TIMEOUT_S) -> None:
+        super().__init__(url, client, timeout_s=timeout_s)
+        self._later: Deferred[Call] = Deferred(self._run_later, name=self._name)
+
+    async def close(self) -> None:
+        if self._held is not None:
+            await self._later.close()
+        await super().close()
+
+    async def _run_later(self, calls: list[Call]) -> None:
+        await batch(self._conn(), calls)

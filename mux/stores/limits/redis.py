@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 
 from mux.stores import redis_server
-from mux.stores.deferred import Deferred
 from mux.stores.limits import UNLIMITED, Clock, Limit, RateDecision, check, limit_state
 from mux.stores.redis_server import Lua
 
@@ -89,7 +88,7 @@ return 1
 )
 
 
-class RedisRateLimitStore(redis_server.RedisBacked):
+class RedisRateLimitStore(redis_server.DeferringRedisBacked):
     """Rate-limit state in the Redis database at ``url`` (or on ``client``). Answers as ``RateLimitStore``."""
 
     _name = "the Redis rate-limit store"
@@ -103,15 +102,6 @@ class RedisRateLimitStore(redis_server.RedisBacked):
         # A bucket's key expires once it has drained, plus this slack. Redis expires keys on its own clock, so a
         # store given another clock keeps them an hour longer, for that clock to reach.
         self._slack_ms = 1000 if clock is None else 3_600_000
-        self._later: Deferred[redis_server.Call] = Deferred(self._run_later, name=self._name)
-
-    async def close(self) -> None:
-        if self._held is not None:
-            await self._later.close()
-        await super().close()
-
-    async def _run_later(self, calls: list[redis_server.Call]) -> None:
-        await redis_server.batch(self._conn(), calls)
 
     def correct_soon(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
         if tpm is None or token_delta == 0:

@@ -25,7 +25,6 @@ from redis.exceptions import ResponseError
 
 from mux.money.periods import window as period_window
 from mux.stores import redis_server
-from mux.stores.deferred import Deferred
 from mux.stores.redis_server import NOW_MS, Lua
 from mux.stores.spend import (
     DEFAULT_RETAIN_S,
@@ -157,7 +156,7 @@ return 1
 _SETTLED, _RELEASED = 2, 3
 
 
-class RedisSpendStore(redis_server.RedisBacked):
+class RedisSpendStore(redis_server.DeferringRedisBacked):
     """Spend state in the Redis database at ``url`` (or on the given ``client``). Answers as ``SpendStore``.
 
     Without ``clock``, reservation expiry follows the server's clock; with one (tests), it follows ``clock``.
@@ -178,15 +177,6 @@ class RedisSpendStore(redis_server.RedisBacked):
         self._clock = clock
         self._prefix = prefix
         self._retain = retain_s
-        self._later: Deferred[redis_server.Call] = Deferred(self._run_later, name=self._name)
-
-    async def close(self) -> None:
-        if self._held is not None:
-            await self._later.close()
-        await super().close()
-
-    async def _run_later(self, calls: list[redis_server.Call]) -> None:
-        await redis_server.batch(self._conn(), calls)
 
     def finish_soon(self, request_id: str, actual_nano: int | None) -> None:
         if actual_nano is not None and actual_nano < 0:
