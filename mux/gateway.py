@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mux import runtime
 from mux.admin.keys import KeyAdmin
 from mux.asgi import API_PREFIXES, ASGIApp, Message, Receive, Scope, Send
 from mux.config import Config
@@ -167,9 +168,12 @@ class Gateway:
     request, where a server runs no lifespan) and closed at shutdown. ``routing`` is the live routing state
     (``routing.reload()``, ``routing.rollback()``)."""
 
-    def __init__(self, app: ASGIApp, resources: Resources) -> None:
+    def __init__(self, app: ASGIApp, resources: Resources, *, tune_gc: bool = False) -> None:
+        """``tune_gc``: once started, tune the process's garbage collector (``mux.runtime``); the standalone
+        gateway does, an app wrapped by ``wrap`` keeps its own settings."""
         self.app = app
         self.resources = resources
+        self.tune_gc = tune_gc
 
     @property
     def routing(self) -> LiveRouting:
@@ -217,8 +221,11 @@ class Gateway:
             return message
 
         async def closing_send(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete" and failure is not None:
-                message = {"type": "lifespan.startup.failed", "message": failure}
+            if message["type"] == "lifespan.startup.complete":
+                if failure is not None:
+                    message = {"type": "lifespan.startup.failed", "message": failure}
+                elif self.tune_gc:
+                    runtime.tune_gc()
             elif message["type"] == "lifespan.shutdown.complete":
                 await self.resources.aclose()
             await send(message)
@@ -261,7 +268,7 @@ def _build(
         keys=keys,
         ready=lambda: resources.opened,
     )
-    return Gateway(compose(chosen, endpoints), resources)
+    return Gateway(compose(chosen, endpoints), resources, tune_gc=fallback is None and config.server.gc_tune)
 
 
 def build_app(

@@ -17,11 +17,17 @@ import openai
 import pytest
 
 import mux
+import mux.runtime
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.servers import serve
 
 # The gateways under test log one JSON line per request; keep them out of the test output.
 mux.configure_logging(stream=open(os.devnull, "wb"))
+
+# A standalone gateway tunes the process's collector when it starts (mux.runtime): frozen objects are never
+# collected, so in this one long test process each test's gateway would stay in memory. test_runtime.py
+# tests the tuning itself, in a process of its own.
+mux.runtime.tune_gc = lambda *args, **kwargs: None
 
 FAKE_OPENAI_KEY = "sk-fake-upstream-0123456789abcdef"
 CLIENT_KEY = "sk-client-key-never-forwarded"

@@ -63,6 +63,7 @@ class ServerConfig(Struct, kw_only=True, forbid_unknown_fields=True):
     admin_token: str | None = None  # enables /admin/* with "Authorization: Bearer <token>"
     state_path: str | None = None  # SQLite file keeping route versions across restarts (default: memory)
     key_secret: str | None = None  # keys are stored as HMAC-SHA256(key_secret, sha256(key)); else sha256(key)
+    gc_tune: bool = True  # standalone gateway: freeze start-up objects, collect rarely (mux.runtime)
 
     def __repr__(self) -> str:
         hidden = {"admin_token", "key_secret"}

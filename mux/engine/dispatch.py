@@ -145,7 +145,10 @@ class Dispatch:
                 return await deny(scope, send, error)
             outcome.status = 200
             if ingress.operation == "chat":
-                _peek_answer(outcome, completion.body)
+                if completion.response_id is not None:  # the adapter read them already
+                    outcome.response_id, outcome.finish_reason = completion.response_id, completion.finish_reason
+                else:
+                    _peek_answer(outcome, completion.body)
             replace: dict[str, Any] = {}
             usage = with_total(completion.usage, outcome) if outcome.cost_usd is not None else None
             if usage is not None:

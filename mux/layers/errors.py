@@ -40,9 +40,10 @@ class ErrorLayer:
             nonlocal response_started, response_ended, event_stream
             if message["type"] == "http.response.start":
                 response_started = True
-                event_stream = any(
-                    k == b"content-type" and v.startswith(b"text/event-stream") for k, v in message.get("headers", ())
-                )
+                for name, value in message.get("headers", ()):
+                    if name == b"content-type":
+                        event_stream = value.startswith(b"text/event-stream")
+                        break
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_ended = True
             return send(message)

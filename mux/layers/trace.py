@@ -30,12 +30,12 @@ from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import structlog
 
 from mux.asgi import ASGIApp, Message, Receive, Scope, Send
 from mux.context import Context, context_of, route_path
 from mux.ingress import ingress_of
 from mux.ledger.row import LedgerRow, nano_usd
+from mux.logging import RecordLogger
 from mux.routing.decision import decision_trace
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class TraceLayer:
         """``prefixes`` limits the layer to paths starting with one of them (``None``: every HTTP request);
         ``ledger`` receives one row per LLM request (``None``: no ledger)."""
         self.app = app
-        self.logger = logger or structlog.get_logger("mux.requests")
+        self.logger = logger or RecordLogger("mux.requests")
         self.prefixes = prefixes
         self.new_id = RequestIds()
         self.ledger = ledger

@@ -292,7 +292,13 @@ class AnthropicAdapter:
             choices=[Choice(index=0, message=reply, finish_reason=finish)],
             usage=usage,
         )
-        return Completion(body=encoder.encode(completion), usage=usage, model=completion.model)
+        return Completion(
+            body=encoder.encode(completion),
+            usage=usage,
+            model=completion.model,
+            response_id=completion.id,
+            finish_reason=finish,
+        )
 
     def parse_error(self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]) -> MuxError:
         """Map an Anthropic error answer; ``{"type": "error", "error": {"type", "message"}}`` is read by

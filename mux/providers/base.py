@@ -71,6 +71,8 @@ class Completion(msgspec.Struct, gc=False):
     body: bytes
     usage: Usage | None
     model: str | None
+    response_id: str | None = None  # the answer's ``id`` (for a chat completion), as the client will see it
+    finish_reason: str | None = None  # its first choice's ``finish_reason`` (for a chat completion)
 
 
 class StreamTranslator(Protocol):

@@ -728,7 +728,13 @@ class GeminiAdapter:
         completion = ChatCompletion(
             id=_completion_id(response.response_id), created=int(time()), model=model, choices=choices, usage=usage
         )
-        return Completion(body=encoder.encode(completion), usage=usage, model=model)
+        return Completion(
+            body=encoder.encode(completion),
+            usage=usage,
+            model=model,
+            response_id=completion.id,
+            finish_reason=next((c.finish_reason for c in choices if c.finish_reason), None),
+        )
 
     def parse_error(self, provider: ProviderConfig, status: int, body: bytes, headers: Mapping[str, str]) -> MuxError:
         message, google_status, reason, delay = google_error(body)

@@ -127,7 +127,9 @@ class OpenAIAdapter:
             raise _in_band_error(provider, peek.error)
         if peek.choices is None:
             raise malformed(provider, "a chat completion without 'choices'")
-        return Completion(body=body, usage=peek.usage, model=peek.model)
+        return Completion(
+            body=body, usage=peek.usage, model=peek.model, response_id=peek.id, finish_reason=peek.finish_reason()
+        )
 
     def build_embeddings(self, provider: ProviderConfig, call: EmbeddingCall) -> UpstreamRequest:
         """Answer ``POST {base_url}/embeddings`` with the client's fields minus gateway keys, and the target's

@@ -525,6 +525,12 @@ class ChatCompletionChunk(Struct, gc=False):
     usage: Usage | None = None
 
 
+class ChoicePeek(Struct, gc=False):
+    """What mux reads of one choice of a completion or chunk."""
+
+    finish_reason: str | None = None
+
+
 class CompletionPeek(Struct, gc=False):
     """What mux reads of an OpenAI-shaped completion or chunk it relays without re-encoding."""
 
@@ -532,8 +538,12 @@ class CompletionPeek(Struct, gc=False):
     created: int | None = None
     model: str | None = None
     usage: Usage | None = None
-    choices: list[msgspec.Raw] | None = None
+    choices: list[ChoicePeek] | None = None
     error: dict[str, Any] | None = None
+
+    def finish_reason(self) -> str | None:
+        """The first ``finish_reason`` set among the choices."""
+        return next((c.finish_reason for c in self.choices if c.finish_reason), None) if self.choices else None
 
 
 class EmbeddingsPeek(Struct, gc=False):
