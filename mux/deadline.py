@@ -3,7 +3,8 @@
 Unlike ``asyncio.timeout``, moving the deadline later costs one float store: the timer wakes at the old
 time, sees the new one and re-arms itself. That is what a stream wants, whose idle deadline moves with every
 chunk. Moving it earlier re-arms the timer at once. On exit after it fired, ``TimeoutError`` is raised (as
-``asyncio.timeout`` does), unless the task was also cancelled for another reason.
+``asyncio.timeout`` does), unless the task was also cancelled for another reason. A plain ``with`` block
+inside the task's coroutine (entering and leaving await nothing, so no coroutine is made for either).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class Deadline:
         self._task: asyncio.Task | None = None
         self._handle: asyncio.TimerHandle | None = None
 
-    async def __aenter__(self) -> Deadline:
+    def __enter__(self) -> Deadline:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._handle = self._loop.call_at(self.when, self._fire)
@@ -42,7 +43,7 @@ class Deadline:
         self.expired = True
         self._task.cancel()  # type: ignore[union-attr]
 
-    async def __aexit__(
+    def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         if self._handle is not None:

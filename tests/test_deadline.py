@@ -14,7 +14,7 @@ def test_moving_the_deadline_later_keeps_the_task_alive_until_the_new_time():
         loop = asyncio.get_running_loop()
         start = loop.time()
         with pytest.raises(TimeoutError):
-            async with Deadline(start + 0.05) as deadline:
+            with Deadline(start + 0.05) as deadline:
                 for _ in range(4):
                     await asyncio.sleep(0.03)
                     deadline.move(loop.time() + 0.05)
@@ -30,7 +30,7 @@ def test_moving_the_deadline_earlier_fires_sooner():
         loop = asyncio.get_running_loop()
         start = loop.time()
         with pytest.raises(TimeoutError):
-            async with Deadline(start + 5) as deadline:
+            with Deadline(start + 5) as deadline:
                 deadline.move(start + 0.05)
                 await asyncio.sleep(1)
         return loop.time() - start
@@ -40,7 +40,7 @@ def test_moving_the_deadline_earlier_fires_sooner():
 
 def test_a_deadline_that_did_not_fire_lets_the_block_finish_and_other_cancellations_through():
     async def finishes() -> str:
-        async with Deadline(asyncio.get_running_loop().time() + 1):
+        with Deadline(asyncio.get_running_loop().time() + 1):
             await asyncio.sleep(0.01)
         return "done"
 
@@ -48,7 +48,7 @@ def test_a_deadline_that_did_not_fire_lets_the_block_finish_and_other_cancellati
 
     async def cancelled_from_outside() -> None:
         async def inner() -> None:
-            async with Deadline(asyncio.get_running_loop().time() + 5):
+            with Deadline(asyncio.get_running_loop().time() + 5):
                 await asyncio.sleep(5)
 
         task = asyncio.ensure_future(inner())

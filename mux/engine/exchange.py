@@ -34,7 +34,7 @@ async def exchange(
     first_byte_s = provider.first_byte_timeout_s
     waiting = "start answering" if first_byte_s is not None and first_byte_s < timeout_s else "answer"
     try:
-        async with Deadline(now + min(timeout_s, first_byte_s or timeout_s)) as deadline:
+        with Deadline(now + min(timeout_s, first_byte_s or timeout_s)) as deadline:
             response = await transport.send(upstream, provider)
             if waiting == "start answering":
                 waiting = "answer"
@@ -74,7 +74,7 @@ async def relay_stream(
     payloads: list[bytes] = []
     last: bytes | None = None
     try:
-        async with Deadline(min(deadline, now + first_byte_s)) as timer:
+        with Deadline(min(deadline, now + first_byte_s)) as timer:
             response = await transport.send(upstream, provider)
             if response.status >= 400:
                 body = await response.read()
