@@ -19,6 +19,8 @@ from mux.errors import MethodNotAllowed, NotFound
 from mux.generation import PATHS as GENERATION_PATHS
 from mux.generation import Generation
 from mux.ingress import ingress_for
+from mux.keys.decide import allows_model
+from mux.keys.model import KeyRecord
 from mux.routing.live import LiveRouting
 
 if TYPE_CHECKING:
@@ -34,20 +36,31 @@ _READY_BODY = b'{"status":"ready"}'
 _NOT_READY_BODY = b'{"status":"not_ready"}'
 
 
-def models_body(config: Config) -> bytes:
-    """Answer OpenAI's model list: the configured providers' declared models (ids ``provider/model``) and the
-    routing configs (ids ``@name``)."""
+def model_list(config: Config) -> list[dict[str, Any]]:
+    """Answer the entries of OpenAI's model list: the configured providers' declared models (ids
+    ``provider/model``) and the routing configs (ids ``@name``)."""
     data = [
         {"id": f"{p.name}/{m}", "object": "model", "created": 0, "owned_by": p.name}
         for p in config.providers
         for m in p.models
     ]
     data += [{"id": f"@{name}", "object": "model", "created": 0, "owned_by": "mux"} for name in config.routes]
+    return data
+
+
+def models_body(config: Config) -> bytes:
+    """Answer OpenAI's model list (``model_list``) as JSON."""
+    return msgspec.json.encode({"object": "list", "data": model_list(config)})
+
+
+def key_models_body(config: Config, key: KeyRecord) -> bytes:
+    """Answer the model list as ``key`` sees it: only the entries its ``models`` allow."""
+    data = [entry for entry in model_list(config) if allows_model(key, entry["id"])]
     return msgspec.json.encode({"object": "list", "data": data})
 
 
 class Endpoints:
-    """Routes by exact path; reads nothing of the context."""
+    """Routes by exact path; reads only ``ctx.key`` (when a layer set it), for the model list a key sees."""
 
     def __init__(
         self,
@@ -92,6 +105,10 @@ class Endpoints:
                 return self.dispatch(scope, receive, send)
             return send_error(send, MethodNotAllowed(f"{method} is not allowed on {path}; use POST."))
         if path in MODELS_PATHS and method in ("GET", "HEAD"):
+            ctx = scope.get("mux")
+            key = ctx.key if ctx is not None else None
+            if key is not None and key.models:  # a key limited to some models sees only those
+                return send_json(send, 200, key_models_body(self.routing.config, key))
             return send_json(send, 200, self.models())
         if path in GENERATION_PATHS:
             return self.generation(scope, receive, send)

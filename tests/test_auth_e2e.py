@@ -171,6 +171,13 @@ def test_health_and_readiness_need_no_key_while_the_model_list_does(url):
         assert client.get(url + "/v1/models", headers={"x-api-key": OPEN}).status_code == 200
 
 
+def test_the_model_list_shows_a_key_only_the_models_it_may_use(url):
+    limited = {m.id for m in sdk(url, ACME).models.list()}
+    every = {m.id for m in sdk(url, OPEN).models.list()}
+    assert limited == {"openai/gpt-4o-mini", "@production"}
+    assert every == {"openai/gpt-4o-mini", "openai/gpt-4o", "@production"}
+
+
 def test_the_admin_key_api_needs_the_admin_token(url):
     with http() as client:
         assert client.get(url + "/admin/keys").status_code == 401
