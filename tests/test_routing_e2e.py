@@ -259,6 +259,19 @@ def test_admin_endpoints_need_the_admin_token(routed):
     assert admin(url, "GET", "/admin/routes").json()["routes"]["production"]["version"] == 1
 
 
+def test_admin_health_shows_a_429_cooled_target_beside_its_closed_breaker(routed):
+    _, url, client, fake = routed
+    fake.script(Reply(status=429, headers={"retry-after": "30"}))
+    raw = client.chat.completions.with_raw_response.create(model="@production", messages=HELLO)
+    assert raw.headers["x-mux-provider"] == "backup"  # the 429 failed over
+    targets = admin(url, "GET", "/admin/health").json()["targets"]
+    primary, backup = targets["primary/gpt-4o-mini"], targets["backup/gpt-4o"]
+    assert primary["state"] == "closed" and primary["cooled"] is True and 25 < primary["cooled_for_s"] <= 30
+    assert primary["consecutive_failures"] == 0 and primary["probing"] is False
+    assert backup["state"] == "closed" and backup["cooled"] is False and backup["cooled_for_s"] is None
+    assert backup["latency_ms"] is not None
+
+
 def test_reload_never_drops_an_in_flight_stream_and_rollback_restores_the_old_version(fake_openai_server, fake_openai):
     base = fake_openai_server.base_url
     current = {"config": config(base)}

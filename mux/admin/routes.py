@@ -4,7 +4,7 @@
 - ``POST /admin/reload``: re-read the config source and serve it from the next request on (in-flight
   requests finish on the plan they had); a bad config answers 400 and the old one keeps serving;
 - ``POST /admin/routes/{name}/rollback`` with ``{"version": N}``: serve an earlier recorded version;
-- ``GET /admin/health``: breaker state and recent latency per target;
+- ``GET /admin/health``: breaker state, rate-limit mark (cooled) and recent latency per target;
 - ``GET /admin/requests`` and ``GET /admin/analytics``: the request ledger (``mux.admin.analytics``).
 - ``/admin/keys*``: virtual keys (``mux.admin.keys``), when the gateway has a key store.
 
@@ -84,6 +84,9 @@ class Admin:
                 "targets": {
                     label: {
                         "state": health.state(label),
+                        "cooled": health.cooled(label),
+                        "cooled_for_s": health.cooled_for_s(label),
+                        "probing": h.probing,
                         "consecutive_failures": h.failures,
                         "latency_ms": h.latency_ms,
                     }

@@ -116,6 +116,14 @@ class Health:
         health.cooled_until = None
         return False
 
+    def cooled_for_s(self, label: str) -> float | None:
+        """Answer how many more seconds the target stays cooled (``None`` when it is not)."""
+        health = self.targets.get(label)
+        if health is None or health.cooled_until is None:
+            return None
+        left = health.cooled_until - self.clock()
+        return round(left, 3) if left > 0 else None
+
     def admit(self, label: str) -> bool:
         """Start an attempt at ``label``; answer whether it is the breaker's probe. Never refuses (skipping is
         the plan's decision, from ``blocked``): a breaker that is not closed and has no probe in flight takes
