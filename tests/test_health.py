@@ -269,3 +269,20 @@ def test_a_cooled_single_target_is_still_planned():
     live = routing()
     live.health.failed("a/m", status_error(429, {"retry-after": "5"}))
     assert labels(live.router.plan(request(model="a/m"))) == ["a/m"]
+
+
+# --- reloads ------------------------------------------------------------------------------------------------------
+
+
+def test_a_reload_applies_new_health_settings_to_the_running_breakers():
+    live = routing(breaker_failures=5, breaker_cooldown_s=30, retry_ratio=0.2)
+    health = live.health
+    for _ in range(2):
+        health.record("a/m", False)
+    assert health.state("a/m") == "closed"
+    live.reload(parse_config({"providers": PROVIDERS, "health": {"breaker_failures": 3, "retry_ratio": 0.5}}))
+    assert live.health is health and health.config.breaker_failures == 3  # same breakers, new settings
+    assert health.targets["a/m"].failures == 2  # their state is kept
+    health.record("a/m", False)  # the third fault opens it under the new threshold
+    assert health.state("a/m") == "open"
+    assert health.budget.ratio == 0.5

@@ -67,6 +67,15 @@ class Health:
         self.targets: dict[str, TargetHealth] = {}
         self.budget = RetryBudget(self.config.retry_ratio, self.config.retry_floor_per_s, clock=clock)
 
+    def configure(self, config: HealthConfig) -> None:
+        """Apply new settings (a reload): every target keeps its state (failures, open since, probe, cooled
+        until, latency), judged from now on by the new thresholds and cooldowns; the retry budget keeps its
+        balance under the new ratio and floor."""
+        if config == self.config:
+            return
+        self.config = config
+        self.budget.configure(config.retry_ratio, config.retry_floor_per_s)
+
     def _of(self, label: str) -> TargetHealth:
         health = self.targets.get(label)
         if health is None:
@@ -202,6 +211,13 @@ class RetryBudget:
         self.cap = max(10.0, 10 * floor_per_s)
         self.balance = self.cap
         self._updated = clock()
+
+    def configure(self, ratio: float, floor_per_s: float) -> None:
+        """Apply a new ratio and floor; the balance so far is kept (within the new cap)."""
+        self._refill()
+        self.ratio, self.floor_per_s = ratio, floor_per_s
+        self.cap = max(10.0, 10 * floor_per_s)
+        self.balance = min(self.balance, self.cap)
 
     def _refill(self) -> None:
         now = self.clock()

@@ -106,6 +106,7 @@ class LiveRouting:
         elif served.reload != self.reloaded and self.source is not None:
             base = self._read()
         self.router = self._router(self._pinned(base, served.pins))
+        self.health.configure(base.health)  # the breakers keep their state under the new settings
         self.base, self.generation, self.reloaded = base, served.generation, served.reload
 
     def reload(self, config: Config | None = None) -> dict[str, int]:
