@@ -130,14 +130,20 @@ def drain_time_us(level: int, limit: int) -> int:
     return -(-level // limit)
 
 
-async def acquire_each(store: RateLimitStore, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
-    """``acquire_all`` as one ``acquire`` call after another (for a store with no faster way)."""
+def acquire_each(
+    acquire: Callable[[str, int | None, int | None, int], RateDecision],
+    correct_soon: Callable[[str, int | None, int], None],
+    limits: Sequence[Limit],
+    tokens: int,
+) -> list[RateDecision]:
+    """``acquire_all`` as one ``acquire`` after another, for a store whose ``acquire`` answers without I/O:
+    up to the first refusal, then the earlier limits' tokens given back (``correct_soon``)."""
     out: list[RateDecision] = []
     for scope_key, rpm, tpm in limits:
-        decision = await store.acquire(scope_key, rpm, tpm, tokens)
+        decision = acquire(scope_key, rpm, tpm, tokens)
         out.append(decision)
         if not decision.admitted:
             for key, _, earlier_tpm in limits[: len(out) - 1]:
-                store.correct_soon(key, earlier_tpm, -tokens)
+                correct_soon(key, earlier_tpm, -tokens)
             break
     return out

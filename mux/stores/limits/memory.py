@@ -24,11 +24,18 @@ class MemoryRateLimitStore(Lifecycle):
         self._next_sweep = 0
 
     async def acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
+        return self._acquire(scope_key, rpm, tpm, tokens)
+
+    async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
+        return acquire_each(self._acquire, self.correct_soon, limits, tokens)
+
+    def _acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
         check(rpm, tpm, tokens)
         if rpm is None and tpm is None:
             return UNLIMITED
         now = int(self._clock() * 1_000_000)
-        self._sweep(now)
+        if now >= self._next_sweep:
+            self._sweep(now)
         rk, tk = "r|" + scope_key, "t|" + scope_key
         r_level = self._level(rk, now, rpm) if rpm is not None else 0
         t_level = self._level(tk, now, tpm) if tpm is not None else 0
@@ -39,9 +46,6 @@ class MemoryRateLimitStore(Lifecycle):
             if t is not None:
                 self._buckets[tk] = (t.level, now, now + drain_time_us(t.level, tpm))  # type: ignore[arg-type]
         return RateDecision(admitted, state_of(rpm, r), state_of(tpm, t))
-
-    async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
-        return await acquire_each(self, limits, tokens)
 
     async def correct(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
         self.correct_soon(scope_key, tpm, token_delta)
@@ -63,8 +67,6 @@ class MemoryRateLimitStore(Lifecycle):
         return 0 if b is None else gcra.level_now(b[0], b[1], now, limit)
 
     def _sweep(self, now: int) -> None:
-        if now < self._next_sweep:
-            return
         self._next_sweep = now + SWEEP_EVERY_US
         gone = [k for k, b in self._buckets.items() if b[2] <= now]
         for k in gone:
