@@ -7,7 +7,9 @@ headers need: ``x-ratelimit-limit-*`` (``limit``), ``x-ratelimit-remaining-*`` (
 ``x-ratelimit-reset-*`` (``reset_s``) and ``Retry-After`` (``retry_after_s``).
 
 Backends: ``MemoryRateLimitStore`` (one process), ``SqliteRateLimitStore`` (the workers of one machine),
-``RedisRateLimitStore`` (replicas; one Lua script per call on the server's clock).
+``RedisRateLimitStore`` (replicas; one Lua script per call on the server's clock). ``limit_store`` puts the
+shared two behind allowances (``mux.stores.limits.lease``): each worker admits against a few requests' worth
+taken from the shared bucket ahead.
 """
 
 from __future__ import annotations
@@ -88,14 +90,16 @@ def limit_store(state: StateURL, *, clock: Clock | None = None, prefix: str = "m
         from mux.stores.limits.memory import MemoryRateLimitStore
 
         return MemoryRateLimitStore(clock=clock or time.time)
+    from mux.stores.limits.lease import LeasedRateLimitStore
+
     if isinstance(state, SqliteState):
         from mux.stores.limits.sqlite import SqliteRateLimitStore
 
-        return SqliteRateLimitStore(state.path, clock=clock or time.time)
+        return LeasedRateLimitStore(SqliteRateLimitStore(state.path, clock=clock or time.time))
     if isinstance(state, RedisState):
         from mux.stores.limits.redis import RedisRateLimitStore
 
-        return RedisRateLimitStore(state.url(), clock=clock, prefix=prefix)
+        return LeasedRateLimitStore(RedisRateLimitStore(state.url(), clock=clock, prefix=prefix))
     raise TypeError(f"not a state: {type(state).__name__}")
 
 

@@ -23,13 +23,17 @@ class MemoryRateLimitStore(Lifecycle):
         self._buckets: dict[str, tuple[int, int, int]] = {}  # "r|scope" / "t|scope" -> (level, at_us, empty_us)
         self._next_sweep = 0
 
-    async def acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
-        return self._acquire(scope_key, rpm, tpm, tokens)
+    async def acquire(
+        self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int, requests: int = 1
+    ) -> RateDecision:
+        return self._acquire(scope_key, rpm, tpm, tokens, requests)
 
     async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
         return acquire_each(self._acquire, self.correct_soon, limits, tokens)
 
-    def _acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
+    def _acquire(
+        self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int, requests: int = 1
+    ) -> RateDecision:
         check(rpm, tpm, tokens)
         if rpm is None and tpm is None:
             return UNLIMITED
@@ -39,7 +43,7 @@ class MemoryRateLimitStore(Lifecycle):
         rk, tk = "r|" + scope_key, "t|" + scope_key
         r_level = self._level(rk, now, rpm) if rpm is not None else 0
         t_level = self._level(tk, now, tpm) if tpm is not None else 0
-        admitted, r, t = gcra.decide(r_level, t_level, rpm, tpm, tokens)
+        admitted, r, t = gcra.decide(r_level, t_level, rpm, tpm, tokens, requests)
         if admitted:
             if r is not None:
                 self._buckets[rk] = (r.level, now, now + drain_time_us(r.level, rpm))  # type: ignore[arg-type]
@@ -57,10 +61,18 @@ class MemoryRateLimitStore(Lifecycle):
         if tpm is None or token_delta == 0:
             return
         check(None, tpm, 0)
+        self._adjust("t|" + scope_key, tpm, token_delta)
+
+    def give_back_soon(self, scope_key: str, rpm: int | None, tpm: int | None, requests: int, tokens: int) -> None:
+        if rpm is not None and requests:
+            self._adjust("r|" + scope_key, rpm, -requests)
+        if tpm is not None and tokens:
+            self._adjust("t|" + scope_key, tpm, -tokens)
+
+    def _adjust(self, key: str, limit: int, delta: int) -> None:
         now = int(self._clock() * 1_000_000)
-        tk = "t|" + scope_key
-        level = gcra.adjust(self._level(tk, now, tpm), token_delta)
-        self._buckets[tk] = (level, now, now + drain_time_us(level, tpm))
+        level = gcra.adjust(self._level(key, now, limit), delta)
+        self._buckets[key] = (level, now, now + drain_time_us(level, limit))
 
     def _level(self, key: str, now: int, limit: int) -> int:
         b = self._buckets.get(key)
