@@ -9,9 +9,11 @@ from the shared bucket in one atomic ``acquire``. A request that fits the allowa
 admitted in memory; otherwise it is decided by the shared store exactly as without allowances (one
 ``acquire_all``), and the background tops the allowances up. An allowance asks for about ``HORIZON_S`` of its
 worker's recent demand, but never more than an eighth (``SHARE``) of what the bucket had left at the last
-answer — near the limit there is none, and every request goes to the shared bucket. An allowance is used for
-at most ``VALID_S``; what is left then is given back to the shared bucket. Token corrections go to the shared
-bucket as without allowances.
+answer, and none smaller than ``LEAST`` (4) requests — near the limit, and for small limits (a bucket with
+fewer than 32 requests left), there is none, and every request goes to the shared bucket. An allowance is used for
+at most ``VALID_S``; what is left then is given back to the shared bucket. A token correction goes to the
+limit's allowance when it has one that covers it (so a refund is given back with it), else to the shared
+bucket.
 
 **Accuracy across workers.** Every admitted request was charged to the shared bucket before it was admitted,
 at most ``VALID_S`` (1 s) before, so over any interval the requests and tokens admitted by all workers
@@ -37,6 +39,7 @@ from mux.stores.limits import Clock, Limit, LimitState, RateDecision, check
 VALID_S = 1.0
 HORIZON_S = 0.5
 SHARE = 8
+LEAST = 4  # an allowance smaller than this many requests is not taken
 
 
 class AllotingBackend(Protocol):
@@ -97,6 +100,7 @@ class LeasedRateLimitStore:
         self.inner = inner
         self._clock = clock
         self._allowances: dict[Limit, _Allowance] = {}
+        self._by_tokens: dict[tuple[str, int], _Allowance] = {}  # (scope key, tpm) -> its limit's allowance
         self._demand: dict[Limit, _Demand] = {}
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -174,6 +178,12 @@ class LeasedRateLimitStore:
         await self.inner.correct(scope_key, tpm, token_delta)
 
     def correct_soon(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
+        """A correction goes to the limit's allowance when there is one and it covers the correction (a refund
+        is given back with what is left of it, within ``VALID_S``); to the shared bucket otherwise."""
+        allowance = self._by_tokens.get((scope_key, tpm)) if tpm is not None else None
+        if allowance is not None and allowance.tokens >= token_delta and self._clock() < allowance.until:
+            allowance.tokens -= token_delta
+            return
         self.inner.correct_soon(scope_key, tpm, token_delta)
 
     async def flush(self) -> None:
@@ -215,7 +225,7 @@ class LeasedRateLimitStore:
     async def _take(self, limit: Limit, demand: _Demand, now: float) -> None:
         n, m = allowance_size(demand, now)
         scope_key, rpm, tpm = limit
-        if n < 2 or tpm is not None and m < 2 * demand.tokens / max(demand.requests, 1):
+        if n < LEAST or tpm is not None and m < LEAST * demand.tokens / max(demand.requests, 1):
             demand.requests = demand.tokens = 0
             demand.since = now
             return  # near the limit: every request goes to the shared bucket
@@ -224,13 +234,17 @@ class LeasedRateLimitStore:
         demand.requests = demand.tokens = 0
         demand.since = now
         if decision.admitted:
-            self._allowances[limit] = _Allowance(n, m, self._clock() + VALID_S, decision)
+            allowance = self._allowances[limit] = _Allowance(n, m, self._clock() + VALID_S, decision)
+            if tpm is not None:
+                self._by_tokens[(scope_key, tpm)] = allowance
         r, t = decision.requests, decision.tokens
         demand.remaining_r = r.remaining if r is not None else None
         demand.remaining_t = t.remaining if t is not None else None
 
     def _give_back(self, limit: Limit) -> None:
         allowance = self._allowances.pop(limit, None)
+        if allowance is not None and limit[2] is not None and self._by_tokens.get((limit[0], limit[2])) is allowance:
+            del self._by_tokens[(limit[0], limit[2])]
         if allowance is not None and (allowance.requests > 0 or allowance.tokens > 0):
             scope_key, rpm, tpm = limit
             try:

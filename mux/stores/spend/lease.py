@@ -11,7 +11,8 @@ grants exactly the request's worst case when it fits and nothing when it does no
 the shared store. A renewal is one atomic step per counter: the settled spend moves into the counter's spent,
 and the lease becomes the in-flight reservations plus the top-up.
 
-A background task renews: spend settled by ``finish_soon`` is moved to the shared counter within
+A background task renews: spend settled by ``finish_soon`` is moved to the shared counter, and the room of a
+finished request handed back where the lease is no larger than its requests (near a cap), within
 ``FLUSH_S``; a lease running low is topped up at once; every lease is renewed every ``RENEW_S``, asking for
 about ``HORIZON_S`` of its worker's recent demand, and an idle one shrinks to what its requests in flight
 hold (nothing, once they are done). A lease lives ``LEASE_TTL_S`` in the shared store unless renewed, so a
@@ -92,6 +93,7 @@ class _Lease:
         "demand",
         "unit",
         "syncing",
+        "finished",
     )
 
     def __init__(self, lease_id: str, counter: str, resets: int | None, cap: int | None) -> None:
@@ -110,6 +112,7 @@ class _Lease:
         self.demand = 0.0  # nano-USD a second, recently
         self.unit = 0  # the last request's worst case
         self.syncing: asyncio.Future[None] | None = None
+        self.finished = False  # a request finished since the last renewal
 
     def fits(self, amount: int, now: float) -> bool:
         return (
@@ -267,9 +270,9 @@ class LeasedSpendStore:
             if hold.live:
                 lease.inflight -= hold.amount
             lease.unpushed += actual
+            lease.finished = True
             self._leases.setdefault(lease.counter, lease)  # a lapsed hold's lease may have been dropped
-        if actual:
-            self._wake_soon(FLUSH_S)
+        self._wake_soon(FLUSH_S)
         return True
 
     async def flush(self) -> None:
@@ -308,6 +311,7 @@ class LeasedSpendStore:
             want = 0 if idle else max(int(lease.demand * HORIZON_S), 2 * (need or lease.unit))
             push, lease.unpushed = lease.unpushed, 0
             pushed.append(push)
+            lease.finished = False
             calls.append(
                 LeaseCall(
                     lease.lease_id,
@@ -379,6 +383,7 @@ class LeasedSpendStore:
                     if lease.syncing is None
                     and (
                         lease.unpushed
+                        or lease.finished
                         or 4 * lease.inflight > 3 * lease.granted
                         or (lease.granted or lease.inflight)
                         and now - lease.renewed_at >= RENEW_S
