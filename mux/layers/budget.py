@@ -172,6 +172,8 @@ def left_nano(window: WindowUsage, back_nano: int = 0) -> int:
 
 def tightest(windows: Sequence[WindowUsage]) -> WindowUsage:
     """Answer the window with the least left (enforced windows first among equals)."""
+    if len(windows) == 1:
+        return windows[0]
     return min(windows, key=lambda w: (left_nano(w), not w.enforce))
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -129,7 +130,11 @@ def duration_text(seconds: float) -> str:
     ``0s``, ``12ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h0m0s``."""
     if math.isinf(seconds):
         return "never"
-    ms = math.ceil(seconds * 1000 - 1e-6)
+    return _ms_text(math.ceil(seconds * 1000 - 1e-6))
+
+
+@lru_cache(maxsize=4096)
+def _ms_text(ms: int) -> str:
     if ms <= 0:
         return "0s"
     if ms < 1000:

@@ -67,10 +67,11 @@ class AllotingBackend(Protocol):
 class _Allowance:
     """What this worker took from one limit's shared bucket and has not used yet."""
 
-    __slots__ = ("size", "requests", "tokens", "until", "r_left", "t_left", "r_state", "t_state")
+    __slots__ = ("size", "token_size", "requests", "tokens", "until", "r_left", "t_left", "r_state", "t_state")
 
     def __init__(self, requests: int, tokens: int, until: float, decision: RateDecision) -> None:
         self.size = requests
+        self.token_size = tokens
         self.requests = requests  # left to admit
         self.tokens = tokens
         self.until = until
@@ -100,7 +101,7 @@ class LeasedRateLimitStore:
         self.inner = inner
         self._clock = clock
         self._allowances: dict[Limit, _Allowance] = {}
-        self._by_tokens: dict[tuple[str, int], _Allowance] = {}  # (scope key, tpm) -> its limit's allowance
+        self._by_tokens: dict[tuple[str, int], Limit] = {}  # (scope key, tpm) -> its limit, while it has an allowance
         self._demand: dict[Limit, _Demand] = {}
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -151,7 +152,7 @@ class LeasedRateLimitStore:
                 allowance.tokens -= tokens
                 out.append(_decision(allowance))
                 self._count(limit, tokens, now)
-                if 4 * allowance.requests < allowance.size:
+                if 4 * allowance.requests < allowance.size or 4 * allowance.tokens < allowance.token_size:
                     self._wake.set()
             return out
         for _, rpm, tpm in limits:
@@ -164,6 +165,7 @@ class LeasedRateLimitStore:
             demand.remaining_t = t.remaining if t is not None else None
         if decisions[-1].admitted:
             self._top_up_soon()
+            self._wake.set()
         return decisions
 
     def _count(self, limit: Limit, tokens: int, now: float) -> _Demand:
@@ -180,9 +182,13 @@ class LeasedRateLimitStore:
     def correct_soon(self, scope_key: str, tpm: int | None, token_delta: int) -> None:
         """A correction goes to the limit's allowance when there is one and it covers the correction (a refund
         is given back with what is left of it, within ``VALID_S``); to the shared bucket otherwise."""
-        allowance = self._by_tokens.get((scope_key, tpm)) if tpm is not None else None
+        limit = self._by_tokens.get((scope_key, tpm)) if tpm is not None else None
+        allowance = self._allowances.get(limit) if limit is not None else None
         if allowance is not None and allowance.tokens >= token_delta and self._clock() < allowance.until:
             allowance.tokens -= token_delta
+            demand = self._demand.get(limit) if token_delta > 0 else None  # type: ignore[arg-type]
+            if demand is not None:
+                demand.tokens += token_delta  # the next allowance asks for the tokens really used
             return
         self.inner.correct_soon(scope_key, tpm, token_delta)
 
@@ -206,7 +212,12 @@ class LeasedRateLimitStore:
                         self._give_back(limit)
                 for limit, demand in list(self._demand.items()):
                     allowance = self._allowances.get(limit)
-                    low = allowance is None or 4 * allowance.requests < allowance.size
+                    low = (
+                        allowance is None
+                        or 4 * allowance.requests < allowance.size
+                        or limit[2] is not None
+                        and 4 * allowance.tokens < allowance.token_size
+                    )
                     if low and demand.requests:
                         await self._take(limit, demand, now)
                     elif not demand.requests and allowance is None and now - demand.since > VALID_S:
@@ -234,16 +245,16 @@ class LeasedRateLimitStore:
         demand.requests = demand.tokens = 0
         demand.since = now
         if decision.admitted:
-            allowance = self._allowances[limit] = _Allowance(n, m, self._clock() + VALID_S, decision)
+            self._allowances[limit] = _Allowance(n, m, self._clock() + VALID_S, decision)
             if tpm is not None:
-                self._by_tokens[(scope_key, tpm)] = allowance
+                self._by_tokens[(scope_key, tpm)] = limit
         r, t = decision.requests, decision.tokens
         demand.remaining_r = r.remaining if r is not None else None
         demand.remaining_t = t.remaining if t is not None else None
 
     def _give_back(self, limit: Limit) -> None:
         allowance = self._allowances.pop(limit, None)
-        if allowance is not None and limit[2] is not None and self._by_tokens.get((limit[0], limit[2])) is allowance:
+        if limit[2] is not None and self._by_tokens.get((limit[0], limit[2])) == limit:
             del self._by_tokens[(limit[0], limit[2])]
         if allowance is not None and (allowance.requests > 0 or allowance.tokens > 0):
             scope_key, rpm, tpm = limit

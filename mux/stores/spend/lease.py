@@ -31,6 +31,7 @@ not counted.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ from mux.stores.spend import (
     counter_key,
     decide,
     plan,
+    usage_of,
 )
 
 LEASE_TTL_S = 3.0
@@ -94,6 +96,7 @@ class _Lease:
         "unit",
         "syncing",
         "finished",
+        "live",
     )
 
     def __init__(self, lease_id: str, counter: str, resets: int | None, cap: int | None) -> None:
@@ -113,6 +116,7 @@ class _Lease:
         self.unit = 0  # the last request's worst case
         self.syncing: asyncio.Future[None] | None = None
         self.finished = False  # a request finished since the last renewal
+        self.live = True  # False once dropped from its store's leases
 
     def fits(self, amount: int, now: float) -> bool:
         return (
@@ -154,6 +158,8 @@ class LeasedSpendStore:
         self._worker = uuid.uuid4().hex[:16]
         self._leases: dict[str, _Lease] = {}
         self._holds: dict[str, _Hold] = {}
+        self._plans: dict[int, tuple[Sequence[BudgetWindow], float, Any, list[_Lease]]] = {}
+        self._flush_due = False  # a renewal is scheduled within FLUSH_S
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._logger = logger or structlog.get_logger("mux.stores")
@@ -192,12 +198,7 @@ class LeasedSpendStore:
         if request_id in self._holds:
             raise ValueError(f"request {request_id!r} already holds a reservation")
         now = self._clock()
-        p = plan(windows, now)
-        caps: list[int | None] = [None] * len(p.counters)
-        for w, i in zip(windows, p.index, strict=False):
-            if w.enforce and (caps[i] is None or w.cap_nano < caps[i]):  # type: ignore[operator]
-                caps[i] = w.cap_nano
-        leases = [self._lease(c, r, cap) for c, r, cap in zip(p.counters, p.resets, caps, strict=False)]
+        p, leases = self._laid_out(windows, now)
         for _ in range(16):
             waiting = [lease.syncing for lease in leases if lease.syncing is not None]
             if waiting:
@@ -213,9 +214,14 @@ class LeasedSpendStore:
                 return self._refusal(windows, p, leases, short, amount_nano)
         else:
             return self._refusal(windows, p, leases, leases, amount_nano)
-        answer = decide(windows, p, [lease.view() for lease in leases], amount_nano)
-        if not answer.admitted:  # a lease kept for requests in flight past a cap: never admit beyond it
-            return answer
+        views = [lease.view() for lease in leases]
+        if len(windows) == 1 and (not windows[0].enforce or sum(views[0]) + amount_nano <= windows[0].cap_nano):
+            spent, reserved = views[0]  # the common case, as decide answers it
+            answer = Admission(True, [usage_of(windows[0], p, 0, (spent, reserved + amount_nano))])
+        else:
+            answer = decide(windows, p, views, amount_nano)
+            if not answer.admitted:  # a lease kept for requests in flight past a cap: never admit beyond it
+                return answer
         for lease in leases:
             lease.inflight += amount_nano
             lease.admitted += amount_nano
@@ -224,6 +230,24 @@ class LeasedSpendStore:
                 self._wake_soon(0.0)
         self._holds[request_id] = _Hold(amount_nano, leases, now + ttl_s)
         return answer
+
+    def _laid_out(self, windows: Sequence[BudgetWindow], now: float) -> tuple[Any, list[_Lease]]:
+        """Answer the plan of ``windows`` at ``now`` and the lease of each of its counters, remembered per
+        windows list (the layer passes the same list for the same budgets) until a period of it ends."""
+        found = self._plans.get(id(windows))
+        if found is not None and found[0] is windows and now < found[1] and all(lease.live for lease in found[3]):
+            return found[2], found[3]
+        p = plan(windows, now)
+        caps: list[int | None] = [None] * len(p.counters)
+        for w, i in zip(windows, p.index, strict=False):
+            if w.enforce and (caps[i] is None or w.cap_nano < caps[i]):  # type: ignore[operator]
+                caps[i] = w.cap_nano
+        leases = [self._lease(c, r, cap) for c, r, cap in zip(p.counters, p.resets, caps, strict=False)]
+        if len(self._plans) >= 4096:
+            self._plans.clear()
+        ends = [r for r in p.resets if r is not None]
+        self._plans[id(windows)] = (windows, min(ends) if ends else math.inf, p, leases)
+        return p, leases
 
     def _lease(self, counter: str, resets: int | None, cap: int | None) -> _Lease:
         lease = self._leases.get(counter)
@@ -271,8 +295,12 @@ class LeasedSpendStore:
                 lease.inflight -= hold.amount
             lease.unpushed += actual
             lease.finished = True
-            self._leases.setdefault(lease.counter, lease)  # a lapsed hold's lease may have been dropped
-        self._wake_soon(FLUSH_S)
+            if not lease.live:  # a lapsed hold's lease may have been dropped
+                lease.live = True
+                self._leases.setdefault(lease.counter, lease)
+        if not self._flush_due:
+            self._flush_due = True
+            self._wake_soon(FLUSH_S)
         return True
 
     async def flush(self) -> None:
@@ -375,6 +403,7 @@ class LeasedSpendStore:
                 except TimeoutError:
                     pass
                 wake.clear()
+                self._flush_due = False
                 now = self._clock()
                 self._purge(now)
                 due = [
@@ -396,10 +425,12 @@ class LeasedSpendStore:
                         self._logger.warning("budget_lease_renewal_failed", error=f"{type(exc).__name__}: {exc}")
                 for lease in list(self._leases.values()):
                     if not (lease.granted or lease.inflight or lease.unpushed) and lease.syncing is None:
+                        lease.live = False
                         del self._leases[lease.counter]
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
+                self._flush_due = False
 
     def _purge(self, now: float) -> None:
         """Take lapsed holds out of their leases (a late settle still counts), and forget them after
