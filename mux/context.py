@@ -11,6 +11,8 @@ ingress        first matcher   the front door of the request (``mux.ingress``), 
 body           first reader    the raw body, read once (``body_of``), replayed to inner apps
 request        first decoder   the validated request view the ingress decoded (chat or embeddings)
 fields         first decoder   the body's top-level fields as raw JSON, for forwarding
+tokens         first to count  the prompt's token estimate (``mux.money.estimate.prompt_estimate``), made
+                               once for the rate limits and the budgets
 key            AuthLayer       the virtual key (``KeyRecord``) that authenticated the request
 mlx            TagsLayer       tags, end user, cache controls, trace flag, session id
 plan           RouterLayer     the ordered targets to attempt (``mux.routing.plan.Plan``); a budget's
@@ -123,6 +125,7 @@ class Context(Struct, gc=False):  # gc=False here and above: no context is part 
     body: bytes | None = None
     request: Any = None  # the ingress's validated view: ChatRequest or EmbeddingsRequest
     fields: dict[str, msgspec.Raw] | None = None
+    tokens: int | None = None  # the prompt's token estimate, once made (mux.money.estimate.prompt_estimate)
     key: KeyRecord | None = None  # the authenticating virtual key (AuthLayer); None while no key exists
     mlx: Mlx | None = None
     plan: Plan | None = None

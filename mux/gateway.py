@@ -124,8 +124,9 @@ def _resolver(routing: LiveRouting) -> Callable[[str], tuple[str, ...]]:
     return resolve
 
 
-# Fields any layer or the terminal may produce by decoding the body on first use (see mux.ingress.request_of).
-_DERIVED = frozenset({"ingress", "matched", "body", "request", "fields", "trace"})
+# Fields any layer or the terminal may produce on first use: by decoding the body (see mux.ingress.request_of),
+# or by estimating its prompt (mux.money.estimate.prompt_estimate).
+_DERIVED = frozenset({"ingress", "matched", "body", "request", "fields", "tokens", "trace"})
 
 
 def check_stack(layers: list[Layer], terminal: Any = Dispatch) -> None:

@@ -18,10 +18,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from mux.stores.limits.lease import LeasedRateLimitStore
 from mux.stores.limits.memory import MemoryRateLimitStore
 from mux.stores.limits.redis import RedisRateLimitStore
 from mux.stores.limits.sqlite import SqliteRateLimitStore
 from mux.stores.spend import BudgetWindow
+from mux.stores.spend.lease import LeasedSpendStore
 from mux.stores.spend.memory import MemorySpendStore
 from mux.stores.spend.redis import RedisSpendStore
 from mux.stores.spend.sqlite import SqliteSpendStore
@@ -77,6 +79,14 @@ class Backend:
             return SqliteRateLimitStore(self.path, clock=clock or time.time)
         return RedisRateLimitStore(f"{REDIS}/{LIMITS_DB}", clock=clock, prefix=self.prefix)
 
+    def leased_spend(self, clock: Any = None, **options: Any) -> LeasedSpendStore:
+        """A worker's leasing spend store on this (shared) backend, as ``spend_store`` builds it."""
+        return LeasedSpendStore(self.spend(clock), clock=clock or time.time, **options)
+
+    def leased_limits(self, clock: Any = None) -> LeasedRateLimitStore:
+        """A worker's rate-limit store with allowances on this (shared) backend, as ``limit_store`` builds it."""
+        return LeasedRateLimitStore(self.limits(clock))
+
     def cleanup(self) -> None:
         if self.kind == "redis":
             asyncio.run(wipe(self.prefix))
@@ -109,14 +119,24 @@ async def wipe(prefix: str) -> None:
 
 
 def spend_worker(
-    kind: str, tmp_dir: str, prefix: str, name: str, cap: int, amount: int, attempts: int, barrier: Any, results: Any
+    kind: str,
+    tmp_dir: str,
+    prefix: str,
+    name: str,
+    cap: int,
+    amount: int,
+    attempts: int,
+    barrier: Any,
+    results: Any,
+    leased: bool = False,
 ) -> None:
-    """Open a spend store, wait for the other worker, fire ``attempts`` reservations at once; report admitted."""
+    """Open a spend store (``leased``: behind leases), wait for the other worker, fire ``attempts`` reservations
+    at once; report admitted."""
 
     async def main() -> int:
         backend = Backend(kind, tmp_dir)
         backend.prefix = prefix
-        store = backend.spend()
+        store = backend.leased_spend() if leased else backend.spend()
         await store.open()
         try:
             window = BudgetWindow("shared", "key:shared", cap, "day")
@@ -131,13 +151,16 @@ def spend_worker(
     results.put(asyncio.run(main()))
 
 
-def limits_worker(kind: str, tmp_dir: str, prefix: str, rpm: int, attempts: int, barrier: Any, results: Any) -> None:
-    """Open a rate-limit store, wait for the other worker, fire ``attempts`` acquires at once; report admitted."""
+def limits_worker(
+    kind: str, tmp_dir: str, prefix: str, rpm: int, attempts: int, barrier: Any, results: Any, leased: bool = False
+) -> None:
+    """Open a rate-limit store (``leased``: with allowances), wait for the other worker, fire ``attempts``
+    acquires at once; report admitted."""
 
     async def main() -> int:
         backend = Backend(kind, tmp_dir)
         backend.prefix = prefix
-        store = backend.limits()
+        store = backend.leased_limits() if leased else backend.limits()
         await store.open()
         try:
             barrier.wait(20)
@@ -149,14 +172,15 @@ def limits_worker(kind: str, tmp_dir: str, prefix: str, rpm: int, attempts: int,
     results.put(asyncio.run(main()))
 
 
-def run_two(target: Any, *args: Any) -> list[int]:
-    """Run ``target(*args_for_each, barrier, results)`` in two spawned processes; answer their results."""
+def run_two(target: Any, *args: Any, **kwargs: Any) -> list[int]:
+    """Run ``target(*args_for_each, barrier, results, **kwargs)`` in two spawned processes; answer their
+    results."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     results = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*a, barrier, results)) for a in args]
+    procs = [ctx.Process(target=target, args=(*a, barrier, results), kwargs=kwargs) for a in args]
     for p in procs:
         p.start()
     try:

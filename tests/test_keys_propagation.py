@@ -354,3 +354,31 @@ def test_a_key_revoked_by_one_process_is_refused_by_another_on_the_same_sqlite_f
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_the_cached_answer_without_io_keeps_every_bound_of_the_lookup():
+    async def scenario():
+        store, clock = Counting(), Clock()
+        _, raw = await with_key(store)
+        disabled, other = await with_key(store, "off", disabled=True)
+        cache = KeyCache(store, secret=SECRET, clock=clock)
+        assert cache.authenticated(raw) is None  # nothing cached yet: ask authenticate
+        await cache.authenticate(raw)
+        assert await refused(cache, other) is not None
+        assert cache.authenticated(raw).name == "acme"
+        assert cache.authenticated(other) is None  # cached, but it may not pass
+        assert cache.authenticated(None) is None and cache.authenticated(new_key()) is None
+        clock.now += 0.25  # the revision is due: only authenticate may read it
+        assert cache.authenticated(raw) is None
+        await cache.authenticate(raw)
+        assert cache.authenticated(raw).name == "acme"
+        cache.clear()  # this process's own write
+        assert cache.authenticated(raw) is None
+        await cache.authenticate(raw)
+        clock.now += 0.2
+        await cache.authenticate(raw)  # reads the revision, not the entry
+        clock.now += 0.85  # the entry is past ttl_s though the revision is fresh
+        await cache._sync()
+        assert cache.authenticated(raw) is None
+
+    run(scenario())

@@ -121,3 +121,14 @@ def test_the_largest_max_tokens_that_fits_really_fits(room, max_tokens, cascade)
         assert worst_case(targets, chat(max_tokens=fit), BUILTIN, cascade=cascade).nano <= room
         if fit + 2 <= 16_384:  # both models' maximum output: beyond it, max_tokens no longer matters
             assert worst_case(targets, chat(max_tokens=fit + 2), BUILTIN, cascade=cascade).nano > room
+
+
+def test_the_prompt_estimate_is_made_once_per_request_and_shared():
+    from mux.context import Context
+    from mux.money.estimate import prompt_estimate
+
+    request = chat(messages=[{"role": "user", "content": "x" * 40}])
+    ctx = Context(started=0.0, request=request)
+    assert prompt_estimate(ctx) == prompt_tokens(request) == ctx.tokens
+    ctx.request = chat(messages=[{"role": "user", "content": "x" * 4000}])
+    assert prompt_estimate(ctx) == prompt_tokens(request)  # the first estimate stands

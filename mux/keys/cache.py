@@ -131,6 +131,22 @@ class KeyCache:
         now = self._clock()
         return now - count[0] < self.ttl_s and now - self._verified_at < self.check_every_s
 
+    def authenticated(self, raw_key: str | None) -> KeyRecord | None:
+        """``authenticate`` answered without I/O: the record when the key's lookup is cached and the bounds
+        above hold for it (the revision read within ``check_every_s``, the entry younger than ``ttl_s``) and
+        it passes; ``None`` means "ask ``authenticate``" (a key that may not pass answers ``None`` too)."""
+        if not raw_key:
+            return None
+        now = self._clock()
+        if now - self._verified_at >= self.check_every_s:
+            return None
+        key_hash = hash_key(raw_key, self.secret)
+        entry = self._entries.get(key_hash)
+        if entry is None or now - entry[0] >= self.ttl_s or entry[1] is None:
+            return None
+        record = entry[1]
+        return record if check(record, self._wall(), key_hash) is None else None
+
     async def authenticate(self, raw_key: str | None) -> KeyRecord:
         """Answer the record of the key a request presents (``mux.keys.decide.key_from_headers``); raise the
         denial's ``MuxError`` (401 or 403, see ``mux.keys.decide``) or ``KeyStoreUnavailable`` (503)."""

@@ -75,8 +75,17 @@ class AuthLayer:
         self.logger = logger or structlog.get_logger("mux.auth")
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if scope["type"] != "http" or not route_path(scope).startswith(self.prefixes) or self.cache.known_empty():
+        if scope["type"] != "http":
             return self.app(scope, receive, send)
+        path = route_path(scope)
+        if not path.startswith(self.prefixes) or self.cache.known_empty():
+            return self.app(scope, receive, send)
+        if self.admin is None or path not in self.admin_paths:
+            # the common case, without I/O and without a coroutine of its own: a key whose lookup is cached
+            record = self.cache.authenticated(key_from_headers(scope["headers"]))
+            if record is not None and not record.models:
+                context_of(scope).key = record
+                return self.app(scope, receive, send)
         return self._authenticated(scope, receive, send)
 
     async def _authenticated(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -51,10 +51,10 @@ import structlog
 from msgspec import Struct
 
 from mux.asgi import ASGIApp, Message, Receive, Scope, Send
-from mux.context import Context, Note, Outcome, context_of
+from mux.context import Context, Note, Outcome
 from mux.errors import BudgetExceeded, MuxError, render_error
 from mux.ingress import deny, ingress_of, with_request
-from mux.money.estimate import WorstCase, worst_case
+from mux.money.estimate import WorstCase, prompt_estimate, worst_case
 from mux.money.scopes import Scope as Who
 from mux.money.scopes import key_scope
 from mux.money.units import to_nano, to_usd
@@ -93,6 +93,9 @@ class Applied(Struct, gc=False):
 
     rule: Rule
     window: BudgetWindow
+
+
+Budgets = tuple[list[Applied], list[BudgetWindow]]  # the budgets that apply to a request, and their windows
 
 
 def compile_budgets(budgets: Sequence[Any]) -> list[Rule]:
@@ -169,6 +172,8 @@ def left_nano(window: WindowUsage, back_nano: int = 0) -> int:
 
 def tightest(windows: Sequence[WindowUsage]) -> WindowUsage:
     """Answer the window with the least left (enforced windows first among equals)."""
+    if len(windows) == 1:
+        return windows[0]
     return min(windows, key=lambda w: (left_nano(w), not w.enforce))
 
 
@@ -284,7 +289,7 @@ class BudgetLayer:
         self._given = budgets
         self._source: Any = None
         self._rules: list[Rule] = []
-        self._applied: dict[tuple, list[Applied]] = {}  # who -> applicable budgets, for the current rules
+        self._applied: dict[tuple, Budgets] = {}  # who -> applicable budgets, for the current rules
         self._rules_for(budgets if budgets is not None else routing.config.budgets)
 
     def _rules_for(self, budgets: Sequence[Any]) -> list[Rule]:
@@ -293,9 +298,9 @@ class BudgetLayer:
             self._applied = {}
         return self._rules
 
-    def _applicable(self, key: Any, end_user: str | None, tags: dict[str, str]) -> list[Applied]:
-        """``applicable`` for the current rules, remembered per identity (at most ``MEMO_SIZE`` of them); the
-        answer is shared: never change it."""
+    def _applicable(self, key: Any, end_user: str | None, tags: dict[str, str]) -> Budgets:
+        """``applicable`` for the current rules, with their windows, remembered per identity (at most
+        ``MEMO_SIZE`` of them); the answer is shared: never change it."""
         who = (
             (key.name, key.team, key.budget_usd, key.budget_period) if key is not None else None,
             end_user,
@@ -305,14 +310,15 @@ class BudgetLayer:
         if found is None:
             if len(self._applied) >= MEMO_SIZE:
                 self._applied.clear()
-            found = self._applied[who] = applicable(self._rules, key, end_user, tags)
+            applied = applicable(self._rules, key, end_user, tags)
+            found = self._applied[who] = (applied, [a.window for a in applied])
         return found
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
         if scope["type"] != "http" or ingress_of(scope) is None:
             return self.app(scope, receive, send)
         rules = self._rules_for(self._given if self._given is not None else self.routing.config.budgets)
-        key = context_of(scope).key
+        key = scope["mux"].key  # ingress_of made the context
         if not rules and (key is None or key.budget_usd is None):  # nothing to count: no store round trip
             return self.app(scope, receive, send)
         return with_request(scope, receive, send, self.max_body_bytes, self._guard)
@@ -320,7 +326,7 @@ class BudgetLayer:
     async def _guard(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> None:
         mlx = ctx.mlx
         end_user = mlx.end_user if mlx is not None else None
-        applied = self._applicable(ctx.key, end_user, mlx.tags if mlx is not None else {})
+        applied, windows = self._applicable(ctx.key, end_user, mlx.tags if mlx is not None else {})
         if not applied:
             return await self.app(scope, receive, send)
         routing = self.routing
@@ -332,7 +338,7 @@ class BudgetLayer:
                 )
             request_id = ctx.request_id or "bud_" + uuid.uuid4().hex
             try:
-                admission, worst, applied = await self._reserve(ctx, request, plan, applied, request_id)
+                admission, worst, applied = await self._reserve(ctx, request, plan, applied, windows, request_id)
             except StoreUnavailable as exc:
                 if all(a.rule.fail_open for a in applied):
                     self.logger.warning(
@@ -357,15 +363,21 @@ class BudgetLayer:
         await self._serve(ctx, scope, receive, send, request_id, admission, worst, applied)
 
     async def _reserve(
-        self, ctx: Context, request: Any, plan: Plan, applied: list[Applied], request_id: str
+        self,
+        ctx: Context,
+        request: Any,
+        plan: Plan,
+        applied: list[Applied],
+        windows: list[BudgetWindow],
+        request_id: str,
     ) -> tuple[Admission, WorstCase, list[Applied]]:
-        """Reserve the plan's worst case in every window; downgrade once if a downgrade budget refuses."""
+        """Reserve the plan's worst case in every window (``windows``: those of ``applied``); downgrade once if
+        a downgrade budget refuses."""
         routing = self.routing
         backoff = routing.config.health.backoff_max_ms / 1000
-        worst = worst_case(plan.targets, request, routing.catalog, cascade=plan.cascade is not None)
-        admission = await self.store.reserve(
-            request_id, [a.window for a in applied], worst.nano, reservation_ttl(plan, backoff)
-        )
+        prompt = prompt_estimate(ctx)
+        worst = worst_case(plan.targets, request, routing.catalog, cascade=plan.cascade is not None, prompt=prompt)
+        admission = await self.store.reserve(request_id, windows, worst.nano, reservation_ttl(plan, backoff))
         ctx.budget = "ok"
         if admission.admitted or admission.refused is None:
             return admission, worst, applied
@@ -386,7 +398,9 @@ class BudgetLayer:
             else a
             for a in applied
         ]
-        cheap_worst = worst_case(cheaper.targets, request, routing.catalog, cascade=cheaper.cascade is not None)
+        cheap_worst = worst_case(
+            cheaper.targets, request, routing.catalog, cascade=cheaper.cascade is not None, prompt=prompt
+        )
         second = await self.store.reserve(
             request_id, [a.window for a in relaxed], cheap_worst.nano, reservation_ttl(cheaper, backoff)
         )

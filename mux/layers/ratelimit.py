@@ -13,10 +13,11 @@ pipeline), the narrowest scope first (end user, key, tags, team, everything); wh
 the earlier ones took are given back, but their request count stays taken (it only makes them refuse
 sooner; on Redis, where the pipeline runs every limit, the later ones' too).
 
-**Tokens** are the prompt estimate (``mux.money.estimate.prompt_tokens``) up front; once the inner app has
-returned (after a stream's last byte), each token limit is corrected by the real usage over every attempt
-(prompt and completion tokens) minus the estimate, within a few ms (the store batches corrections). A request
-that failed without usage gives its estimate back; one answered without usage keeps it.
+**Tokens** are the prompt estimate (``mux.money.estimate.prompt_estimate``, made once and shared with the
+budgets) up front; once the inner app has returned (after a stream's last byte), each token limit is corrected
+by the real usage over every attempt (prompt and completion tokens) minus the estimate, within a few ms (the
+store batches corrections). A request that failed without usage gives its estimate back; one answered without
+usage keeps it.
 
 **Headers**, in OpenAI's naming and format, on every limited answer and on the 429: ``x-ratelimit-limit-
 requests``, ``x-ratelimit-remaining-requests``, ``x-ratelimit-reset-requests`` and the ``-tokens`` three,
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -43,14 +45,14 @@ import structlog
 from msgspec import Struct
 
 from mux.asgi import ASGIApp, Message, Receive, Scope, Send
-from mux.context import Context, Outcome, context_of
+from mux.context import Context, Outcome
 from mux.errors import RateLimited
 from mux.ingress import deny, ingress_of, with_request
-from mux.money.estimate import prompt_tokens
+from mux.money.estimate import prompt_estimate
 from mux.money.scopes import Scope as Who
 from mux.money.scopes import key_scope
 from mux.stores import StoreUnavailable
-from mux.stores.limits import LimitState, RateDecision, RateLimitStore
+from mux.stores.limits import Limit, LimitState, RateDecision, RateLimitStore
 
 if TYPE_CHECKING:
     from mux.routing.live import LiveRouting
@@ -109,12 +111,30 @@ def applicable(rules: Sequence[LimitRule], key: Any, end_user: str | None, tags:
     return out
 
 
+class Applicable(Struct, frozen=True, gc=False):
+    """The limits that apply to one identity, laid out for the request path: the buckets, the store's
+    ``(key, rpm, tpm)`` of each, and whether any counts tokens."""
+
+    buckets: list[Bucket]
+    limits: list[Limit]
+    tokens: bool
+
+
+def laid_out(buckets: list[Bucket]) -> Applicable:
+    """Answer ``buckets`` laid out for the request path."""
+    return Applicable(buckets, [(b.key, b.rpm, b.tpm) for b in buckets], any(b.tpm is not None for b in buckets))
+
+
 def duration_text(seconds: float) -> str:
     """Answer ``seconds`` as OpenAI writes a reset time, a Go duration rounded up to the millisecond:
     ``0s``, ``12ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h0m0s``."""
     if math.isinf(seconds):
         return "never"
-    ms = math.ceil(seconds * 1000 - 1e-6)
+    return _ms_text(math.ceil(seconds * 1000 - 1e-6))
+
+
+@lru_cache(maxsize=4096)
+def _ms_text(ms: int) -> str:
     if ms <= 0:
         return "0s"
     if ms < 1000:
@@ -132,32 +152,46 @@ def duration_text(seconds: float) -> str:
 
 def least(states: Sequence[LimitState | None]) -> LimitState | None:
     """Answer the state with the least remaining (the longest reset among equals), None when there is none."""
-    present = [s for s in states if s is not None]
-    return min(present, key=lambda s: (s.remaining, -s.reset_s)) if present else None
+    best = None
+    for s in states:
+        if s is not None and (
+            best is None or s.remaining < best.remaining or s.remaining == best.remaining and s.reset_s > best.reset_s
+        ):
+            best = s
+    return best
 
 
 _NAMES = {
     kind: tuple(f"x-ratelimit-{what}-{kind}".encode() for what in ("limit", "remaining", "reset"))
     for kind in ("requests", "tokens")
 }
+_REQUESTS, _TOKENS = _NAMES["requests"], _NAMES["tokens"]
 
 
 def limit_headers(requests: LimitState | None, tokens: LimitState | None) -> list[tuple[bytes, bytes]]:
     """Answer OpenAI's ``x-ratelimit-*`` headers for a requests and a tokens limit (each may be None)."""
     headers = []
-    for kind, state in (("requests", requests), ("tokens", tokens)):
-        if state is not None:
-            limit, remaining, reset = _NAMES[kind]
-            headers += [
-                (limit, str(state.limit).encode()),
-                (remaining, str(state.remaining).encode()),
-                (reset, duration_text(state.reset_s).encode()),
-            ]
+    if requests is not None:
+        limit, remaining, reset = _REQUESTS
+        headers += [
+            (limit, b"%d" % requests.limit),
+            (remaining, b"%d" % requests.remaining),
+            (reset, duration_text(requests.reset_s).encode()),
+        ]
+    if tokens is not None:
+        limit, remaining, reset = _TOKENS
+        headers += [
+            (limit, b"%d" % tokens.limit),
+            (remaining, b"%d" % tokens.remaining),
+            (reset, duration_text(tokens.reset_s).encode()),
+        ]
     return headers
 
 
 def admitted_headers(decisions: Sequence[RateDecision]) -> list[tuple[bytes, bytes]]:
     """Answer the headers of an admitted request: the tightest requests and tokens limit it passed."""
+    if len(decisions) == 1:
+        return limit_headers(decisions[0].requests, decisions[0].tokens)
     return limit_headers(least([d.requests for d in decisions]), least([d.tokens for d in decisions]))
 
 
@@ -228,7 +262,7 @@ class RateLimitLayer:
         self._given = limits
         self._source: Any = None
         self.rules: list[LimitRule] = []
-        self._buckets: dict[tuple, list[Bucket]] = {}  # who -> applicable buckets, for the current rules
+        self._buckets: dict[tuple, Applicable] = {}  # who -> applicable buckets, for the current rules
         self._warned_at = -math.inf
         self._rules_now()
 
@@ -239,8 +273,9 @@ class RateLimitLayer:
             self._buckets = {}
         return self.rules
 
-    def _applicable(self, key: Any, end_user: str | None, tags: dict[str, str]) -> list[Bucket]:
-        """``applicable`` for the current rules, remembered per identity (at most ``MEMO_SIZE`` of them)."""
+    def _applicable(self, key: Any, end_user: str | None, tags: dict[str, str]) -> Applicable:
+        """``applicable`` for the current rules, laid out and remembered per identity (at most ``MEMO_SIZE`` of
+        them); the answer is shared: never change it."""
         who = (
             (key.name, key.team, key.rpm, key.tpm) if key is not None else None,
             end_user,
@@ -250,31 +285,35 @@ class RateLimitLayer:
         if found is None:
             if len(self._buckets) >= MEMO_SIZE:
                 self._buckets.clear()
-            found = self._buckets[who] = applicable(self.rules, key, end_user, tags)
+            found = self._buckets[who] = laid_out(applicable(self.rules, key, end_user, tags))
         return found
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
         if scope["type"] != "http" or ingress_of(scope) is None:
             return self.app(scope, receive, send)
         rules = self._rules_now()
-        key = context_of(scope).key
+        key = scope["mux"].key  # ingress_of made the context
         if not rules and (key is None or key.rpm is None and key.tpm is None):  # no store round trip
             return self.app(scope, receive, send)
         return with_request(scope, receive, send, self.max_body_bytes, self._limit)
 
     async def _limit(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> None:
         mlx = ctx.mlx
-        buckets = self._applicable(ctx.key, mlx.end_user if mlx else None, mlx.tags if mlx else {})
+        found = (
+            self._applicable(ctx.key, mlx.end_user, mlx.tags)
+            if mlx is not None
+            else self._applicable(ctx.key, None, {})
+        )
+        buckets = found.buckets
         if not buckets:
             return await self.app(scope, receive, send)
-        tokens = prompt_tokens(request) if any(b.tpm is not None for b in buckets) else 0
+        tokens = prompt_estimate(ctx) if found.tokens else 0
         try:
-            decisions = await self.store.acquire_all([(b.key, b.rpm, b.tpm) for b in buckets], tokens)
+            decisions = await self.store.acquire_all(found.limits, tokens)
             last = decisions[-1]
             if not last.admitted:  # the store gave the earlier limits' tokens back
                 ctx.ratelimit = "limited"
                 return await deny(scope, send, refusal(buckets[len(decisions) - 1], last, tokens))
-            taken = buckets
         except StoreUnavailable as exc:
             now = monotonic()
             if now - self._warned_at >= WARN_EVERY_S:
@@ -298,9 +337,10 @@ class RateLimitLayer:
         try:
             await self.app(scope, receive, limited_send)
         finally:
-            real = real_tokens(ctx.outcome, answered)
-            if real is not None and real != tokens:
-                self._correct(taken, real - tokens)
+            if found.tokens:
+                real = real_tokens(ctx.outcome, answered)
+                if real is not None and real != tokens:
+                    self._correct(buckets, real - tokens)
 
     def _correct(self, buckets: Sequence[Bucket], delta: int) -> None:
         """Add ``delta`` tokens to each token limit of ``buckets``, batched off the request path by the store

@@ -76,6 +76,15 @@ def prompt_tokens(request: Any) -> int:
     return total
 
 
+def prompt_estimate(ctx: Any) -> int:
+    """Answer the prompt estimate of the request of ``ctx`` (a ``mux.context.Context`` whose request is
+    decoded), made once per request: the first call writes ``ctx.tokens``, later ones read it."""
+    tokens = ctx.tokens
+    if tokens is None:
+        tokens = ctx.tokens = prompt_tokens(ctx.request)
+    return tokens
+
+
 def _embedding_tokens(value: str | list) -> int:
     if isinstance(value, str):
         return _text(len(value))
@@ -157,10 +166,14 @@ def target_cost(label: str, info: ModelInfo | None, prompt: int, request: Any) -
     return TargetCost(label, prompt_nano, unit, output, total, True)
 
 
-def worst_case(targets: Iterable[Any], request: Any, catalog: Catalog, *, cascade: bool) -> WorstCase:
+def worst_case(
+    targets: Iterable[Any], request: Any, catalog: Catalog, *, cascade: bool, prompt: int | None = None
+) -> WorstCase:
     """Answer the worst case of a plan's ``targets`` (``mux.routing.plan.Target``) for ``request``; ``cascade``
-    sums over the targets, otherwise the most expensive one counts."""
-    prompt = prompt_tokens(request)
+    sums over the targets, otherwise the most expensive one counts. ``prompt`` is the request's prompt
+    estimate when already made (``prompt_estimate``)."""
+    if prompt is None:
+        prompt = prompt_tokens(request)
     costs = [target_cost(t.label, catalog.info(t.provider, t.model), prompt, request) for t in targets]
     amounts = [c.nano for c in costs]
     nano = (sum(amounts) if cascade else max(amounts)) if amounts else 0

@@ -54,15 +54,16 @@ def adjust(level: int, delta: int) -> int:
 
 
 def decide(
-    requests_level: int, tokens_level: int, rpm: int | None, tpm: int | None, tokens: int
+    requests_level: int, tokens_level: int, rpm: int | None, tpm: int | None, tokens: int, requests: int = 1
 ) -> tuple[bool, Verdict | None, Verdict | None]:
-    """Answer ``(admitted, requests verdict, tokens verdict)`` for one request of ``tokens`` against both limits.
+    """Answer ``(admitted, requests verdict, tokens verdict)`` for ``requests`` requests (one by default) of
+    ``tokens`` in all against both limits.
 
     Admitted only if every configured limit admits; a limit that is None is not checked and answers None.
     Each verdict's ``admitted`` says whether that limit alone admits; when the request is refused, a limit that
     would have fitted reports its unconsumed state (admitted, retry 0), and nothing is to be stored.
     """
-    r = take(requests_level, 1, rpm) if rpm is not None else None
+    r = take(requests_level, requests, rpm) if rpm is not None else None
     t = take(tokens_level, tokens, tpm) if tpm is not None else None
     admitted = (r is None or r.admitted) and (t is None or t.admitted)
     if not admitted:

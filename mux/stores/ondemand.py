@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -77,16 +77,26 @@ class OnDemand:
                 self._open, self._failure = True, None
         return self.store
 
+    def _call(self, name: str, args: tuple, kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """Answer the awaitable of the store's ``name(*args, **kwargs)``: the store's own once it is open (no
+        coroutine frame of this wrapper stays in the request's await chain), else one that opens it first."""
+        if self._open:
+            return getattr(self.store, name)(*args, **kwargs)
+        return self._opening_call(name, args, kwargs)
+
+    async def _opening_call(self, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return await getattr(await self.ensure(), name)(*args, **kwargs)
+
     # ---- SpendStore ----
 
-    async def reserve(self, *args: Any) -> Any:
-        return await (await self.ensure()).reserve(*args)
+    def reserve(self, *args: Any) -> Awaitable[Any]:
+        return self._call("reserve", args, {})
 
-    async def settle(self, *args: Any) -> Any:
-        return await (await self.ensure()).settle(*args)
+    def settle(self, *args: Any) -> Awaitable[Any]:
+        return self._call("settle", args, {})
 
-    async def release(self, *args: Any) -> Any:
-        return await (await self.ensure()).release(*args)
+    def release(self, *args: Any) -> Awaitable[Any]:
+        return self._call("release", args, {})
 
     def finish_soon(self, *args: Any) -> None:
         self._opened().finish_soon(*args)
@@ -95,22 +105,22 @@ class OnDemand:
         if self._open:
             await self.store.flush()
 
-    async def usage(self, *args: Any) -> Any:
-        return await (await self.ensure()).usage(*args)
+    def usage(self, *args: Any) -> Awaitable[Any]:
+        return self._call("usage", args, {})
 
-    async def add_spend(self, *args: Any, **kwargs: Any) -> Any:
-        return await (await self.ensure()).add_spend(*args, **kwargs)
+    def add_spend(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self._call("add_spend", args, kwargs)
 
     # ---- RateLimitStore ----
 
-    async def acquire(self, *args: Any) -> Any:
-        return await (await self.ensure()).acquire(*args)
+    def acquire(self, *args: Any) -> Awaitable[Any]:
+        return self._call("acquire", args, {})
 
-    async def acquire_all(self, *args: Any) -> Any:
-        return await (await self.ensure()).acquire_all(*args)
+    def acquire_all(self, *args: Any) -> Awaitable[Any]:
+        return self._call("acquire_all", args, {})
 
-    async def correct(self, *args: Any) -> Any:
-        return await (await self.ensure()).correct(*args)
+    def correct(self, *args: Any) -> Awaitable[Any]:
+        return self._call("correct", args, {})
 
     def correct_soon(self, *args: Any) -> None:
         self._opened().correct_soon(*args)

@@ -7,7 +7,9 @@ headers need: ``x-ratelimit-limit-*`` (``limit``), ``x-ratelimit-remaining-*`` (
 ``x-ratelimit-reset-*`` (``reset_s``) and ``Retry-After`` (``retry_after_s``).
 
 Backends: ``MemoryRateLimitStore`` (one process), ``SqliteRateLimitStore`` (the workers of one machine),
-``RedisRateLimitStore`` (replicas; one Lua script per call on the server's clock).
+``RedisRateLimitStore`` (replicas; one Lua script per call on the server's clock). ``limit_store`` puts the
+shared two behind allowances (``mux.stores.limits.lease``): each worker admits against a few requests' worth
+taken from the shared bucket ahead.
 """
 
 from __future__ import annotations
@@ -88,14 +90,16 @@ def limit_store(state: StateURL, *, clock: Clock | None = None, prefix: str = "m
         from mux.stores.limits.memory import MemoryRateLimitStore
 
         return MemoryRateLimitStore(clock=clock or time.time)
+    from mux.stores.limits.lease import LeasedRateLimitStore
+
     if isinstance(state, SqliteState):
         from mux.stores.limits.sqlite import SqliteRateLimitStore
 
-        return SqliteRateLimitStore(state.path, clock=clock or time.time)
+        return LeasedRateLimitStore(SqliteRateLimitStore(state.path, clock=clock or time.time))
     if isinstance(state, RedisState):
         from mux.stores.limits.redis import RedisRateLimitStore
 
-        return RedisRateLimitStore(state.url(), clock=clock, prefix=prefix)
+        return LeasedRateLimitStore(RedisRateLimitStore(state.url(), clock=clock, prefix=prefix))
     raise TypeError(f"not a state: {type(state).__name__}")
 
 
@@ -130,14 +134,20 @@ def drain_time_us(level: int, limit: int) -> int:
     return -(-level // limit)
 
 
-async def acquire_each(store: RateLimitStore, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
-    """``acquire_all`` as one ``acquire`` call after another (for a store with no faster way)."""
+def acquire_each(
+    acquire: Callable[[str, int | None, int | None, int], RateDecision],
+    correct_soon: Callable[[str, int | None, int], None],
+    limits: Sequence[Limit],
+    tokens: int,
+) -> list[RateDecision]:
+    """``acquire_all`` as one ``acquire`` after another, for a store whose ``acquire`` answers without I/O:
+    up to the first refusal, then the earlier limits' tokens given back (``correct_soon``)."""
     out: list[RateDecision] = []
     for scope_key, rpm, tpm in limits:
-        decision = await store.acquire(scope_key, rpm, tpm, tokens)
+        decision = acquire(scope_key, rpm, tpm, tokens)
         out.append(decision)
         if not decision.admitted:
             for key, _, earlier_tpm in limits[: len(out) - 1]:
-                store.correct_soon(key, earlier_tpm, -tokens)
+                correct_soon(key, earlier_tpm, -tokens)
             break
     return out

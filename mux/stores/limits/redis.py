@@ -46,7 +46,8 @@ local function store(key, level, now, limit, slack_ms)
 end
 """
 
-# KEYS: requests bucket, tokens bucket.  ARGV: rpm (0: none), tpm (0: none), tokens, now_us|'', slack_ms.
+# KEYS: requests bucket, tokens bucket.  ARGV: rpm (0: none), tpm (0: none), tokens, now_us|'', slack_ms,
+# requests (1 when absent).
 # Answers {admitted, then per limit: admitted, remaining, reset_us, retry_us}.
 ACQUIRE = (
     GCRA
@@ -57,7 +58,7 @@ local r_level, t_level = 0, 0
 local r, t = {1, 0, 0, 0, 0}, {1, 0, 0, 0, 0}
 if rpm > 0 then
   r_level = level_now(KEYS[1], now, rpm)
-  r = take(r_level, 1, rpm)
+  r = take(r_level, tonumber(ARGV[6] or '1'), rpm)
 end
 if tpm > 0 then
   t_level = level_now(KEYS[2], now, tpm)
@@ -76,7 +77,7 @@ return {admitted and 1 or 0, r[1], r[3], r[4], r[5], t[1], t[3], t[4], t[5]}
 """
 )
 
-# KEYS: tokens bucket.  ARGV: tpm, token delta, now_us|'', slack_ms.
+# KEYS: a tokens (or requests) bucket.  ARGV: its limit, the delta, now_us|'', slack_ms.
 CORRECT = (
     GCRA
     + """
@@ -122,7 +123,17 @@ class RedisRateLimitStore(redis_server.DeferringRedisBacked):
     def _now(self) -> str:
         return "" if self._clock is None else str(int(self._clock() * 1_000_000))
 
-    async def acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
+    def give_back_soon(self, scope_key: str, rpm: int | None, tpm: int | None, requests: int, tokens: int) -> None:
+        self._check_open()
+        p, now = self._prefix, self._now()
+        if rpm is not None and requests:
+            self._later.add(self._correct.call([p + "r:" + scope_key], [rpm, -requests, now, self._slack_ms]))
+        if tpm is not None and tokens:
+            self._later.add(self._correct.call([p + "t:" + scope_key], [tpm, -tokens, now, self._slack_ms]))
+
+    async def acquire(
+        self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int, requests: int = 1
+    ) -> RateDecision:
         check(rpm, tpm, tokens)
         self._check_open()
         if rpm is None and tpm is None:
@@ -130,7 +141,7 @@ class RedisRateLimitStore(redis_server.DeferringRedisBacked):
         p = self._prefix
         keys, args = (
             [p + "r:" + scope_key, p + "t:" + scope_key],
-            [rpm or 0, tpm or 0, tokens, self._now(), self._slack_ms],
+            [rpm or 0, tpm or 0, tokens, self._now(), self._slack_ms, requests],
         )
         queued = self._later.take()
         if queued:

@@ -61,7 +61,16 @@ class SqliteRateLimitStore(sqlite_file.SqliteBacked):
     async def flush(self) -> None:
         await self._later.flush()
 
-    async def acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
+    def give_back_soon(self, scope_key: str, rpm: int | None, tpm: int | None, requests: int, tokens: int) -> None:
+        now = int(self._clock() * 1_000_000)
+        if rpm is not None and requests:
+            self._later.add(("r|" + scope_key, rpm, -requests, now))
+        if tpm is not None and tokens:
+            self._later.add(("t|" + scope_key, tpm, -tokens, now))
+
+    async def acquire(
+        self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int, requests: int = 1
+    ) -> RateDecision:
         check(rpm, tpm, tokens)
         db = self._conn()
         if rpm is None and tpm is None:
@@ -69,7 +78,7 @@ class SqliteRateLimitStore(sqlite_file.SqliteBacked):
         now = int(self._clock() * 1_000_000)
         ops = self._later.take()
         try:
-            return await sqlite_file.run(db, self._acquire, scope_key, rpm, tpm, tokens, now, ops)
+            return await sqlite_file.run(db, self._acquire, scope_key, rpm, tpm, tokens, now, ops, requests)
         except Exception:  # the transaction rolled back (a cancelled caller's may still have committed)
             self._later.give_back(ops)
             raise
@@ -104,13 +113,14 @@ class SqliteRateLimitStore(sqlite_file.SqliteBacked):
         tokens: int,
         now: int,
         ops: list[tuple[str, int, int, int]],
+        requests: int = 1,
     ) -> RateDecision:
         self._correct_all(conn, ops)
         self._sweep(conn, now)
         rk, tk = "r|" + scope_key, "t|" + scope_key
         r_level = _level(conn, rk, now, rpm) if rpm is not None else 0
         t_level = _level(conn, tk, now, tpm) if tpm is not None else 0
-        admitted, r, t = gcra.decide(r_level, t_level, rpm, tpm, tokens)
+        admitted, r, t = gcra.decide(r_level, t_level, rpm, tpm, tokens, requests)
         if admitted:
             if r is not None:
                 conn.execute(_WRITE, (rk, r.level, now, now + drain_time_us(r.level, rpm)))  # type: ignore[arg-type]

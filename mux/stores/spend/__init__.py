@@ -14,7 +14,8 @@ spend in that same period. Amounts are integer nano-USD (``mux.money.units``).
 
 Backends: ``MemorySpendStore`` (one process; its counters can start from a seed, such as the request ledger's
 spend), ``SqliteSpendStore`` (the workers of one machine share a file), ``RedisSpendStore`` (replicas share a
-server; one Lua script, one round trip, per call).
+server; one Lua script, one round trip, per call). ``spend_store`` puts the shared two behind leases
+(``mux.stores.spend.lease``): each worker admits against headroom reserved ahead, under the same cap.
 """
 
 from __future__ import annotations
@@ -145,14 +146,16 @@ def spend_store(
         return MemorySpendStore(clock=clock or time.time, seed=seed)
     if seed is not None:
         raise ValueError("only memory state is seeded: the other backends keep their spend across restarts")
+    from mux.stores.spend.lease import LeasedSpendStore
+
     if isinstance(state, SqliteState):
         from mux.stores.spend.sqlite import SqliteSpendStore
 
-        return SqliteSpendStore(state.path, clock=clock or time.time)
+        return LeasedSpendStore(SqliteSpendStore(state.path, clock=clock or time.time), clock=clock or time.time)
     if isinstance(state, RedisState):
         from mux.stores.spend.redis import RedisSpendStore
 
-        return RedisSpendStore(state.url(), clock=clock, prefix=prefix)
+        return LeasedSpendStore(RedisSpendStore(state.url(), clock=clock, prefix=prefix), clock=clock or time.time)
     raise TypeError(f"not a state: {type(state).__name__}")
 
 
@@ -221,3 +224,42 @@ def usage_of(w: BudgetWindow, p: Plan, i: int, value: tuple[int, int]) -> Window
     return WindowUsage(
         w.name, w.scope_key, w.period, w.cap_nano, value[0], value[1], p.starts[i], p.resets[i], w.enforce
     )
+
+
+# ---- leases (mux.stores.spend.lease) --------------------------------------------------------------------
+
+LEASE_SHARE = 8  # a lease's top-up takes at most this fraction (1/8) of the headroom it finds free
+
+
+class LeaseCall(Struct, frozen=True, gc=False):
+    """One worker's lease on one counter, renewed in one atomic step (``LeasingBackend.lease``).
+
+    The counter's ``spent`` grows by ``spend`` (what the worker's requests settled since its last call) and
+    the lease, a reservation under ``lease_id``, is replaced by ``grant`` of it: at least ``keep`` (what the
+    worker's requests in flight hold), plus a top-up under ``cap`` (the smallest enforced cap on the counter;
+    None: nothing refuses)."""
+
+    lease_id: str
+    counter: str
+    resets: int | None  # the counter's period end (epoch seconds), None for "total"
+    cap: int | None
+    keep: int
+    spend: int
+    need: int  # the top-up is worth having only from this much (a request's worst case)
+    want: int  # the top-up asked for
+    exact: bool  # a request waits: grant exactly ``need`` when that fits and a share of the headroom does not
+    ttl_s: float
+
+
+def grant(call: LeaseCall, spent: int, reserved_others: int) -> int:
+    """Answer the lease ``call`` gets on a counter at ``spent`` where other holds reserve ``reserved_others``
+    (pure; the Redis script mirrors it): ``keep``, plus ``want`` but no more than ``1/LEASE_SHARE`` of the
+    headroom left beyond ``keep``; a top-up below ``need`` is none, or exactly ``need`` when ``exact`` and it
+    fits."""
+    if call.cap is None:
+        return call.keep + max(call.need, call.want)
+    free = call.cap - spent - reserved_others - call.keep
+    extra = min(call.want, free // LEASE_SHARE)
+    if extra < call.need:
+        extra = call.need if call.exact and free >= call.need else 0
+    return call.keep + max(0, extra)

@@ -28,9 +28,11 @@ from mux.stores import redis_server
 from mux.stores.redis_server import NOW_MS, Lua
 from mux.stores.spend import (
     DEFAULT_RETAIN_S,
+    LEASE_SHARE,
     Admission,
     BudgetWindow,
     Clock,
+    LeaseCall,
     check_reservation,
     counter_key,
     plan,
@@ -153,6 +155,50 @@ if keep > 0 then redis.call('PEXPIRE', KEYS[1], keep) end
 return 1
 """
 
+# KEYS: c, z.  ARGV: lease id, spend, keep, need, want, exact (1/0), cap|'', ttl_ms, now_ms|'', keep_ms, share.
+# Answers {granted, spent, reserved} (mux.stores.spend.grant, in Lua).
+LEASE = (
+    NOW_MS
+    + PURGE
+    + """
+local c, z, rid = KEYS[1], KEYS[2], ARGV[1]
+local spend, keep, need, want = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = now_ms(ARGV[9])
+purge(c, z, now)
+local old = redis.call('HGET', c, 'h:' .. rid)
+if old then
+  redis.call('HDEL', c, 'h:' .. rid)
+  redis.call('HINCRBY', c, 'r', 0 - tonumber(old))
+  redis.call('ZREM', z, rid)
+end
+if spend > 0 then redis.call('HINCRBY', c, 's', spend) end
+local v = redis.call('HMGET', c, 's', 'r')
+local spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+local granted
+if ARGV[7] == '' then
+  granted = keep + math.max(need, want)
+else
+  local free = tonumber(ARGV[7]) - spent - reserved - keep
+  local extra = math.min(want, math.floor(free / tonumber(ARGV[11])))
+  if extra < need then
+    if ARGV[6] == '1' and free >= need then extra = need else extra = 0 end
+  end
+  granted = keep + math.max(0, extra)
+end
+if granted > 0 then
+  reserved = redis.call('HINCRBY', c, 'r', granted)
+  redis.call('HSET', c, 'h:' .. rid, granted)
+  redis.call('ZADD', z, now + tonumber(ARGV[8]), rid)
+end
+local keep_ms = tonumber(ARGV[10])
+if keep_ms > 0 then
+  redis.call('PEXPIRE', c, keep_ms)
+  redis.call('PEXPIRE', z, keep_ms)
+end
+return {granted, spent, reserved}
+"""
+)
+
 _SETTLED, _RELEASED = 2, 3
 
 
@@ -193,6 +239,45 @@ class RedisSpendStore(redis_server.DeferringRedisBacked):
         self._finish = Lua(redis, FINISH)
         self._usage = Lua(redis, USAGE)
         self._add = Lua(redis, ADD)
+        self._lease = Lua(redis, LEASE)
+
+    async def lease(self, calls: Sequence[LeaseCall]) -> list[tuple[int, int, int]]:
+        """Renew each lease of ``calls`` in one pipeline (with the queued settles); answer per call
+        ``(granted, spent, reserved)`` of its counter afterwards (``mux.stores.spend.lease``)."""
+        self._check_open()
+        now, now_arg = self._now()
+        pre = self._prefix
+        scripts = [
+            self._lease.call(
+                [pre + "c:" + call.counter, pre + "z:" + call.counter],
+                [
+                    call.lease_id,
+                    call.spend,
+                    call.keep,
+                    call.need,
+                    call.want,
+                    1 if call.exact else 0,
+                    "" if call.cap is None else call.cap,
+                    int(call.ttl_s * 1000) or 1,
+                    now_arg,
+                    max(1, self._keep_ms(call.resets, now)) if call.resets is not None else 0,
+                    LEASE_SHARE,
+                ],
+            )
+            for call in calls
+        ]
+        queued = self._later.take()
+        try:
+            replies = (await redis_server.batch(self._conn(), [*queued, *scripts]))[len(queued) :]
+        except Exception:
+            self._later.give_back(queued)
+            raise
+        out = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+            out.append((int(reply[0]), int(reply[1]), int(reply[2])))
+        return out
 
     def _now(self) -> tuple[float, str]:
         """Answer the epoch time for periods and the time argument of the scripts ('' = the server's)."""

@@ -26,9 +26,11 @@ from mux.stores.spend import (
     Admission,
     BudgetWindow,
     Clock,
+    LeaseCall,
     check_reservation,
     counter_key,
     decide,
+    grant,
     plan,
 )
 
@@ -144,7 +146,39 @@ class SqliteSpendStore(sqlite_file.SqliteBacked):
         key = counter_key(window.scope_key, window.period, start)
         await sqlite_file.run(self._conn(), _execute, _ADD, (key, nano, 0, self._drop_at(resets)))
 
+    async def lease(self, calls: Sequence[LeaseCall]) -> list[tuple[int, int, int]]:
+        """Renew each lease of ``calls`` in one transaction; answer per call ``(granted, spent, reserved)`` of
+        its counter afterwards (``mux.stores.spend.lease``)."""
+        self._check_open()
+        return await self._with_queued(self._lease, calls, self._clock())
+
     # ---- in the connection's thread, inside BEGIN IMMEDIATE ----
+
+    def _lease(self, conn: sqlite3.Connection, calls: Sequence[LeaseCall], now: float) -> list[tuple[int, int, int]]:
+        self._purge(conn, now)
+        out = []
+        for call in calls:
+            row = conn.execute("SELECT amount, state FROM mux_spend_request WHERE request_id = ?", (call.lease_id,))
+            found = row.fetchone()
+            old = found[0] if found is not None and found[1] == HELD else 0
+            drop_at = self._drop_at(call.resets)
+            conn.execute(_SETTLE, (call.counter, call.spend, drop_at, old))
+            spent, reserved = conn.execute(_READ, (call.counter,)).fetchone()
+            granted = grant(call, spent, reserved)
+            if granted:
+                conn.execute(_ADD, (call.counter, 0, granted, drop_at))
+            conn.execute(
+                "INSERT OR REPLACE INTO mux_spend_request VALUES (?, ?, ?, ?, ?)",
+                (
+                    call.lease_id,
+                    granted,
+                    now + call.ttl_s,
+                    HELD if granted else RELEASED,
+                    _encode([(call.counter, drop_at)]),
+                ),
+            )
+            out.append((granted, spent, reserved + granted))
+        return out
 
     def _reserve(
         self,
