@@ -295,3 +295,22 @@ def test_an_unused_allowance_is_given_back(backend):
 def test_two_worker_processes_with_allowances_keep_a_small_limit_exact(backend, tmp_path):
     admitted = run_two(limits_worker, *[(backend.kind, str(tmp_path), backend.prefix, 20, 20)] * 2, leased=True)
     assert sum(admitted) == 20, admitted
+
+
+def test_a_lease_with_room_left_is_renewed_while_its_one_request_runs(backend):
+    async def main() -> None:
+        a, b = backend.leased_spend(), backend.leased_spend()
+        await a.open()
+        await b.open()
+        try:
+            cap = 100 * W
+            assert (await a.reserve("long", [window(cap)], W, 600)).admitted  # its lease has room beyond it
+            await asyncio.sleep(LEASE_TTL_S + 1.0)  # longer than an unrenewed lease lives
+            refused = await b.reserve("big", [window(cap)], cap - W // 2, 60)
+            assert not refused.admitted  # the W in flight is still held in the shared counter
+            assert refused.refused is not None and refused.refused.reserved_nano == W
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())

@@ -58,6 +58,7 @@ RENEW_S = 1.0
 MARGIN_S = 1.0  # a lease is not used in its last second in the shared store
 FLUSH_S = 0.05  # settled spend reaches the shared counter within this (the lease covers it meanwhile)
 HORIZON_S = 2.0
+WARN_EVERY_S = 10.0  # a store that cannot renew leases is logged at most this often
 
 
 class LeasingBackend(Protocol):
@@ -160,6 +161,7 @@ class LeasedSpendStore:
         self._holds: dict[str, _Hold] = {}
         self._plans: dict[int, tuple[Sequence[BudgetWindow], float, Any, list[_Lease]]] = {}
         self._flush_due = False  # a renewal is scheduled within FLUSH_S
+        self._warned_at = -math.inf
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._logger = logger or structlog.get_logger("mux.stores")
@@ -228,6 +230,8 @@ class LeasedSpendStore:
             lease.unit = amount_nano
             if 4 * (lease.inflight + lease.unpushed) > 3 * lease.granted:
                 self._wake_soon(0.0)
+        if self._task is None:  # the renewal runs while any lease is held, or its requests lose their cover
+            self._wake_soon(RENEW_S)
         self._holds[request_id] = _Hold(amount_nano, leases, now + ttl_s)
         return answer
 
@@ -422,7 +426,9 @@ class LeasedSpendStore:
                     try:
                         await self._sync(due, None)
                     except Exception as exc:  # noqa: BLE001 - tried again at the next tick
-                        self._logger.warning("budget_lease_renewal_failed", error=f"{type(exc).__name__}: {exc}")
+                        if now - self._warned_at >= WARN_EVERY_S:
+                            self._warned_at = now
+                            self._logger.warning("budget_lease_renewal_failed", error=f"{type(exc).__name__}: {exc}")
                 for lease in list(self._leases.values()):
                     if not (lease.granted or lease.inflight or lease.unpushed) and lease.syncing is None:
                         lease.live = False
