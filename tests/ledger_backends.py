@@ -16,6 +16,7 @@ import pytest
 
 from mux.ledger import LedgerRow, nano_usd
 from mux.ledger.postgres import PostgresLedgerStore
+from mux.ledger.row import RowValues, row_values
 from mux.ledger.sql import SqlLedgerStore
 from mux.ledger.sqlite import SQLiteLedgerStore
 
@@ -50,6 +51,11 @@ class Backend:
                 await store.close()
 
         return asyncio.run(main())
+
+
+def values(rows: list[LedgerRow]) -> list[RowValues]:
+    """Answer the rows as a store writes them."""
+    return [row_values(r) for r in rows]
 
 
 async def count(store: SqlLedgerStore) -> int:

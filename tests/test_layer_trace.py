@@ -80,14 +80,18 @@ def test_paths_outside_the_prefixes_are_not_traced():
 
 
 class RecordingLedger:
-    """Stands in for a LedgerWriter: keeps what was submitted."""
+    """Stands in for a LedgerWriter: keeps what was submitted, read back as a store reads a row's values."""
 
     def __init__(self, store_bodies: bool = False) -> None:
         self.store_bodies = store_bodies
         self.rows: list = []
 
-    def submit(self, row) -> bool:
-        self.rows.append(row)
+    def submit(self, values) -> bool:
+        from mux.ledger.row import COLUMNS
+        from mux.ledger.sql import row_of
+
+        assert type(values) is tuple and len(values) == len(COLUMNS)
+        self.rows.append(row_of(values))
         return True
 
 

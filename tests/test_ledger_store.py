@@ -9,7 +9,11 @@ import pytest
 
 from mux.errors import InvalidRequest
 from mux.ledger import LedgerRow, nano_usd
-from tests.ledger_backends import analyze, backend, count, mixed_rows, postgres_available  # noqa: F401
+from mux.ledger import postgres as postgres_schema
+from mux.ledger import sqlite as sqlite_schema
+from mux.ledger.sql import PARTIAL_INDEXES
+from mux.ledger.sqlite import SQLiteLedgerStore
+from tests.ledger_backends import analyze, backend, count, mixed_rows, postgres_available, values  # noqa: F401
 
 NOW = 1_750_000_000.0  # a fixed time: 2025-06-15T15:06:40Z
 DAY = 86400
@@ -59,7 +63,7 @@ def test_a_row_reads_back_whole_by_request_id_or_response_id(backend):
     row = full_row()
 
     async def scenario(store):
-        await store.write([row])
+        await store.write(values([row]))
         return await store.get("req-full"), await store.get("chatcmpl-full"), await store.get("nope")
 
     by_request, by_response, missing = backend.run(scenario)
@@ -72,9 +76,9 @@ def test_writes_are_idempotent_by_request_id(backend):
     more = mixed_rows(10, start=NOW, span_s=60, prefix="more")
 
     async def scenario(store):
-        first = await store.write(rows)
-        replay = await store.write(rows)
-        overlap = await store.write(rows[:5] + more + more[:3])  # replayed rows, new rows, and a duplicate within
+        first = await store.write(values(rows))
+        replay = await store.write(values(rows))
+        overlap = await store.write(values(rows[:5] + more + more[:3]))  # replayed rows, new rows, a duplicate within
         return first, replay, overlap, await count(store), await store.spend(0)
 
     first, replay, overlap, total, spent = backend.run(scenario)
@@ -84,7 +88,9 @@ def test_writes_are_idempotent_by_request_id(backend):
 
 def test_get_with_another_keys_name_answers_none(backend):
     async def scenario(store):
-        await store.write([full_row(), full_row(request_id="req-b", response_id="chatcmpl-b", key_name="key-b")])
+        await store.write(
+            values([full_row(), full_row(request_id="req-b", response_id="chatcmpl-b", key_name="key-b")])
+        )
         return [
             await store.get(i, k)
             for i, k in [
@@ -111,7 +117,7 @@ def test_get_prefers_the_request_id_then_the_newest_response(backend):
     ]
 
     async def scenario(store):
-        await store.write(rows)
+        await store.write(values(rows))
         return (await store.get("chatcmpl-x")).request_id, (await store.get("chatcmpl-y")).request_id
 
     assert backend.run(scenario) == ("r-new", "chatcmpl-y")
@@ -126,7 +132,7 @@ def test_requests_pages_newest_first_without_gaps_or_repeats(backend):
     rows += [full_row(request_id=f"same-{i}", response_id=None, created_at=NOW + 300) for i in range(9)]  # ties
 
     async def scenario(store):
-        await store.write(rows)
+        await store.write(values(rows))
         pages, cursor = [], None
         while True:
             page, cursor = await store.requests(limit=7, cursor=cursor)
@@ -163,7 +169,7 @@ def test_requests_filters_by_key_status_model_and_tag(backend):
         )
 
     async def scenario(store):
-        await store.write(rows)
+        await store.write(values(rows))
         answers = []
         for f in filters:
             ids, cursor = [], None
@@ -184,7 +190,7 @@ def test_requests_limit_is_bounded_and_a_bad_cursor_is_refused(backend):
     rows = [LedgerRow(request_id=f"r{i:04d}", created_at=NOW + i) for i in range(510)]
 
     async def scenario(store):
-        await store.write(rows)
+        await store.write(values(rows))
         page, cursor = await store.requests(limit=10_000)
         with pytest.raises(InvalidRequest) as bad_cursor:
             await store.requests(cursor="not-a-cursor")
@@ -263,7 +269,7 @@ def test_analytics_sums_equal_the_sums_over_the_rows(backend):
     ]
 
     async def scenario(store):
-        await store.write(rows)
+        await store.write(values(rows))
         return [await store.analytics(from_ts, to_ts, g, i) for g, i in queries]
 
     for (group_by, interval), answer in zip(queries, backend.run(scenario), strict=False):
@@ -281,7 +287,7 @@ def test_analytics_answers_only_the_busiest_groups_and_refuses_bad_arguments(bac
     ]
 
     async def scenario(store):
-        await store.write(rows)
+        await store.write(values(rows))
         top = await store.analytics(NOW, NOW + 200, "key", "hour", max_groups=4)
         params = []
         for args in [("key", "week"), ("colour", "hour"), ("tag:", "hour")]:
@@ -322,7 +328,7 @@ def test_spend_sums_a_scope_since_a_time(backend):
         )
 
     async def scenario(store):
-        await store.write(rows)
+        await store.write(values(rows))
         return [await store.spend(since, **s) for s in scopes]
 
     for scope, spent in zip(scopes, backend.run(scenario), strict=False):
@@ -363,7 +369,7 @@ def test_the_main_queries_use_their_indexes(backend):
     }
 
     async def scenario(store):
-        await store.write(rows)
+        await store.write(values(rows))
         await analyze(store)
         return {name: await store.explain(*args, **kwargs) for name, (args, kwargs, _) in queries.items()}
 
@@ -378,7 +384,7 @@ def test_a_nul_character_in_a_client_tag_does_not_fail_the_write(backend):
     row = full_row(request_id="req-nul", tags={"env\x00": "pr\x00od"}, end_user="a\x00b", trace={"note": "\x00"})
 
     async def scenario(store):
-        written = await store.write([row])
+        written = await store.write(values([row]))
         return written, await store.get("req-nul"), await store.requests(tag=("env\x00", "pr\x00od"))
 
     written, got, (tagged, _) = backend.run(scenario)
@@ -390,16 +396,60 @@ def test_a_nul_character_in_a_client_tag_does_not_fail_the_write(backend):
 
 def test_the_schema_is_versioned_and_a_newer_one_is_refused(backend):
     async def first(store):
-        await store.write([full_row()])
-        return await store._fetch(f"SELECT version FROM {store.ledger}_schema_version", [])
+        await store.write(values([full_row()]))
+        return await store._fetch(f"SELECT version FROM {store.ledger}_schema_version ORDER BY version", [])
 
-    assert [tuple(v) for v in backend.run(first)] == [(1,)]
+    assert [tuple(v) for v in backend.run(first)] == [(1,), (2,)]
 
     async def reopened(store):  # the schema exists: opening again keeps the rows and adds no version
-        versions = await store._fetch(f"SELECT version FROM {store.ledger}_schema_version", [])
-        await store._fetch(f"INSERT INTO {store.ledger}_schema_version VALUES (2, 0)", [])
+        versions = await store._fetch(f"SELECT version FROM {store.ledger}_schema_version ORDER BY version", [])
+        await store._fetch(f"INSERT INTO {store.ledger}_schema_version VALUES (3, 0)", [])
         return [tuple(v) for v in versions], await count(store)
 
-    assert backend.run(reopened) == ([(1,)], 1)
-    with pytest.raises(RuntimeError, match="schema is version 2"):
+    assert backend.run(reopened) == ([(1,), (2,)], 1)
+    with pytest.raises(RuntimeError, match="schema is version 3"):
         backend.run(first)
+
+
+def test_a_version_1_ledger_is_migrated_keeping_its_rows_and_its_indexes_become_partial(backend):
+    rows = [full_row(), full_row(request_id="req-anon", response_id=None, key_name=None, team=None, end_user=None)]
+
+    async def version_1(store):  # the schema as version 1 left it, with rows in it
+        s = getattr(store, "schema", None)
+        statements = MIGRATIONS_V1[backend.kind](f'"{s}"' if s else "")
+        await store._fetch(f"DROP TABLE {store.ledger}", [])
+        await store._fetch(f"DROP TABLE {store.tags}", [])
+        await store._fetch(f"DELETE FROM {store.ledger}_schema_version WHERE version > 1", [])
+        for statement in statements:
+            await store._fetch(statement, [])
+        await store.write(values(rows))
+
+    async def reopened(store):
+        versions = await store._fetch(f"SELECT version FROM {store.ledger}_schema_version ORDER BY version", [])
+        return [tuple(v) for v in versions], await count(store), await store.get("req-anon"), await indexes(store)
+
+    backend.run(version_1)
+    versions, total, anonymous, defined = backend.run(reopened)
+    assert versions == [(1,), (2,)] and total == 2 and anonymous.request_id == "req-anon"
+    for name, columns in PARTIAL_INDEXES.items():
+        assert f"{columns.split(',')[0]} IS NOT NULL" in defined[name], (name, defined[name])
+    assert "WHERE" not in defined["ledger_time"]
+
+
+MIGRATIONS_V1 = {
+    "sqlite": lambda _: sqlite_schema.SCHEMA_V1,
+    "postgres": postgres_schema.schema_v1,
+}
+
+
+async def indexes(store) -> dict[str, str]:
+    """Answer the ledger's index definitions by name."""
+    if isinstance(store, SQLiteLedgerStore):
+        found = await store._fetch(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger'", []
+        )
+    else:
+        found = await store._fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = 'ledger'", [store.schema]
+        )
+    return {name: sql or "" for name, sql in found}

@@ -14,11 +14,11 @@ path, status, model asked and used, provider, latency, time to first byte, token
 session, error code and the decision trace; it is written even when an inner app raises.
 
 With a ``ledger`` (``mux.ledger.LedgerWriter``), every request to an LLM front door (``mux.ingress``: answered,
-refused, failed, cancelled) also leaves one ``LedgerRow``, built from the same facts as the log record and
-handed to ``ledger.submit`` (synchronous, never waits). Its ``status`` is the HTTP status sent (when nothing
-was sent, the outcome's: 499 for a client that went away), except that a stream cut after its first byte
-records the in-band error's status (499 when the client went away), and a request whose inner app raised
-records 500 (499 when it was cancelled).
+refused, failed, cancelled) also leaves one ledger row (a ``LedgerRow``'s values, ``mux.ledger.row``), built
+from the same facts as the log record and handed to ``ledger.submit`` (synchronous, never waits). Its
+``status`` is the HTTP status sent (when nothing was sent, the outcome's: 499 for a client that went away),
+except that a stream cut after its first byte records the in-band error's status (499 when the client went
+away), and a request whose inner app raised records 500 (499 when it was cancelled).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import msgspec
 from mux.asgi import ASGIApp, Message, Receive, Scope, Send
 from mux.context import Context, context_of, route_path
 from mux.ingress import ingress_of
-from mux.ledger.row import LedgerRow, nano_usd
+from mux.ledger.row import NO_TAGS, RowValues, json_text, nano_usd
 from mux.logging import RecordLogger
 from mux.routing.decision import decision_trace
 
@@ -245,8 +245,9 @@ def ledger_row(
     error_code: str | None,
     failure: str | None,
     sent: list[bytes] | None = None,
-) -> LedgerRow:
-    """Answer the request's ledger row from its context and its log record's ``fields`` (latency, first byte,
+) -> RowValues:
+    """Answer the request's ledger row, as the values it is written as (``mux.ledger.row.RowValues``: the
+    ``LedgerRow`` fields in order), from its context and its log record's ``fields`` (latency, first byte,
     stream flag, decision trace); ``sent_status`` is the status sent (0: none), ``error_code`` the one peeked
     from an error body, ``failure`` the name of the exception the inner app raised, ``sent`` the response body
     chunks when bodies are kept."""
@@ -260,38 +261,39 @@ def ledger_row(
     elif outcome.status is not None and outcome.status >= 400 > status:  # a stream cut after its first byte
         status = outcome.status
     latency_ms = fields["latency_ms"]
-    return LedgerRow(
-        request_id=ctx.request_id,
-        created_at=time() - latency_ms / 1000,
-        response_id=outcome.response_id,
-        key_name=key.name if key is not None else None,
-        team=key.team if key is not None else None,
-        end_user=mlx.end_user if mlx is not None else None,
-        tags=mlx.tags if mlx is not None else {},
-        session_id=mlx.session_id if mlx is not None else None,
-        model_requested=request.model if request is not None else plan.requested if plan is not None else None,
-        model_used=outcome.model,
-        provider=outcome.provider,
-        route=plan.route if plan is not None else None,
-        route_version=plan.route_version if plan is not None else None,
-        strategy=plan.strategy if plan is not None else None,
-        status=status,
-        error_code=code if status >= 400 else None,
-        attempts=outcome.attempts,
-        prompt_tokens=usage.prompt_tokens if usage is not None else 0,
-        completion_tokens=usage.completion_tokens if usage is not None else 0,
-        cached_tokens=usage.cached_tokens if usage is not None else 0,
-        cache_write_tokens=usage.cache_write_tokens if usage is not None else 0,
-        reasoning_tokens=usage.reasoning_tokens if usage is not None else 0,
-        cost_nano=nano_usd(outcome.cost_usd),
-        latency_ms=latency_ms,
-        ttfb_ms=fields.get("ttfb_ms"),
-        stream=fields.get("stream", False),
-        cache_status=outcome.cache,
-        budget_outcome=ctx.budget,
-        rate_limit_outcome=ctx.ratelimit,
-        finish_reason=outcome.finish_reason,
-        trace=fields.get("trace"),
-        request_body=ctx.body if sent is not None else None,
-        response_body=b"".join(sent) if sent else None,
+    trace = fields.get("trace")
+    return (
+        ctx.request_id,  # request_id
+        time() - latency_ms / 1000,  # created_at
+        outcome.response_id,
+        key.name if key is not None else None,  # key_name
+        key.team if key is not None else None,  # team
+        mlx.end_user if mlx is not None else None,
+        json_text(mlx.tags) if mlx is not None and mlx.tags else NO_TAGS,  # tags
+        mlx.session_id if mlx is not None else None,
+        request.model if request is not None else plan.requested if plan is not None else None,  # model_requested
+        outcome.model,  # model_used
+        outcome.provider,
+        plan.route if plan is not None else None,
+        plan.route_version if plan is not None else None,
+        plan.strategy if plan is not None else None,
+        status,
+        code if status >= 400 else None,  # error_code
+        outcome.attempts,
+        usage.prompt_tokens if usage is not None else 0,
+        usage.completion_tokens if usage is not None else 0,
+        usage.cached_tokens if usage is not None else 0,
+        usage.cache_write_tokens if usage is not None else 0,
+        usage.reasoning_tokens if usage is not None else 0,
+        nano_usd(outcome.cost_usd),  # cost_nano
+        latency_ms,
+        fields.get("ttfb_ms"),
+        1 if fields.get("stream") else 0,  # stream
+        outcome.cache,  # cache_status
+        ctx.budget,  # budget_outcome
+        ctx.ratelimit,  # rate_limit_outcome
+        outcome.finish_reason,
+        None if trace is None else json_text(trace),
+        ctx.body if sent is not None else None,  # request_body
+        b"".join(sent) if sent else None,  # response_body
     )

@@ -23,8 +23,8 @@ from typing import Any
 
 import asyncpg
 
-from mux.ledger.row import LedgerRow
-from mux.ledger.sql import COLUMNS, Params, SqlLedgerStore, row_values
+from mux.ledger.row import COLUMNS, CREATED_AT, NO_TAGS, REQUEST_ID, TAGS, RowValues, tags_of
+from mux.ledger.sql import Params, SqlLedgerStore, partial_indexes
 from mux.stores.lifecycle import Connected
 
 TYPES = {
@@ -79,6 +79,7 @@ _REQUIRED = {
     "stream",
 }
 _TEXT = [i for i, c in enumerate(COLUMNS) if TYPES[c] == "text"]
+_SENT_AS = {"json": "text", "boolean": "integer"}  # a row's values hold JSON text and 0 or 1 (mux.ledger.row)
 
 
 def schema_v1(s: str) -> list[str]:
@@ -100,7 +101,11 @@ def schema_v1(s: str) -> list[str]:
     ]
 
 
-MIGRATIONS = [schema_v1]
+def schema_v2(s: str) -> list[str]:
+    return partial_indexes(f"{s}.ledger", f"{s}.")
+
+
+MIGRATIONS = [schema_v1, schema_v2]
 
 
 def _clean(text: str | None) -> str | None:
@@ -122,8 +127,8 @@ class PostgresLedgerStore(Connected[asyncpg.Pool], SqlLedgerStore):
         self.schema = schema
         self.ledger, self.tags = f'"{schema}".ledger', f'"{schema}".ledger_tags'
         self._dsn, self._min_size, self._max_size = dsn, min_size, max_size
-        selected = ", ".join(f"u.{c}::json" if TYPES[c] == "json" else f"u.{c}" for c in COLUMNS)
-        arrays = ", ".join(f"${i}::{'text' if TYPES[c] == 'json' else TYPES[c]}[]" for i, c in enumerate(COLUMNS, 1))
+        selected = ", ".join(f"u.{c}::{TYPES[c]}" if TYPES[c] in _SENT_AS else f"u.{c}" for c in COLUMNS)
+        arrays = ", ".join(f"${i}::{_SENT_AS.get(TYPES[c], TYPES[c])}[]" for i, c in enumerate(COLUMNS, 1))
         self._insert_rows = (
             f"INSERT INTO {self.ledger} ({', '.join(COLUMNS)}) SELECT {selected} "
             f"FROM unnest({arrays}) AS u({', '.join(COLUMNS)}) "
@@ -165,15 +170,18 @@ class PostgresLedgerStore(Connected[asyncpg.Pool], SqlLedgerStore):
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {s}.ledger_schema_version VALUES ($1, $2)", target, time.time())
 
-    async def write(self, rows: Sequence[LedgerRow]) -> int:
+    async def write(self, rows: Sequence[RowValues]) -> int:
         if not rows:
             return 0
-        records = [row_values(r) for r in rows]
-        for values in records:
-            for i in _TEXT:
-                values[i] = _clean(values[i])
-        columns = [list(c) for c in zip(*records, strict=False)]
-        tags = [(_clean(r.request_id), _clean(n), _clean(v), r.created_at) for r in rows for n, v in r.tags.items()]
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        for i in _TEXT:
+            columns[i] = [_clean(v) for v in columns[i]]
+        tags = [
+            (_clean(values[REQUEST_ID]), _clean(name), _clean(value), values[CREATED_AT])
+            for values in rows
+            if values[TAGS] != NO_TAGS
+            for name, value in tags_of(values).items()
+        ]
         async with self._conn().acquire() as conn, conn.transaction():
             written = len(await conn.fetch(self._insert_rows, *columns))
             if tags:

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from mux.ledger.row import NANO_PER_USD, LedgerRow
+from mux.ledger.row import COLUMNS, NANO_PER_USD, STREAM, TAGS, TRACE, LedgerRow, tags_of
 from mux.ledger.store import (
     DEFAULT_LIMIT,
     MAX_CELLS,
@@ -42,33 +42,38 @@ from mux.ledger.store import (
     percentile,
 )
 
-# The row's fields in column order; tags and trace are stored as JSON text.
-COLUMNS = tuple(LedgerRow.__struct_fields__)
+# Version 2 of the schema made these indexes partial (``WHERE <first column> IS NOT NULL``): each one serves
+# queries that look a value up, so a row without the value (no key, no response) has nothing to add to it.
+PARTIAL_INDEXES = {
+    "ledger_key_time": "key_name, created_at, request_id",
+    "ledger_team_time": "team, created_at",
+    "ledger_end_user_time": "end_user, created_at",
+    "ledger_model_time": "model_used, created_at, request_id",
+    "ledger_response": "response_id",
+}
+
+
+def partial_indexes(ledger: str, schema: str = "") -> list[str]:
+    """Answer the statements that make ``PARTIAL_INDEXES`` partial on the table ``ledger`` (``schema``: the
+    qualifier of an index name, with its dot)."""
+    return [f"DROP INDEX {schema}{name}" for name in PARTIAL_INDEXES] + [
+        f"CREATE INDEX {name} ON {ledger} ({columns}) WHERE {columns.split(',')[0]} IS NOT NULL"
+        for name, columns in PARTIAL_INDEXES.items()
+    ]
+
+
 SELECT_ROW = ", ".join(f"l.{c}" for c in COLUMNS)
 SELECT_ROW_NO_BODIES = ", ".join("NULL" if c.endswith("_body") else f"l.{c}" for c in COLUMNS)
-_TAGS = COLUMNS.index("tags")
-_TRACE = COLUMNS.index("trace")
-_STREAM = COLUMNS.index("stream")
 
-_json = msgspec.json.Encoder()
-_tags_decoder = msgspec.json.Decoder(dict[str, str])
 _trace_decoder = msgspec.json.Decoder()
 
 
-def row_values(row: LedgerRow) -> list[Any]:
-    """Answer the row's column values (JSON text for tags and trace)."""
-    values = list(msgspec.structs.astuple(row))
-    values[_TAGS] = _json.encode(row.tags).decode()
-    values[_TRACE] = None if row.trace is None else _json.encode(row.trace).decode()
-    return values
-
-
 def row_of(record: Sequence[Any]) -> LedgerRow:
-    """Answer the row of a record selected as ``SELECT_ROW``."""
+    """Answer the row of a record selected as ``SELECT_ROW`` (tags and trace as JSON text)."""
     values = list(record)
-    values[_TAGS] = _tags_decoder.decode(values[_TAGS]) if values[_TAGS] else {}
-    values[_TRACE] = None if values[_TRACE] is None else _trace_decoder.decode(values[_TRACE])
-    values[_STREAM] = bool(values[_STREAM])
+    values[TAGS] = tags_of(values)
+    values[TRACE] = None if values[TRACE] is None else _trace_decoder.decode(values[TRACE])
+    values[STREAM] = bool(values[STREAM])
     return LedgerRow(**dict(zip(COLUMNS, values, strict=False)))
 
 

@@ -1,8 +1,9 @@
 """The ledger store contract (``LedgerStore``) and the query arguments every store reads the same way.
 
-A store keeps ``LedgerRow`` records and answers four questions: one record by id (``get``), recent records
-(``requests``, newest first, keyset-paginated), per-group time series (``analytics``) and a scope's spend
-since a time (``spend``, what a budget reads back after a restart). ``write`` is idempotent by
+A store keeps ``LedgerRow`` records, written as their values (``mux.ledger.row.RowValues``), and answers four
+questions: one record by id (``get``), recent records (``requests``, newest first, keyset-paginated),
+per-group time series (``analytics``) and a scope's spend since a time (``spend``, what a budget reads back
+after a restart). ``write`` is idempotent by
 ``request_id``: replaying rows writes nothing twice.
 
 Bad query arguments (an unknown ``group_by``, a malformed cursor, too wide a window) raise
@@ -19,7 +20,7 @@ from typing import Protocol
 import msgspec
 
 from mux.errors import InvalidRequest
-from mux.ledger.row import LedgerRow
+from mux.ledger.row import LedgerRow, RowValues
 
 MAX_LIMIT = 500  # rows per page of `requests`
 DEFAULT_LIMIT = 50
@@ -44,8 +45,9 @@ class LedgerStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def write(self, rows: Sequence[LedgerRow]) -> int:
-        """Insert ``rows`` in one transaction; answer how many were new (a known ``request_id`` is skipped)."""
+    async def write(self, rows: Sequence[RowValues]) -> int:
+        """Insert ``rows`` (each one a row's values) in one transaction; answer how many were new (a known
+        ``request_id`` is skipped)."""
 
     async def get(self, id: str, key_name: str | None = None) -> LedgerRow | None:
         """Answer the record whose request id or response id is ``id`` (the request id wins; then the newest),

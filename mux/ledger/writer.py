@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from mux.ledger.row import LedgerRow
+from mux.ledger.row import REQUEST_BODY, RESPONSE_BODY, LedgerRow, RowValues, row_values
 from mux.ledger.store import LedgerStore
 
 _DROP_LOG_EVERY_S = 10.0
@@ -85,10 +85,12 @@ class LedgerWriter:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._logger = logger or structlog.get_logger("mux.ledger")
-        self._queue: deque[LedgerRow] = deque()
-        self._in_flight: Sequence[LedgerRow] = ()
-        self._wake = asyncio.Event()
+        self._queue: deque[RowValues] = deque()
+        self._in_flight: Sequence[RowValues] = ()
         self._task: asyncio.Task | None = None
+        self._wakeup: asyncio.Future[None] | None = None  # what the flusher awaits while it has nothing to do
+        self._timer: asyncio.TimerHandle | None = None  # ends the wait of a batch that has not filled
+        self._due = False  # the timer has run: write what is queued
         self._closing = False
         self._finished = False
         self._submitted = self._written = self._duplicates = self._dropped = self._lost = 0
@@ -99,21 +101,26 @@ class LedgerWriter:
 
     # the request path
 
-    def submit(self, row: LedgerRow) -> bool:
-        """Queue ``row`` for writing; answer ``False`` (and count it dropped) when the queue is full or the
-        writer has closed. Never waits."""
+    def submit(self, row: RowValues | LedgerRow) -> bool:
+        """Queue ``row`` (its values, as ``TraceLayer`` builds them, or a ``LedgerRow``) for writing; answer
+        ``False`` (and count it dropped) when the queue is full or the writer has closed. Never waits."""
         queue = self._queue
         if len(queue) >= self._max_queue or self._finished:
             self._drop()
             return False
-        if not self.store_bodies and (row.request_body is not None or row.response_body is not None):
-            row = msgspec.structs.replace(row, request_body=None, response_body=None)
+        if type(row) is not tuple:
+            row = row_values(row)  # type: ignore[arg-type]
+        if not self.store_bodies and (row[REQUEST_BODY] is not None or row[RESPONSE_BODY] is not None):
+            row = row[:REQUEST_BODY] + (None, None)
         queue.append(row)
         self._submitted += 1
         depth = len(queue)
-        self._max_depth = max(self._max_depth, depth)
-        if depth == 1 or depth >= self._batch_rows:
-            self._wake.set()
+        if depth > self._max_depth:
+            self._max_depth = depth
+        if depth == 1:
+            self._arm()
+        elif depth >= self._batch_rows:
+            self._wake()
         return True
 
     def _drop(self) -> None:
@@ -152,7 +159,7 @@ class LedgerWriter:
         waiter = asyncio.get_running_loop().create_future()
         entry = (target, waiter)
         self._waiters.append(entry)
-        self._wake.set()
+        self._wake()
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
@@ -186,7 +193,7 @@ class LedgerWriter:
             self.start()
         task = self._task
         assert task is not None
-        self._wake.set()
+        self._wake()
         done, _ = await asyncio.wait({task}, timeout=timeout)
         if not done:
             task.cancel()
@@ -203,29 +210,54 @@ class LedgerWriter:
 
     # the flusher
 
+    def _wake(self) -> None:
+        """Have the flusher look at the queue now (a full batch, a flush, the close, the timer)."""
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    def _arm(self) -> None:
+        """Start the wait of a batch's first row, if the flusher is waiting (else it arms it itself)."""
+        if self._timer is None and self._wakeup is not None:
+            self._timer = self._wakeup.get_loop().call_later(self._flush_s, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._due = True
+        self._wake()
+
     async def _run(self) -> None:
-        queue, wake = self._queue, self._wake
-        while True:
-            if not queue:
+        queue, loop = self._queue, asyncio.get_running_loop()
+        try:
+            while True:
+                if queue and (self._due or self._closing or self._waiters or len(queue) >= self._batch_rows):
+                    if self._timer is not None:
+                        self._timer.cancel()
+                        self._timer = None
+                    self._due = False
+                    batch = [queue.popleft() for _ in range(min(len(queue), self._batch_rows))]
+                    self._in_flight = batch
+                    await self._write(batch)
+                    self._in_flight = ()
+                    if queue:  # a store that writes without waiting must not hold the loop for a whole backlog
+                        await asyncio.sleep(0)
+                    continue
                 if self._closing:
                     self._finished = True
                     return
-                wake.clear()
-                await wake.wait()
-                continue
-            if len(queue) < self._batch_rows and not self._closing and not self._waiters:
-                wake.clear()  # submit sets it again when the batch fills, flush() when it is asked for
+                self._wakeup = loop.create_future()
+                if queue:  # rows that came while a batch was written wait for the next one
+                    self._arm()
                 try:
-                    async with asyncio.timeout(self._flush_s):
-                        await wake.wait()
-                except TimeoutError:
-                    pass
-            batch = [queue.popleft() for _ in range(min(len(queue), self._batch_rows))]
-            self._in_flight = batch
-            await self._write(batch)
-            self._in_flight = ()
+                    await self._wakeup
+                finally:
+                    self._wakeup = None
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
-    async def _write(self, batch: list[LedgerRow]) -> None:
+    async def _write(self, batch: list[RowValues]) -> None:
         """Write ``batch``, retrying with backoff until the store takes it."""
         delay = self._retry_base_s
         while True:
