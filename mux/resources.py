@@ -80,6 +80,7 @@ class Resources:
         self.keys: Keys | None = None
         if needs_state(config):
             self.keys = self.add("key store", Keys(config, logger=self.logger))
+            self.routing.on_reload(self.keys.reload)
         self._budget_state(config)
 
     # ---- budget and rate-limit state (BudgetLayer, RateLimitLayer) ----
@@ -210,19 +211,33 @@ class Keys:
         self.cache = KeyCache(self.store, secret=self.secret)
         self.specs = list(config.keys)
         self.logger = logger or structlog.get_logger("mux.resources")
+        self._opened = False
 
     async def open(self) -> None:
         await self.store.open()
         try:
-            loaded = await load_config_keys(self.store, self.specs, secret=self.secret)
+            await self._load()
         except BaseException:
             await self.store.close()
             raise
+        self._opened = True
+
+    async def reload(self, config: Config) -> None:
+        """Make the store hold exactly the keys of a reloaded ``config`` (new, changed and removed config keys
+        take effect at once in this process, and within the cache's bound in the others); keys made through
+        the admin API are left alone. Before the store is open, the new keys are only remembered."""
+        self.specs = list(config.keys)
+        if self._opened:
+            await self._load()
+
+    async def _load(self) -> None:
+        loaded = await load_config_keys(self.store, self.specs, secret=self.secret)
         self.cache.clear()
         if loaded["put"] or loaded["deleted"]:
             self.logger.info("config_keys_loaded", put=loaded["put"], deleted=loaded["deleted"])
 
     async def aclose(self) -> None:
+        self._opened = False
         await self.store.close()
 
 

@@ -288,3 +288,26 @@ def test_no_key_hash_secret_or_admin_token_is_in_any_log_line_error_body_or_head
         assert secret.encode() not in logs
         for seen in SEEN:
             assert secret.encode() not in seen, seen[:200]
+
+
+def test_a_reload_adds_changes_and_removes_config_keys_at_once(fake_openai_server: FakeOpenAI, fake_openai):
+    first = config(fake_openai_server)
+    current = {"config": first}
+    newcomer = "newcomer-key-0123456789abcdef"
+    app = mux.build_app(mux.parse_config(first), source=lambda: mux.parse_config(current["config"]))
+    with serve(app) as base:
+        sdk(base, OPEN).chat.completions.create(model="gpt-4o", messages=HELLO)
+        with pytest.raises(openai.AuthenticationError):
+            sdk(base, newcomer).chat.completions.create(model="gpt-4o", messages=HELLO)
+        keys = [k for k in first["keys"] if k["name"] != "open"] + [{"name": "newcomer", "key": newcomer}]
+        keys = [{**k, "models": ["openai/gpt-4o"]} if k["name"] == "acme" else k for k in keys]
+        current["config"] = {**first, "keys": keys}
+        assert admin(base, "POST", "/admin/reload").status_code == 200
+        with pytest.raises(openai.AuthenticationError):  # removed from the config: refused at once
+            sdk(base, OPEN).chat.completions.create(model="gpt-4o", messages=HELLO)
+        assert sdk(base, newcomer).chat.completions.create(model="gpt-4o", messages=HELLO).choices
+        assert sdk(base, ACME).chat.completions.create(model="gpt-4o", messages=HELLO).choices  # its new models
+        with pytest.raises(openai.PermissionDeniedError):
+            sdk(base, ACME).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        listed = {k["name"] for k in admin(base, "GET", "/admin/keys").json()["data"]}
+        assert "newcomer" in listed and "open" not in listed

@@ -99,6 +99,7 @@ class Admin:
             _require_post(method, path)
             versions = await asyncio.to_thread(self.routing.reload)
             self.logger.info("config_reloaded", routes=versions)
+            await self.routing.after_reload(self.logger)
             return {"routes": await asyncio.to_thread(self.routes)}
         if path.startswith("/admin/routes/") and path.endswith("/rollback"):
             _require_post(method, path)

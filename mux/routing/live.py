@@ -13,7 +13,8 @@ store and the source, so an event loop calls them in a thread.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 
@@ -41,6 +42,7 @@ class LiveRouting:
         ``config`` is served with the rollbacks the store records (none that no longer fit it)."""
         self.versions = versions or MemoryVersions()
         self.health = health or Health(config.health)
+        self._hooks: list[Callable[[Config], Awaitable[None]]] = []
         self.prices = prices
         self.capabilities = capabilities
         self.source = source
@@ -119,6 +121,20 @@ class LiveRouting:
                 config = self._read()  # a bad source raises here, before anything is recorded
             self._serve(self.versions.record_reload(), fresh=config)
             return {name: served.version for name, served in self.routes.items()}
+
+    def on_reload(self, hook: Callable[[Config], Awaitable[None]]) -> None:
+        """Have ``hook(config)`` run (by ``after_reload``) after each reload of the source, with the config read."""
+        self._hooks.append(hook)
+
+    async def after_reload(self, logger: Any) -> None:
+        """Run the reload hooks with the config now served from the source (on the event loop; a reloader
+        awaits this after ``reload()`` succeeded); a hook that fails is logged (``reload_hook_failed``) and
+        the others still run."""
+        for hook in self._hooks:
+            try:
+                await hook(self.base)
+            except Exception as exc:  # noqa: BLE001 - reported; the reload itself stands
+                logger.error("reload_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)), error=str(exc))
 
     def rollback(self, name: str, version: int) -> RouteVersion:
         """Serve an earlier recorded version of route ``name`` from the next request on, in every process

@@ -68,6 +68,7 @@ class RoutingSync:
             self.logger.error("config_reload_failed", error=str(exc))
         else:
             self.logger.info("config_reloaded", routes=versions)
+            await self.routing.after_reload(self.logger)
 
     async def _watch(self) -> None:
         """Every ``interval_s``, serve what another process recorded in the shared routing state."""
