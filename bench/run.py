@@ -393,8 +393,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gc-tune",
         action="store_true",
-        help="run mux and the pass-through with gc.freeze() and gc.set_threshold(10000, 50, 100) "
-        "(an experiment; see README)",
+        help="run every server with gc.freeze() and gc.set_threshold(50000, 50, 100), the tuning the standalone "
+        "gateway applies to itself (server.gc_tune), so the pass-through and --baseline get it too (see README)",
     )
     parser.add_argument("--skip-load", action="store_true", help="no measurement phases (e.g. only --profile)")
     parser.add_argument("--out", default=RESULTS, help="directory for the JSON results (default bench/results)")
