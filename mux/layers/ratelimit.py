@@ -170,21 +170,14 @@ _REQUESTS, _TOKENS = _NAMES["requests"], _NAMES["tokens"]
 
 def limit_headers(requests: LimitState | None, tokens: LimitState | None) -> list[tuple[bytes, bytes]]:
     """Answer OpenAI's ``x-ratelimit-*`` headers for a requests and a tokens limit (each may be None)."""
-    headers = []
-    if requests is not None:
-        limit, remaining, reset = _REQUESTS
-        headers += [
-            (limit, b"%d" % requests.limit),
-            (remaining, b"%d" % requests.remaining),
-            (reset, duration_text(requests.reset_s).encode()),
-        ]
-    if tokens is not None:
-        limit, remaining, reset = _TOKENS
-        headers += [
-            (limit, b"%d" % tokens.limit),
-            (remaining, b"%d" % tokens.remaining),
-            (reset, duration_text(tokens.reset_s).encode()),
-        ]
+    headers: list[tuple[bytes, bytes]] = []
+    for state, (limit, remaining, reset) in ((requests, _REQUESTS), (tokens, _TOKENS)):
+        if state is not None:
+            headers += [
+                (limit, b"%d" % state.limit),
+                (remaining, b"%d" % state.remaining),
+                (reset, duration_text(state.reset_s).encode()),
+            ]
     return headers
 
 
