@@ -243,7 +243,8 @@ async def measure(args) -> None:
             f"{args.profile} ({args.variant}): {per * 1e6:.1f} µs per request under cProfile (inflated); top "
             "functions by own time:"
         )
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        order, shown = os.environ.get("MICRO_SORT", "tottime"), int(os.environ.get("MICRO_N", "30"))
+        pstats.Stats(profiler).sort_stats(order).print_stats(shown)
         return
 
     tmp = tempfile.mkdtemp(prefix="mux-micro-")
@@ -292,7 +293,12 @@ def main() -> None:
         help="the money table's state: this process, a tmp SQLite file, or Redis at "
         f"{REDIS_URL} under a prefix of the run's own (default memory)",
     )
-    parser.add_argument("--profile", choices=("json", "stream"), help="cProfile the full stack instead")
+    parser.add_argument(
+        "--profile",
+        choices=("json", "stream"),
+        help="cProfile the full stack instead (the listing: MICRO_SORT, a pstats order, default tottime; MICRO_N "
+        "lines, default 30)",
+    )
     parser.add_argument(
         "--variant",
         choices=VARIANTS,

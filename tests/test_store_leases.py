@@ -314,3 +314,135 @@ def test_a_lease_with_room_left_is_renewed_while_its_one_request_runs(backend):
             await b.close()
 
     asyncio.run(main())
+
+
+class Gated(Counting):
+    """Counts like ``Counting``; while ``closed``, a lease renewal or an allowance take waits at the gate."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+        self.fail = False
+
+    async def _through(self) -> None:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        if self.fail:
+            raise ConnectionError("the store went away")
+
+    async def lease(self, calls: Any) -> Any:
+        await self._through()
+        return await super().lease(calls)
+
+    async def acquire(self, *args: Any) -> Any:
+        await self._through()
+        return await super().acquire(*args)
+
+
+async def _until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("renewal_fails", [False, True])
+def test_requests_are_admitted_while_a_renewal_is_under_way_and_stay_covered(backend, renewal_fails):
+    async def main() -> None:
+        gated = Gated(backend.spend())
+        store = LeasedSpendStore(gated)
+        other = backend.spend()
+        await store.open()
+        await other.open()
+        try:
+            cap = 10**9  # far from the cap: the lease asks for, and gets, whole top-ups
+            for i in range(40):
+                assert (await store.reserve(f"warm{i}", [window(cap)], W, 60)).admitted
+                store.finish_soon(f"warm{i}", W)
+                await asyncio.sleep(0.002)
+            await store.flush()
+            gated.gate.clear()
+            gated.fail = renewal_fails
+            assert (await store.reserve("start", [window(cap)], W, 60)).admitted
+            store.finish_soon("start", W)  # a renewal within FLUSH_S, which waits at the gate
+            await _until(lambda: gated.waiting == 1)
+            during = 0
+            for i in range(5):  # admitted at once against the slack the renewal keeps, no waiting
+                answer = await asyncio.wait_for(store.reserve(f"during{i}", [window(cap)], W, 60), 1.0)
+                assert answer.admitted
+                during += 1
+            gated.gate.set()
+            await _until(lambda: gated.waiting == 0)
+            await asyncio.sleep(0.01)
+            gated.fail = False  # the store is back for the next renewals
+            # every request admitted during the renewal is held in the shared counter, by the renewed lease or,
+            # when the renewal failed, by the lease it was to replace
+            spent, reserved = await other.usage(window(cap))
+            assert reserved >= during * W, (spent, reserved)
+            for i in range(during):
+                assert await store.settle(f"during{i}", W)
+            await store.flush()
+            assert (await other.usage(window(cap)))[0] == (40 + 1 + during) * W
+        finally:
+            gated.gate.set()
+            await store.close()
+            await other.close()
+
+    asyncio.run(main())
+
+
+def test_near_the_cap_a_renewal_keeps_no_slack(backend):
+    async def main() -> None:
+        gated = Gated(backend.spend())
+        store = LeasedSpendStore(gated)
+        await store.open()
+        try:
+            cap = 4 * W  # a lease near the cap never got the whole top-up it asked for
+            assert (await store.reserve("a", [window(cap)], W, 60)).admitted
+            gated.gate.clear()
+            store.finish_soon("a", W)
+            await _until(lambda: gated.waiting == 1)
+            waiting = asyncio.ensure_future(store.reserve("b", [window(cap)], W, 60))
+            await asyncio.sleep(0.1)
+            assert not waiting.done()  # decided after the renewal's answer, not against a slack
+            gated.gate.set()
+            assert (await waiting).admitted
+        finally:
+            gated.gate.set()
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_an_allowance_keeps_admitting_while_the_next_one_is_taken(backend):
+    async def main() -> None:
+        gated = Gated(backend.limits())
+        store = LeasedRateLimitStore(gated)
+        await store.open()
+        limit = ("key:steady", 600_000, 10**9)
+        try:
+            for _ in range(300):  # an allowance sized to the demand
+                assert (await store.acquire_all([limit], 10))[0].admitted
+                await asyncio.sleep(0.001)
+            gated.gate.clear()
+            for _ in range(10_000):  # use the allowance up until the next one is asked for (it waits at the gate)
+                if gated.waiting:
+                    break
+                assert (await store.acquire_all([limit], 10))[0].admitted
+                await asyncio.sleep(0)
+            assert gated.waiting == 1
+            before = gated.calls
+            for _ in range(5):
+                assert (await asyncio.wait_for(store.acquire_all([limit], 10), 1.0))[0].admitted
+            assert gated.calls == before  # admitted against the allowance held, not by the shared bucket
+            gated.gate.set()
+        finally:
+            gated.gate.set()
+            await store.close()
+
+    asyncio.run(main())

@@ -105,6 +105,7 @@ CAPABILITIES: dict[str, ModelInfo] = {
 }
 
 _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$|-\d{8}$|-\d{3}$|-latest$")
+_UNSEEN = object()
 
 
 class Catalog:
@@ -121,6 +122,7 @@ class Catalog:
         self.capabilities = capabilities
         self.prices = prices
         self._memo: dict[tuple[str, str, str], ModelInfo | None] = {}
+        self._prices: dict[tuple[str, str, str], Price | None] = {}
 
     def info(self, provider: ProviderConfig, model: str) -> ModelInfo | None:
         key = (provider.name, provider.type, model)
@@ -132,8 +134,15 @@ class Catalog:
         return info
 
     def price(self, provider: ProviderConfig, model: str) -> Price | None:
+        key = (provider.name, provider.type, model)
+        found = self._prices.get(key, _UNSEEN)
+        if found is not _UNSEEN:
+            return found  # type: ignore[return-value]
         info = self.info(provider, model)
-        return info.price if info is not None else None
+        price = info.price if info is not None else None
+        if len(self._prices) < 10_000:
+            self._prices[key] = price
+        return price
 
     def _lookup(self, provider: ProviderConfig, model: str) -> ModelInfo | None:
         base = _SNAPSHOT.sub("", model)

@@ -15,8 +15,9 @@ is honoured by every worker and replica
 
 A cache's own process sees its own writes at once if it calls ``clear()`` after them (the admin API does).
 The bound counts from the start of the last revision read, so a slow read delays requests, not revocations.
-Cost on the request path: one HMAC-SHA256 (or SHA-256) of the key and a dict lookup; one store read per
-distinct key per ``ttl_s``, plus one revision read per ``check_every_s`` per process.
+Cost on the request path: two dict lookups (the hash of a key presented lately is remembered in the
+process, for at most ``max_entries`` keys; otherwise one HMAC-SHA256, or SHA-256, of the key); one store read
+per distinct key per ``ttl_s``, plus one revision read per ``check_every_s`` per process.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class KeyCache:
         self._clock = clock
         self._wall = wall
         self._entries: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._hashes: dict[str, str] = {}  # raw key -> its hash, in this process's memory only
         self._count: tuple[float, int] | None = None
         self._revision: int | None = None
         self._generation = 0  # grows at each drop, so a read that straddles one is not cached
@@ -121,6 +123,16 @@ class KeyCache:
             self._count = (fetched_at, count)
         return count > 0
 
+    def _hash(self, raw_key: str) -> str:
+        """Answer ``hash_key(raw_key, secret)``, remembered for the last ``max_entries`` keys presented."""
+        key_hash = self._hashes.get(raw_key)
+        if key_hash is None:
+            key_hash = hash_key(raw_key, self.secret)
+            if len(self._hashes) >= self.max_entries:
+                self._hashes.clear()
+            self._hashes[raw_key] = key_hash
+        return key_hash
+
     def known_empty(self) -> bool:
         """Whether the store is known to hold no key, answered without I/O: ``any_keys`` found none within
         ``ttl_s`` and the revision was read within ``check_every_s``, so the bounds above hold. ``False``
@@ -140,7 +152,7 @@ class KeyCache:
         now = self._clock()
         if now - self._verified_at >= self.check_every_s:
             return None
-        key_hash = hash_key(raw_key, self.secret)
+        key_hash = self._hash(raw_key)
         entry = self._entries.get(key_hash)
         if entry is None or now - entry[0] >= self.ttl_s or entry[1] is None:
             return None
@@ -152,7 +164,7 @@ class KeyCache:
         denial's ``MuxError`` (401 or 403, see ``mux.keys.decide``) or ``KeyStoreUnavailable`` (503)."""
         if not raw_key:
             raise MISSING.error()
-        key_hash = hash_key(raw_key, self.secret)
+        key_hash = self._hash(raw_key)
         record = await self.lookup(key_hash)
         denial = check(record, self._wall(), key_hash)
         if denial is not None:

@@ -130,7 +130,12 @@ def applicable(rules: Sequence[Rule], key: Any, end_user: str | None, tags: dict
 def reservation_ttl(plan: Plan, backoff_max_s: float) -> float:
     """Answer how long a reservation for ``plan`` must live: every attempt its whole timeout and a backoff
     (or the route's total time, when shorter), plus ``SLACK_S``."""
-    longest = sum((1 + t.retries) * ((t.timeout_s or t.provider.timeout_s) + backoff_max_s) for t in plan.targets)
+    targets = plan.targets
+    if len(targets) == 1:
+        t = targets[0]
+        longest = (1 + t.retries) * ((t.timeout_s or t.provider.timeout_s) + backoff_max_s)
+    else:
+        longest = sum((1 + t.retries) * ((t.timeout_s or t.provider.timeout_s) + backoff_max_s) for t in targets)
     if plan.total_timeout_s is not None:
         longest = min(longest, plan.total_timeout_s)
     return min(longest + SLACK_S, MAX_TTL_S)
@@ -360,7 +365,36 @@ class BudgetLayer:
             headers = budget_headers(refused, 0, [])
             denial.headers.extend((k.decode(), v.decode()) for k, v in headers)
             return await deny(scope, send, denial)
-        await self._serve(ctx, scope, receive, send, request_id, admission, worst, applied)
+        # serve with the budget headers, then settle or release the reservation (here, not in a coroutine of
+        # its own: every frame of the request's await chain is paid for at each resumption)
+        shown = tightest(admission.windows)
+        answered = False
+
+        def budget_send(message: Message) -> Any:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = 200 <= message["status"] < 300
+                cost = ctx.outcome.cost_usd
+                back = max(0, worst.nano - to_nano(cost)) if cost is not None else 0
+                warned = warnings(applied, admission.windows, back)
+                if warned and ctx.budget == "ok":
+                    ctx.budget = "warn"
+                message = {**message, "headers": [*message.get("headers", ()), *budget_headers(shown, back, warned)]}
+            return send(message)
+
+        try:
+            await self.app(scope, receive, budget_send)
+        finally:
+            amount = settlement(ctx.outcome, answered, worst.nano)
+            try:
+                self.store.finish_soon(request_id, amount)  # batched off the request path: lands within ms
+            except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
+                self.logger.error(
+                    "budget_settle_failed",
+                    request_id=request_id,
+                    amount_nano=amount,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
 
     async def _reserve(
         self,
@@ -412,44 +446,3 @@ class BudgetLayer:
             Note("policy", note=f"budget '{rule.name}' cannot cover this request: served through {rule.to}")
         )
         return second, cheap_worst, relaxed
-
-    async def _serve(
-        self,
-        ctx: Context,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        request_id: str,
-        admission: Admission,
-        worst: WorstCase,
-        applied: list[Applied],
-    ) -> None:
-        """Run the inner app with the budget headers, then settle or release the reservation."""
-        shown = tightest(admission.windows)
-        answered = False
-
-        def budget_send(message: Message) -> Any:
-            nonlocal answered
-            if message["type"] == "http.response.start":
-                answered = 200 <= message["status"] < 300
-                cost = ctx.outcome.cost_usd
-                back = max(0, worst.nano - to_nano(cost)) if cost is not None else 0
-                warned = warnings(applied, admission.windows, back)
-                if warned and ctx.budget == "ok":
-                    ctx.budget = "warn"
-                message = {**message, "headers": [*message.get("headers", ()), *budget_headers(shown, back, warned)]}
-            return send(message)
-
-        try:
-            await self.app(scope, receive, budget_send)
-        finally:
-            amount = settlement(ctx.outcome, answered, worst.nano)
-            try:
-                self.store.finish_soon(request_id, amount)  # batched off the request path: lands within ms
-            except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
-                self.logger.error(
-                    "budget_settle_failed",
-                    request_id=request_id,
-                    amount_nano=amount,
-                    error=f"{type(exc).__name__}: {exc}",
-                )

@@ -168,16 +168,30 @@ _NAMES = {
 _REQUESTS, _TOKENS = _NAMES["requests"], _NAMES["tokens"]
 
 
+_FIXED: dict[tuple[int, float], tuple[bytes, bytes]] = {}  # (limit, reset_s) -> their header values
+
+
+def _fixed(state: LimitState) -> tuple[bytes, bytes]:
+    """Answer the ``limit`` and ``reset`` header values of ``state``, remembered (a limit's reset stays the
+    same while requests are admitted against one allowance)."""
+    key = (state.limit, state.reset_s)
+    found = _FIXED.get(key)
+    if found is None:
+        if len(_FIXED) >= MEMO_SIZE:
+            _FIXED.clear()
+        found = _FIXED[key] = (b"%d" % state.limit, duration_text(state.reset_s).encode())
+    return found
+
+
 def limit_headers(requests: LimitState | None, tokens: LimitState | None) -> list[tuple[bytes, bytes]]:
     """Answer OpenAI's ``x-ratelimit-*`` headers for a requests and a tokens limit (each may be None)."""
     headers: list[tuple[bytes, bytes]] = []
-    for state, (limit, remaining, reset) in ((requests, _REQUESTS), (tokens, _TOKENS)):
-        if state is not None:
-            headers += [
-                (limit, b"%d" % state.limit),
-                (remaining, b"%d" % state.remaining),
-                (reset, duration_text(state.reset_s).encode()),
-            ]
+    if requests is not None:
+        limit, reset = _fixed(requests)
+        headers += ((_REQUESTS[0], limit), (_REQUESTS[1], b"%d" % requests.remaining), (_REQUESTS[2], reset))
+    if tokens is not None:
+        limit, reset = _fixed(tokens)
+        headers += ((_TOKENS[0], limit), (_TOKENS[1], b"%d" % tokens.remaining), (_TOKENS[2], reset))
     return headers
 
 
@@ -221,9 +235,13 @@ def refusal(bucket: Bucket, decision: RateDecision, tokens: int) -> RateLimited:
 def real_tokens(outcome: Outcome, answered: bool) -> int | None:
     """Answer the tokens the request really used over every attempt, 0 for a failure without usage, or None
     when it was answered without any usage (keep the estimate)."""
-    used = [s.usage for s in outcome.spent if s.usage is not None]
-    if used:
-        return sum(u.prompt_tokens + u.completion_tokens for u in used)
+    total = None
+    for spend in outcome.spent:
+        usage = spend.usage
+        if usage is not None:
+            total = (total or 0) + usage.prompt_tokens + usage.completion_tokens
+    if total is not None:
+        return total
     return None if answered else 0
 
 

@@ -154,15 +154,15 @@ def _fit(room: int, fixed: int, unit: int) -> int | None:
 
 def target_cost(label: str, info: ModelInfo | None, prompt: int, request: Any) -> TargetCost:
     """Answer one target's worst case for ``request`` with a prompt estimate of ``prompt`` tokens."""
-    price = info.price if info is not None else None
     output = output_bound(request, info)
-    if price is None:
+    if info is None or info.input is None or info.output is None:  # no price (``ModelInfo.price`` is None)
         return TargetCost(label, 0, 0, output, 0, False)
-    prompt_price = max(price.input, price.cache_write or 0.0, price.cached_input or 0.0)  # USD per million
+    # USD per million: the worst any prompt token can cost
+    prompt_price = max(info.input, info.cache_write or 0.0, info.cached_input or 0.0)
     prompt_nano = to_nano(prompt * prompt_price / 1_000_000)
     choices = 1 if type(request) is EmbeddingsRequest else (request.n or 1)
-    unit = math.ceil(price.output * 1000 * choices - 1e-9)  # nano-USD per max_tokens unit
-    total = to_nano((prompt * prompt_price + output * price.output) / 1_000_000)
+    unit = math.ceil(info.output * 1000 * choices - 1e-9)  # nano-USD per max_tokens unit
+    total = to_nano((prompt * prompt_price + output * info.output) / 1_000_000)
     return TargetCost(label, prompt_nano, unit, output, total, True)
 
 
@@ -174,7 +174,10 @@ def worst_case(
     estimate when already made (``prompt_estimate``)."""
     if prompt is None:
         prompt = prompt_tokens(request)
-    costs = [target_cost(t.label, catalog.info(t.provider, t.model), prompt, request) for t in targets]
+    info = catalog.info
+    costs = [target_cost(t.label, info(t.provider, t.model), prompt, request) for t in targets]
+    if len(costs) == 1:
+        return WorstCase(costs[0].nano, "sum" if cascade else "max", costs, prompt)
     amounts = [c.nano for c in costs]
     nano = (sum(amounts) if cascade else max(amounts)) if amounts else 0
     return WorstCase(nano, "sum" if cascade else "max", costs, prompt)

@@ -18,9 +18,8 @@ def to_nano(usd: float, *, up: bool = True) -> int:
     whole value, so a decimal price is not pushed one nano-USD higher by its binary representation.
     """
     x = usd * NANO_PER_USD
-    n = int(x + 0.5) if x >= 0 else -int(0.5 - x)  # the nearest whole (a tie either way: it is not near)
-    d = x - n
-    if -1e-6 - abs(x) * 1e-15 <= d <= 1e-6 + abs(x) * 1e-15:
+    n = round(x)  # the nearest whole (a tie either way: it is not near)
+    if abs(x - n) <= 1e-6 + abs(x) * 1e-15:
         return n
     return math.ceil(x) if up else math.floor(x)
 

@@ -3,17 +3,18 @@ once, then admits requests against them in memory, so the request path does not 
 per request.
 
 ``LeasedRateLimitStore(inner)`` answers as ``RateLimitStore`` over a shared backend (SQLite, Redis) whose
-``acquire`` takes several requests at once and which gives back what was taken (``give_back_soon``). Per
-limit (scope and limits) a worker holds at most one **allowance**: ``n`` requests and ``m`` tokens it took
-from the shared bucket in one atomic ``acquire``. A request that fits the allowances of all its limits is
-admitted in memory; otherwise it is decided by the shared store exactly as without allowances (one
-``acquire_all``), and the background tops the allowances up. An allowance asks for about ``HORIZON_S`` of its
-worker's recent demand, but never more than an eighth (``SHARE``) of what the bucket had left at the last
-answer, and none smaller than ``LEAST`` (4) requests — near the limit, and for small limits (a bucket with
-fewer than 32 requests left), there is none, and every request goes to the shared bucket. An allowance is used for
-at most ``VALID_S``; what is left then is given back to the shared bucket. A token correction goes to the
-limit's allowance when it has one that covers it (so a refund is given back with it), else to the shared
-bucket.
+``acquire`` takes several requests at once and which gives back what was taken (``give_back_soon``). Per limit
+(scope and limits) a worker holds at most one **allowance**: ``n`` requests and ``m`` tokens it took from the
+shared bucket in one atomic ``acquire``. A request that fits the allowances of all its limits is admitted in
+memory; otherwise it is decided by the shared store exactly as without allowances (one ``acquire_all``), and
+the background tops the allowances up. An allowance asks for about ``HORIZON_S`` of its worker's recent
+demand, but never more than an eighth (``SHARE``) of what the bucket had left at the last answer, and none
+smaller than ``LEAST`` (4) requests — near the limit, and for small limits (a bucket with fewer than 32
+requests left), there is none, and every request goes to the shared bucket. An allowance is used for at most
+``VALID_S``; what is left then is given back to the shared bucket. While the next allowance is being taken,
+the one held keeps admitting; what is left of it is given back once the next one is there. A token correction
+goes to the limit's allowance when it has one that covers it (so a refund is given back with it), else to the
+shared bucket.
 
 **Accuracy across workers.** Every admitted request was charged to the shared bucket before it was admitted,
 at most ``VALID_S`` (1 s) before, so over any interval the requests and tokens admitted by all workers
@@ -240,11 +241,12 @@ class LeasedRateLimitStore:
             demand.requests = demand.tokens = 0
             demand.since = now
             return  # near the limit: every request goes to the shared bucket
-        self._give_back(limit)
+        # the allowance held keeps admitting while the next one is taken; what is left of it is given back then
         decision = await self.inner.acquire(scope_key, rpm, tpm, m if tpm is not None else 0, n)
         demand.requests = demand.tokens = 0
         demand.since = now
         if decision.admitted:
+            self._give_back(limit)
             self._allowances[limit] = _Allowance(n, m, self._clock() + VALID_S, decision)
             if tpm is not None:
                 self._by_tokens[(scope_key, tpm)] = limit

@@ -3,13 +3,15 @@ them, so the request path does not wait for a store round trip per request.
 
 ``LeasedSpendStore(inner)`` answers as ``SpendStore`` over a shared backend (SQLite, Redis) that can renew
 leases (``LeasingBackend.lease``). Per spend counter a worker holds one **lease**: a reservation in the shared
-counter, under the cap, that covers what its requests in flight reserved locally, what they settled since
-the last renewal, and a top-up for the next ones. A request whose worst case fits the leases of all its
-counters is admitted in memory. Otherwise it waits for one renewal of those leases that asks for room for it;
-near the cap the top-up shrinks (to at most an eighth of the headroom left, ``LEASE_SHARE``) until a renewal
-grants exactly the request's worst case when it fits and nothing when it does not: per-request admission in
-the shared store. A renewal is one atomic step per counter: the settled spend moves into the counter's spent,
-and the lease becomes the in-flight reservations plus the top-up.
+counter, under the cap, that covers what its requests in flight reserved locally, what they settled since the
+last renewal, and a top-up for the next ones. A request whose worst case fits the leases of all its counters
+is admitted in memory. Otherwise it waits for one renewal of those leases that asks for room for it; near the
+cap the top-up shrinks (to at most an eighth of the headroom left, ``LEASE_SHARE``) until a renewal grants
+exactly the request's worst case when it fits and nothing when it does not: per-request admission in the
+shared store. While a renewal is under way, requests are admitted against the slack it keeps (``_sync``)
+instead of waiting for its answer; near the cap there is none. A renewal is one atomic step per counter: the
+settled spend moves into the counter's spent, and the lease becomes the in-flight reservations plus the top-
+up.
 
 A background task renews: spend settled by ``finish_soon`` is moved to the shared counter, and the room of a
 finished request handed back where the lease is no larger than its requests (near a cap), within
@@ -58,6 +60,7 @@ RENEW_S = 1.0
 MARGIN_S = 1.0  # a lease is not used in its last second in the shared store
 FLUSH_S = 0.05  # settled spend reaches the shared counter within this (the lease covers it meanwhile)
 HORIZON_S = 2.0
+SLACK_S = 0.25  # a renewal keeps about this much of the recent demand admissible while it is under way
 WARN_EVERY_S = 10.0  # a store that cannot renew leases is logged at most this often
 
 
@@ -96,6 +99,9 @@ class _Lease:
         "demand",
         "unit",
         "syncing",
+        "slack",
+        "pushing",
+        "ample",
         "finished",
         "live",
     )
@@ -116,17 +122,32 @@ class _Lease:
         self.demand = 0.0  # nano-USD a second, recently
         self.unit = 0  # the last request's worst case
         self.syncing: asyncio.Future[None] | None = None
+        self.slack = 0  # while a renewal is under way: what requests may still take of the room it keeps
+        self.pushing = 0  # while a renewal is under way: the settled spend it moves to the shared counter
+        self.ample = False  # the last renewal granted the whole top-up it asked for (far from the cap)
         self.finished = False  # a request finished since the last renewal
         self.live = True  # False once dropped from its store's leases
 
     def fits(self, amount: int, now: float) -> bool:
-        return (
-            self.syncing is None and now < self.valid_until and self.inflight + self.unpushed + amount <= self.granted
-        )
+        """Whether a request of worst case ``amount`` can be admitted against this lease now: within its room,
+        or, while a renewal is under way, within the slack that renewal keeps."""
+        if now >= self.valid_until:
+            return False
+        if self.syncing is None:
+            return self.inflight + self.unpushed + amount <= self.granted
+        return amount <= self.slack
+
+    def take(self, amount: int) -> None:
+        """Admit a request of worst case ``amount`` that ``fits``."""
+        self.inflight += amount
+        self.admitted += amount
+        self.unit = amount
+        if self.syncing is not None:
+            self.slack -= amount
 
     def view(self) -> tuple[int, int]:
         """The counter's ``(spent, reserved)`` as this worker knows it, without its own unused lease."""
-        return self.spent + self.unpushed, self.reserved - self.granted + self.inflight
+        return self.spent + self.unpushed + self.pushing, self.reserved - self.granted + self.inflight
 
 
 class _Hold:
@@ -194,22 +215,30 @@ class LeasedSpendStore:
     async def reserve(
         self, request_id: str, windows: Sequence[BudgetWindow], amount_nano: int, ttl_s: float
     ) -> Admission:
-        check_reservation(amount_nano, ttl_s, self._retain)
+        if amount_nano < 0 or not 0 < ttl_s < self._retain:
+            check_reservation(amount_nano, ttl_s, self._retain)
         if not windows:
             return Admission(True, [])
         if request_id in self._holds:
             raise ValueError(f"request {request_id!r} already holds a reservation")
         now = self._clock()
         p, leases = self._laid_out(windows, now)
+        if len(windows) == 1:  # the common case, one budget on one counter: admitted in memory when it fits
+            lease, w = leases[0], windows[0]
+            if lease.fits(amount_nano, now):
+                spent, reserved = lease.view()
+                if not w.enforce or spent + reserved + amount_nano <= w.cap_nano:
+                    self._admit(request_id, leases, amount_nano, now + ttl_s)
+                    return Admission(True, [usage_of(w, p, 0, (spent, reserved + amount_nano))])
         for _ in range(16):
-            waiting = [lease.syncing for lease in leases if lease.syncing is not None]
-            if waiting:
-                await asyncio.wait(waiting)
-                now = self._clock()
-                continue
             short = [lease for lease in leases if not lease.fits(amount_nano, now)]
             if not short:
                 break
+            waiting = [lease.syncing for lease in short if lease.syncing is not None]
+            if waiting:  # a renewal under way without slack enough for this request: wait for its answer
+                await asyncio.wait(waiting)
+                now = self._clock()
+                continue
             await self._sync(short, amount_nano)
             now = self._clock()
             if any(not lease.fits(amount_nano, now) for lease in short):
@@ -224,23 +253,29 @@ class LeasedSpendStore:
             answer = decide(windows, p, views, amount_nano)
             if not answer.admitted:  # a lease kept for requests in flight past a cap: never admit beyond it
                 return answer
+        self._admit(request_id, leases, amount_nano, now + ttl_s)
+        return answer
+
+    def _admit(self, request_id: str, leases: list[_Lease], amount: int, expires: float) -> None:
+        """Hold ``amount`` for ``request_id`` in each of ``leases`` (each ``fits`` it)."""
         for lease in leases:
-            lease.inflight += amount_nano
-            lease.admitted += amount_nano
-            lease.unit = amount_nano
-            if 4 * (lease.inflight + lease.unpushed) > 3 * lease.granted:
+            lease.take(amount)
+            if lease.syncing is None and 4 * (lease.inflight + lease.unpushed) > 3 * lease.granted:
                 self._wake_soon(0.0)
         if self._task is None:  # the renewal runs while any lease is held, or its requests lose their cover
             self._wake_soon(RENEW_S)
-        self._holds[request_id] = _Hold(amount_nano, leases, now + ttl_s)
-        return answer
+        self._holds[request_id] = _Hold(amount, leases, expires)
 
     def _laid_out(self, windows: Sequence[BudgetWindow], now: float) -> tuple[Any, list[_Lease]]:
         """Answer the plan of ``windows`` at ``now`` and the lease of each of its counters, remembered per
         windows list (the layer passes the same list for the same budgets) until a period of it ends."""
         found = self._plans.get(id(windows))
-        if found is not None and found[0] is windows and now < found[1] and all(lease.live for lease in found[3]):
-            return found[2], found[3]
+        if found is not None and found[0] is windows and now < found[1]:
+            for lease in found[3]:
+                if not lease.live:
+                    break
+            else:
+                return found[2], found[3]
         p = plan(windows, now)
         caps: list[int | None] = [None] * len(p.counters)
         for w, i in zip(windows, p.index, strict=False):
@@ -332,17 +367,30 @@ class LeasedSpendStore:
     async def _sync(self, leases: list[_Lease], need: int | None, *, hand_back: bool = False) -> None:
         """Renew ``leases`` in one store call: ``need`` is the worst case of a request waiting for room
         (None: the background's renewal, which tops up only by whole requests); ``hand_back`` asks for no
-        top-up."""
+        top-up.
+
+        While the call is under way, requests are admitted against a **slack**: part of the lease's unused
+        room (about ``SLACK_S`` of its demand; none when idle, handing back, or near the cap, where the last
+        renewal could not grant the whole top-up it asked for), which the call keeps as part of the lease
+        (``keep``). The store can always grant it: it is room of the lease being replaced, still
+        held in the shared counter (the lease is valid), less nothing the call adds. If the call fails, the
+        old lease stands and covers them as before."""
         started = self._clock()
         calls = []
         pushed = []
+        counted = [lease.admitted for lease in leases]
         for lease in leases:
             elapsed = max(started - lease.renewed_at, 0.05)
             lease.demand = max(lease.admitted / elapsed, lease.demand / 2)
             idle = hand_back or need is None and not lease.admitted  # nothing asked since: hand the top-up back
             want = 0 if idle else max(int(lease.demand * HORIZON_S), 2 * (need or lease.unit))
+            room = lease.granted - lease.inflight - lease.unpushed
+            slack = 0
+            if lease.ample and not idle and room > 0 and started < lease.valid_until:
+                slack = min(room, max(int(lease.demand * SLACK_S), 2 * lease.unit))
             push, lease.unpushed = lease.unpushed, 0
             pushed.append(push)
+            lease.pushing, lease.slack = push, slack
             lease.finished = False
             calls.append(
                 LeaseCall(
@@ -350,7 +398,7 @@ class LeasedSpendStore:
                     lease.counter,
                     lease.resets,
                     lease.cap,
-                    lease.inflight,
+                    lease.inflight + slack,
                     push,
                     0 if idle else need if need is not None else lease.unit,
                     want,
@@ -368,14 +416,16 @@ class LeasedSpendStore:
                 lease.unpushed += push
             raise
         else:
-            for lease, (granted, spent, reserved) in zip(leases, grants, strict=True):
+            for lease, (granted, spent, reserved), asked, call in zip(leases, grants, counted, calls, strict=True):
                 lease.granted, lease.spent, lease.reserved = granted, spent, reserved
+                lease.ample = call.want > 0 and granted - call.keep >= call.want
                 lease.valid_until = started + self._ttl - MARGIN_S
                 lease.renewed_at = started
-                lease.admitted = 0
+                lease.admitted -= asked  # what was admitted while the call was under way counts for the next
         finally:
             for lease in leases:
                 lease.syncing = None
+                lease.slack = lease.pushing = 0
             done.set_result(None)
 
     async def _quiet(self) -> None:
