@@ -111,6 +111,37 @@ def test_concurrent_requests_share_one_revision_read():
     run(scenario())
 
 
+def test_requests_waiting_for_a_revision_read_all_resume_together():
+    """A revision read that is due holds every request that finds it so; they must all go on when it answers,
+    in one turn of the event loop, not one turn each (a convoy that held requests for hundreds of ms under
+    load)."""
+
+    async def scenario():
+        store, clock = Counting(), Clock()
+        _, raw = await with_key(store)
+        cache = KeyCache(store, secret=SECRET, clock=clock)
+        await cache.authenticate(raw)
+        loop = asyncio.get_running_loop()
+        turns = [0]
+
+        def tick() -> None:
+            turns[0] += 1
+            loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        clock.now += 0.3
+
+        async def one() -> int:
+            await cache.authenticate(raw)
+            return turns[0]
+
+        resumed = await asyncio.gather(*(one() for _ in range(50)))
+        assert store.reads["revision"] == 2
+        assert max(resumed) - min(resumed) <= 1, resumed
+
+    run(scenario())
+
+
 def test_a_revocation_elsewhere_is_seen_at_the_next_revision_read_and_not_before():
     async def scenario():
         store, clock = Counting(), Clock()

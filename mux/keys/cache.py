@@ -64,7 +64,7 @@ class KeyCache:
         self._generation = 0  # grows at each drop, so a read that straddles one is not cached
         self._verified_at = -math.inf  # when the last successful revision read started
         self._failed_at = -math.inf  # when the last failed one started
-        self._lock = asyncio.Lock()
+        self._reading: asyncio.Future[None] | None = None  # the revision read under way, shared by its waiters
 
     def clear(self) -> None:
         """Drop every entry and read the revision again on the next lookup."""
@@ -78,10 +78,18 @@ class KeyCache:
         when it moved. A failed read is retried after ``check_every_s``; meanwhile entries keep only ``ttl_s``."""
         if self._clock() - self._verified_at < self.check_every_s:
             return
-        async with self._lock:
+        reading = self._reading
+        if reading is None:
             started = self._clock()
             if started - max(self._verified_at, self._failed_at) < self.check_every_s:
-                return  # another lookup read it (or failed to) while this one waited
+                return  # the last read failed just now: entries keep only ttl_s meanwhile
+            reading = self._reading = asyncio.ensure_future(self._read_revision(started))
+        # every lookup that finds the read due waits for the same one and resumes with the others (a lock would
+        # hand the turn to its waiters one event-loop iteration at a time)
+        await asyncio.shield(reading)
+
+    async def _read_revision(self, started: float) -> None:
+        try:
             try:
                 revision = await self.store.revision()
             except KeyStoreUnavailable:
@@ -93,6 +101,8 @@ class KeyCache:
                 self._generation += 1
                 self._revision = revision
             self._verified_at = started
+        finally:
+            self._reading = None
 
     async def lookup(self, key_hash: str) -> KeyRecord | None:
         """Answer the record for ``key_hash`` (current or previous hash), ``None`` if there is none; raise
