@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from mux import deadline as deadline_module
 from mux.deadline import Deadline
 
 
@@ -58,3 +59,44 @@ def test_a_deadline_that_did_not_fire_lets_the_block_finish_and_other_cancellati
             await task
 
     asyncio.run(cancelled_from_outside())
+
+
+def test_a_far_deadline_arms_its_timer_later_and_still_fires_on_time(monkeypatch):
+    """A deadline more than twice ARM_AFTER_S away joins a batch armed after ARM_AFTER_S: it fires at its own
+    time, one that leaves before the batch never arms a timer, and one moved near is armed at once."""
+    monkeypatch.setattr(deadline_module, "ARM_AFTER_S", 0.05)
+
+    async def far() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            with Deadline(start + 0.3) as timer:
+                assert timer._handle is None  # waiting for its batch
+                await asyncio.sleep(0.08)
+                assert timer._handle is not None  # armed by the batch, at its own time
+                await asyncio.sleep(1)
+        return loop.time() - start
+
+    elapsed = asyncio.run(far())
+    assert 0.29 < elapsed < 0.8
+
+    async def left_early() -> None:
+        loop = asyncio.get_running_loop()
+        with Deadline(loop.time() + 0.3) as timer:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.08)  # the batch ran: nothing armed for a deadline that was left
+        assert timer._handle is None and not timer.expired
+
+    asyncio.run(left_early())
+
+    async def moved_near() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            with Deadline(start + 5) as timer:
+                timer.move(start + 0.02)  # before its batch: armed at once
+                assert timer._handle is not None
+                await asyncio.sleep(1)
+        return loop.time() - start
+
+    assert asyncio.run(moved_near()) < 0.5
