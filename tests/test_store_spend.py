@@ -19,6 +19,7 @@ import pytest
 from mux.stores import StoreUnavailable
 from mux.stores.limits.redis import RedisRateLimitStore
 from mux.stores.spend import Admission, BudgetWindow, spend_store
+from mux.stores.spend.memory import MemorySpendStore
 from mux.stores.spend.redis import RedisSpendStore
 from mux.stores.spend.sqlite import SqliteSpendStore
 from mux.stores.state_url import parse_state_url
@@ -448,3 +449,28 @@ def test_a_sqlite_file_locked_past_the_busy_timeout_is_reported(tmp_path: Any) -
         assert (await store.reserve("r1", [w], 10, 30)).admitted  # nothing was left behind
 
     run(SqliteSpendStore(path, clock=Clock(), busy_timeout_s=0.05), body)
+
+
+def test_memory_state_forgets_finished_requests_after_a_minute_and_keeps_lapsed_ones() -> None:
+    """One process's spend state does not grow with every request it ever saw: a finished request is
+    remembered for a minute (its id cannot hold a second reservation meanwhile), a lapsed one for retain_s
+    (a late settle still counts), and a second settle of a forgotten request changes nothing."""
+    w = key_window(10**9)
+    clock = Clock()
+
+    async def body() -> None:
+        store = MemorySpendStore(clock=clock)
+        for i in range(1000):
+            await store.reserve(f"r{i}", [w], 10, 30)
+            await store.settle(f"r{i}", 7)
+        await store.reserve("lapses", [w], 10, 30)
+        with pytest.raises(ValueError, match="already holds"):
+            await store.reserve("r999", [w], 10, 30)
+        clock.advance(61)
+        assert await store.usage(w) == (7000, 0)  # the lapsed one was taken out
+        assert len(store._holds) == 1 and len(store._forgets) == 1 and not store._finished
+        assert await store.settle("r5", 7) is False  # forgotten: nothing happens
+        assert await store.settle("lapses", 4) is True  # a late settle still counts
+        assert await store.usage(w) == (7004, 0)
+
+    asyncio.run(body())

@@ -2,7 +2,11 @@
 between reading and writing its counters.
 
 Expired reservations, forgotten requests and counters of long-past periods are dropped lazily by each call,
-in time order, from three heaps.
+in time order. A finished request (settled or released) is remembered for ``finished_retain_s`` (60 s), so
+its id cannot hold a second reservation meanwhile; then it is forgotten, and a late second settle of it
+answers False, as for any unknown id, so settling stays idempotent while memory stays bounded by the requests
+of the last minute. A lapsed reservation is remembered for ``retain_s`` (a settle that arrives late still
+counts its spend).
 
 **Seeded counters.** Memory loses spend at restart; given a ``seed`` (``seed(scope_key, period_start)``
 answering the nano-USD that scope spent since then, e.g. ``mux.ledger.seed.LedgerSeed``), the first
@@ -15,6 +19,7 @@ seed, so no reservation is booked in a counter before its history is; a seed tha
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +30,7 @@ from mux.stores.spend import DEFAULT_RETAIN_S, Admission, BudgetWindow, Clock, c
 from mux.stores.spend import check_reservation as _check
 
 HELD, LAPSED, SETTLED, RELEASED = 0, 1, 2, 3
+FINISHED_RETAIN_S = 60.0
 Seed = Callable[[str, int], Awaitable[int]]  # (scope key, period start) -> nano-USD spent since
 
 
@@ -46,17 +52,24 @@ class MemorySpendStore(Lifecycle):
     """Spend state of one process. Reads and writes only its own dicts; answers as ``SpendStore``."""
 
     def __init__(
-        self, *, clock: Clock = time.time, retain_s: float = DEFAULT_RETAIN_S, seed: Seed | None = None
+        self,
+        *,
+        clock: Clock = time.time,
+        retain_s: float = DEFAULT_RETAIN_S,
+        finished_retain_s: float = FINISHED_RETAIN_S,
+        seed: Seed | None = None,
     ) -> None:
         self._clock = clock
         self._retain = retain_s
+        self._finished_retain = min(finished_retain_s, retain_s)
+        self._finished: collections.deque[tuple[float, str]] = collections.deque()  # finished holds, by time
         self._seed = seed
         self._seeded: set[str] = set()  # counters started from their seed
         self._seeding: dict[str, asyncio.Future[None]] = {}  # counters whose seed is under way
         self._counters: dict[str, list[int]] = {}  # counter key -> [spent, reserved]
         self._holds: dict[str, _Hold] = {}
         self._expiries: list[tuple[float, str]] = []  # live holds by expiry
-        self._forgets: list[tuple[float, str]] = []  # every hold by the time it is forgotten
+        self._forgets: list[tuple[float, str]] = []  # lapsed holds by the time they are forgotten
         self._drops: list[tuple[float, str]] = []  # counters by the time their period is long past
 
     async def reserve(
@@ -81,7 +94,6 @@ class MemorySpendStore(Lifecycle):
             hold = _Hold(amount_nano, expires, expires + self._retain, p.counters, p.resets)
             self._holds[request_id] = hold
             heapq.heappush(self._expiries, (expires, request_id))
-            heapq.heappush(self._forgets, (hold.forget_at, request_id))
         return answer
 
     async def settle(self, request_id: str, actual_nano: int) -> bool:
@@ -138,7 +150,8 @@ class MemorySpendStore(Lifecycle):
             del self._seeding[c]
 
     def _finish(self, request_id: str, actual: int, state: int) -> bool:
-        self._purge(self._clock())
+        now = self._clock()
+        self._purge(now)
         hold = self._holds.get(request_id)
         if hold is None or hold.state >= SETTLED:
             return False
@@ -148,6 +161,7 @@ class MemorySpendStore(Lifecycle):
                 counter[1] -= hold.amount
             counter[0] += actual
         hold.state = state
+        self._finished.append((now + self._finished_retain, request_id))
         return True
 
     def _counter(self, key: str, resets: int | None) -> list[int]:
@@ -169,6 +183,13 @@ class MemorySpendStore(Lifecycle):
                     if counter is not None:
                         counter[1] -= hold.amount
                 hold.state = LAPSED
+                heapq.heappush(self._forgets, (hold.forget_at, rid))
+        finished = self._finished
+        while finished and finished[0][0] <= now:
+            rid = finished.popleft()[1]
+            hold = self._holds.get(rid)
+            if hold is not None and hold.state >= SETTLED:
+                del self._holds[rid]
         forgets = self._forgets
         while forgets and forgets[0][0] <= now:
             forget_at, rid = heapq.heappop(forgets)
