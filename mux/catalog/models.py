@@ -126,8 +126,9 @@ class Catalog:
 
     def info(self, provider: ProviderConfig, model: str) -> ModelInfo | None:
         key = (provider.name, provider.type, model)
-        if key in self._memo:
-            return self._memo[key]
+        found = self._memo.get(key, _UNSEEN)
+        if found is not _UNSEEN:
+            return found  # type: ignore[return-value]
         info = self._lookup(provider, model)
         if len(self._memo) < 10_000:
             self._memo[key] = info

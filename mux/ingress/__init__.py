@@ -79,7 +79,7 @@ def ingress_for(path: str) -> Ingress | None:
 def ingress_of(scope: Scope) -> Ingress | None:
     """Answer the front door of an HTTP request, or ``None`` when it carries no LLM call (another path, or a
     method other than POST). Looked up once per request; the answer is kept in the context."""
-    ctx = context_of(scope)
+    ctx = scope.get("mux") or context_of(scope)
     if not ctx.matched:
         ctx.matched = True
         if scope["type"] == "http" and scope["method"] == "POST":

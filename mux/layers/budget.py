@@ -95,7 +95,8 @@ class Applied(Struct, gc=False):
     window: BudgetWindow
 
 
-Budgets = tuple[list[Applied], list[BudgetWindow]]  # the budgets that apply to a request, and their windows
+# the budgets that apply to a request, their windows, and whether any can warn (a ``warn_at``, or not enforced)
+Budgets = tuple[list[Applied], list[BudgetWindow], bool]
 
 
 def compile_budgets(budgets: Sequence[Any]) -> list[Rule]:
@@ -316,7 +317,8 @@ class BudgetLayer:
             if len(self._applied) >= MEMO_SIZE:
                 self._applied.clear()
             applied = applicable(self._rules, key, end_user, tags)
-            found = self._applied[who] = (applied, [a.window for a in applied])
+            may_warn = any(a.rule.warn_at is not None or not a.window.enforce for a in applied)
+            found = self._applied[who] = (applied, [a.window for a in applied], may_warn)
         return found
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
@@ -331,7 +333,7 @@ class BudgetLayer:
     async def _guard(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> None:
         mlx = ctx.mlx
         end_user = mlx.end_user if mlx is not None else None
-        applied, windows = self._applicable(ctx.key, end_user, mlx.tags if mlx is not None else {})
+        applied, windows, may_warn = self._applicable(ctx.key, end_user, mlx.tags if mlx is not None else {})
         if not applied:
             return await self.app(scope, receive, send)
         routing = self.routing
@@ -343,7 +345,9 @@ class BudgetLayer:
                 )
             request_id = ctx.request_id or "bud_" + uuid.uuid4().hex
             try:
+                first = applied
                 admission, worst, applied = await self._reserve(ctx, request, plan, applied, windows, request_id)
+                may_warn = may_warn or applied is not first  # a downgrade relaxed its budget
             except StoreUnavailable as exc:
                 if all(a.rule.fail_open for a in applied):
                     self.logger.warning(
@@ -376,7 +380,7 @@ class BudgetLayer:
                 answered = 200 <= message["status"] < 300
                 cost = ctx.outcome.cost_usd
                 back = max(0, worst.nano - to_nano(cost)) if cost is not None else 0
-                warned = warnings(applied, admission.windows, back)
+                warned = warnings(applied, admission.windows, back) if may_warn else []
                 if warned and ctx.budget == "ok":
                     ctx.budget = "warn"
                 message = {**message, "headers": [*message.get("headers", ()), *budget_headers(shown, back, warned)]}

@@ -22,6 +22,7 @@ from mux.asgi import ASGIApp, Receive, Scope, Send
 from mux.context import Context, Mlx, context_of
 from mux.errors import InvalidRequest, MuxError
 from mux.ingress import deny, ingress_of, with_request
+from mux.wire.openai import ChatRequest
 
 if TYPE_CHECKING:
     from mux.wire.openai import CacheControl
@@ -57,6 +58,10 @@ class TagsLayer:
             elif name == b"x-session-id":
                 session = value
         try:
+            if type(request) is ChatRequest and not (tags or end_user or session or request.metadata):
+                # the common case, without the general merge: a chat request's own fields, no header, no metadata
+                ctx.mlx = body_annotations(request)
+                return self.app(scope, receive, send)
             ctx.mlx = merged_annotations(
                 body_tags=getattr(request, "mlx_tags", None),
                 metadata=getattr(request, "metadata", None),
@@ -101,6 +106,21 @@ def merged_annotations(
     end_user = body_end_user or _header_text(header_end_user, "x-mux-end-user", MAX_ID) or user
     session = body_session or _header_text(header_session, "x-session-id", 128)
     return Mlx(tags=tags, end_user=end_user, cache=cache, trace=bool(trace), session_id=session)
+
+
+def body_annotations(request: ChatRequest) -> Mlx:
+    """Answer ``merged_annotations`` of a chat request without annotation headers or ``metadata`` (pure); raise
+    ``InvalidRequest`` naming the bad field."""
+    tags = request.mlx_tags or {}
+    if len(tags) > MAX_TAGS:
+        raise InvalidRequest(f"At most {MAX_TAGS} tags are allowed.", param="mlx:tags")
+    return Mlx(
+        tags=tags,
+        end_user=request.mlx_end_user or request.user,
+        cache=request.mlx_cache,
+        trace=bool(request.mlx_trace),
+        session_id=request.session_id,
+    )
 
 
 def parse_tag_header(raw: bytes) -> dict[str, str]:
