@@ -345,9 +345,20 @@ class BudgetLayer:
                 )
             request_id = ctx.request_id or "bud_" + uuid.uuid4().hex
             try:
-                first = applied
-                admission, worst, applied = await self._reserve(ctx, request, plan, applied, windows, request_id)
-                may_warn = may_warn or applied is not first  # a downgrade relaxed its budget
+                # reserve the plan's worst case in every window (here, not in a coroutine of its own)
+                backoff = routing.config.health.backoff_max_ms / 1000
+                prompt = prompt_estimate(ctx)
+                worst = worst_case(
+                    plan.targets, request, routing.catalog, cascade=plan.cascade is not None, prompt=prompt
+                )
+                admission = await self.store.reserve(request_id, windows, worst.nano, reservation_ttl(plan, backoff))
+                ctx.budget = "ok"
+                if not admission.admitted and admission.refused is not None:
+                    first = applied
+                    admission, worst, applied = await self._downgrade(
+                        ctx, request, plan, applied, request_id, admission, worst, prompt, backoff
+                    )
+                    may_warn = may_warn or applied is not first  # a downgrade relaxed its budget
             except StoreUnavailable as exc:
                 if all(a.rule.fail_open for a in applied):
                     self.logger.warning(
@@ -400,25 +411,21 @@ class BudgetLayer:
                     error=f"{type(exc).__name__}: {exc}",
                 )
 
-    async def _reserve(
+    async def _downgrade(
         self,
         ctx: Context,
         request: Any,
         plan: Plan,
         applied: list[Applied],
-        windows: list[BudgetWindow],
         request_id: str,
+        admission: Admission,
+        worst: WorstCase,
+        prompt: int,
+        backoff: float,
     ) -> tuple[Admission, WorstCase, list[Applied]]:
-        """Reserve the plan's worst case in every window (``windows``: those of ``applied``); downgrade once if
-        a downgrade budget refuses."""
+        """After ``admission`` refused the plan's worst case: when the refusing budget downgrades, reserve the
+        worst case of its route instead (once); answer the admission that stands, its worst case and budgets."""
         routing = self.routing
-        backoff = routing.config.health.backoff_max_ms / 1000
-        prompt = prompt_estimate(ctx)
-        worst = worst_case(plan.targets, request, routing.catalog, cascade=plan.cascade is not None, prompt=prompt)
-        admission = await self.store.reserve(request_id, windows, worst.nano, reservation_ttl(plan, backoff))
-        ctx.budget = "ok"
-        if admission.admitted or admission.refused is None:
-            return admission, worst, applied
         index = next(i for i, w in enumerate(admission.windows) if w is admission.refused)
         rule = applied[index].rule
         if rule.action != "downgrade" or rule.to is None or plan.route == rule.to[1:]:
