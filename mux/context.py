@@ -23,7 +23,15 @@ budget         BudgetLayer     the budget outcome: ``ok``, ``warn``, ``downgrade
 outcome        Dispatch        provider, model used, usage, per-attempt and total cost, status, response id (the
                                first decoder writes the status and error of a body it refuses)
 trace          anyone          decision-trace events, in order: ``Attempt`` and ``Note`` Structs
+finishers      TraceLayer      while it serves the request: the work inner layers left for its end
+                               (``at_end``), run once by ``run_finishers``; ``None`` otherwise
 =============  ==============  ====================================================================
+
+**Finishers.** A layer that has work to do once the inner app is done (a budget's settle, a rate limit's
+token correction) would otherwise await the inner app in a coroutine of its own, which then sits in the
+request's await chain and is resumed at each of its waits. When a layer outside runs finishers (TraceLayer
+does), such a layer hands its work over (``at_end``) and returns the inner app's awaitable directly; used
+alone, it keeps its own ``try``/``finally``.
 
 This module is the kernel: it imports nothing of mux above ``asgi`` and ``errors``; the types of fields
 owned by higher packages are named for type checkers only.
@@ -31,6 +39,7 @@ owned by higher packages are named for type checkers only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +142,9 @@ class Context(Struct, gc=False):  # gc=False here and above: no context is part 
     budget: str | None = None  # BudgetLayer's outcome (None: no budget applied)
     outcome: Outcome = msgspec.field(default_factory=Outcome)
     trace: list[TraceEvent] = []
+    # the work left for the request's end, while a layer outside runs it (TraceLayer); a finisher usually refers
+    # to the context, so ``run_finishers`` drops the list (the context is not tracked by the collector)
+    finishers: list[Callable[[], None]] | None = None
 
 
 def context_of(scope: Scope) -> Context:
@@ -146,6 +158,25 @@ def context_of(scope: Scope) -> Context:
 def context_of_request(request: HTTPConnection) -> Context:
     """Answer the context of a Starlette/FastAPI ``Request`` (or WebSocket), for endpoints behind mux layers."""
     return context_of(request.scope)
+
+
+def at_end(ctx: Context, finisher: Callable[[], None]) -> bool:
+    """Have ``finisher`` run once the request's inner app is done, whatever ends it, by the layer outside that
+    runs finishers; answer False when none does (the caller then runs it itself). A finisher must not raise."""
+    finishers = ctx.finishers
+    if finishers is None:
+        return False
+    finishers.append(finisher)
+    return True
+
+
+def run_finishers(ctx: Context) -> None:
+    """Run the finishers left for the request's end, the last one left first (as nested ``finally`` blocks
+    would), and stop taking more."""
+    finishers, ctx.finishers = ctx.finishers, None
+    if finishers:
+        for finisher in reversed(finishers):
+            finisher()
 
 
 def route_path(scope: Scope) -> str:

@@ -9,9 +9,11 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from typing import Any
 
 import httpx
 import openai
+import pytest
 
 import mux
 from mux.layers.budget import BudgetLayer, usd_text
@@ -200,26 +202,45 @@ def test_a_total_budget_refusal_has_no_reset_and_no_retry_after(fake_openai):
         assert len(fake_openai.chat_requests) == 0
 
 
+# Each of these runs with the state in this process (the layer awaits the store, in a frame of its own) and in
+# SQLite (admitted in memory against the worker's lease, the settle left for the request's end: the fast path).
+STATES = pytest.mark.parametrize("kind", ["memory", "sqlite"])
+
+
+def state_url(kind: str, tmp_path: Any) -> str:
+    return "memory" if kind == "memory" else f"sqlite:///{tmp_path}/state.db"
+
+
 # ---- settle and release -------------------------------------------------------------------------------------
 
 
-def test_settle_counts_the_real_cost_and_every_answer_carries_the_budget_headers(fake_openai):
+@STATES
+def test_settle_counts_the_real_cost_and_every_answer_carries_the_budget_headers(fake_openai, kind, tmp_path):
     cap = W * 20
     cfg = config(
-        fake_openai.base_url, state="memory", budgets=[{"name": "global-cap", "usd": usd(cap), "period": "week"}]
+        fake_openai.base_url,
+        state=state_url(kind, tmp_path),
+        budgets=[{"name": "global-cap", "usd": usd(cap), "period": "week"}],
     )
     with gateway(cfg) as (_, client, _app):
         first = chat(client, max_tokens=MAX)
         second = chat(client, max_tokens=MAX)
+        third = chat(client, max_tokens=MAX)  # sees the second one settled
     assert remaining(first) == cap - cost(first)
     assert remaining(second) == cap - cost(first) - cost(second)
+    assert remaining(third) == cap - cost(first) - cost(second) - cost(third)
     assert first.headers["x-mux-budget-name"] == "global-cap"
     assert datetime.fromisoformat(first.headers["x-mux-budget-reset"].replace("Z", "+00:00")).weekday() == 0
 
 
-def test_a_stream_settles_after_its_end_to_the_cost_in_its_final_usage(fake_openai):
+@STATES
+def test_a_stream_settles_after_its_end_to_the_cost_in_its_final_usage(fake_openai, kind, tmp_path):
     cap = W * 20
-    cfg = config(fake_openai.base_url, state="memory", budgets=[{"name": "cap", "usd": usd(cap), "period": "day"}])
+    cfg = config(
+        fake_openai.base_url,
+        state=state_url(kind, tmp_path),
+        budgets=[{"name": "cap", "usd": usd(cap), "period": "day"}],
+    )
     with gateway(cfg) as (_, client, _app):
         with client.chat.completions.with_streaming_response.create(
             model="openai/gpt-4o-mini", messages=HI, max_tokens=MAX, stream=True, stream_options={"include_usage": True}
@@ -228,23 +249,39 @@ def test_a_stream_settles_after_its_end_to_the_cost_in_its_final_usage(fake_open
             chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
         streamed = to_nano(chunks[-1]["usage"]["cost"])
         after = chat(client, max_tokens=MAX)
+        last = chat(client, max_tokens=MAX)
     assert streamed > 0 and remaining(after) == cap - streamed - cost(after)
+    assert remaining(last) == cap - streamed - cost(after) - cost(last)
 
 
-def test_a_failed_request_releases_its_reservation(fake_openai):
+@STATES
+def test_a_failed_request_releases_its_reservation(fake_openai, kind, tmp_path):
     cap = W * 3 // 2
-    cfg = config(fake_openai.base_url, state="memory", budgets=[{"name": "cap", "usd": usd(cap), "period": "day"}])
+    cfg = config(
+        fake_openai.base_url,
+        state=state_url(kind, tmp_path),
+        budgets=[{"name": "cap", "usd": usd(cap), "period": "day"}],
+    )
     with gateway(cfg) as (_, client, _app):
+        warm = chat(client, max_tokens=MAX)  # (with SQLite, the next ones are admitted against the lease)
         fake_openai.script(Reply(status=500))
         assert status_of(chat(client, max_tokens=MAX)) == 502
         after = chat(client, max_tokens=MAX)
-    assert status_of(after) == 200 and remaining(after) == cap - cost(after)
+        last = chat(client, max_tokens=MAX)  # the cap fits one worst case: the one before it must be settled
+    assert status_of(after) == 200 and remaining(after) == cap - cost(warm) - cost(after)
+    assert status_of(last) == 200 and remaining(last) == cap - cost(warm) - cost(after) - cost(last)
 
 
-def test_a_client_that_disconnects_mid_stream_releases_its_reservation(fake_openai):
+@STATES
+def test_a_client_that_disconnects_mid_stream_releases_its_reservation(fake_openai, kind, tmp_path):
     cap = W * 3 // 2
-    cfg = config(fake_openai.base_url, state="memory", budgets=[{"name": "cap", "usd": usd(cap), "period": "day"}])
+    cfg = config(
+        fake_openai.base_url,
+        state=state_url(kind, tmp_path),
+        budgets=[{"name": "cap", "usd": usd(cap), "period": "day"}],
+    )
     with gateway(cfg) as (url, client, _app):
+        warm = chat(client, max_tokens=MAX)  # (with SQLite, the next ones are admitted against the lease)
         fake_openai.script(Reply(content="one two three four five six seven", chunk_delay_s=0.3))
         with httpx.stream(
             "POST",
@@ -254,22 +291,25 @@ def test_a_client_that_disconnects_mid_stream_releases_its_reservation(fake_open
         ) as r:
             assert r.status_code == 200
             next(r.iter_lines())  # the first chunk arrived; then the client goes away
-        record = fake_openai.chat_requests[0]
+        record = fake_openai.chat_requests[1]
         wait_until(lambda: record.done.is_set())
         answers = []
         wait_until(
             lambda: answers.append(chat(client, max_tokens=MAX)) or status_of(answers[-1]) == 200, seconds=5, every=0.1
         )
-    assert record.disconnected_at is not None and remaining(answers[-1]) == cap - cost(answers[-1])
+        last = chat(client, max_tokens=MAX)  # the cap fits one worst case: the one before it must be settled
+    assert record.disconnected_at is not None and remaining(answers[-1]) == cap - cost(warm) - cost(answers[-1])
+    assert status_of(last) == 200 and remaining(last) == cap - cost(warm) - cost(answers[-1]) - cost(last)
 
 
 # ---- actions -------------------------------------------------------------------------------------------------
 
 
-def test_a_warn_budget_never_refuses_and_only_adds_headers(fake_openai):
+@STATES
+def test_a_warn_budget_never_refuses_and_only_adds_headers(fake_openai, kind, tmp_path):
     cfg = config(
         fake_openai.base_url,
-        state="memory",
+        state=state_url(kind, tmp_path),
         budgets=[{"name": "soft", "usd": usd(W // 10), "period": "day", "action": "warn"}],
     )
     with gateway(cfg) as (_, client, _app):
@@ -281,10 +321,11 @@ def test_a_warn_budget_never_refuses_and_only_adds_headers(fake_openai):
     assert len(fake_openai.chat_requests) == 3
 
 
-def test_warn_at_adds_a_warning_header_to_a_block_budget_past_the_fraction(fake_openai):
+@STATES
+def test_warn_at_adds_a_warning_header_to_a_block_budget_past_the_fraction(fake_openai, kind, tmp_path):
     cfg = config(
         fake_openai.base_url,
-        state="memory",
+        state=state_url(kind, tmp_path),
         budgets=[{"name": "hard", "usd": usd(W * 6 // 5), "period": "day", "warn_at": 0.05}],
     )
     with gateway(cfg) as (_, client, _app):

@@ -173,3 +173,19 @@ def test_budget_and_rate_limit_config_mistakes_are_refused_naming_the_key():
         mux.parse_config({"budgets": [{"name": "x", "usd": 1, "period": "day", "action": "downgrade", "to": "@cheap"}]})
     with pytest.raises(mux.ConfigError, match="budgets\\[1\\].name: budget name 'x' is used twice"):
         mux.parse_config({"budgets": [{"name": "x", "usd": 1}, {"name": "x", "usd": 2}]})
+
+
+def test_with_allowances_each_request_is_corrected_by_its_real_usage_before_the_next(fake_openai, tmp_path):
+    """With SQLite state a request is admitted against the worker's allowance, and its token correction is left
+    for the request's end (no coroutine of the layer in its await chain): consecutive answers' remaining tokens
+    differ by the real usage, not by the estimate."""
+    cfg = config(
+        fake_openai.base_url,
+        state=f"sqlite:///{tmp_path}/state.db",
+        rate_limits=[{"name": "all", "rpm": 10**6, "tpm": 10**8}],
+    )
+    with gateway(cfg) as (_, client, _app):
+        answers = [chat(client) for _ in range(8)]
+    left = [int(a.headers["x-ratelimit-remaining-tokens"]) for a in answers]
+    steps = [a - b for a, b in zip(left[2:], left[3:], strict=False)]  # from the allowance on
+    assert steps.count(REAL) >= 4, (left, steps)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from time import time
@@ -51,7 +51,7 @@ import structlog
 from msgspec import Struct
 
 from mux.asgi import ASGIApp, Message, Receive, Scope, Send
-from mux.context import Context, Note, Outcome
+from mux.context import Context, Note, Outcome, at_end
 from mux.errors import BudgetExceeded, MuxError, render_error
 from mux.ingress import deny, ingress_of, with_request
 from mux.money.estimate import WorstCase, prompt_estimate, worst_case
@@ -330,12 +330,47 @@ class BudgetLayer:
             return self.app(scope, receive, send)
         return with_request(scope, receive, send, self.max_body_bytes, self._guard)
 
-    async def _guard(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    def _guard(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         mlx = ctx.mlx
         end_user = mlx.end_user if mlx is not None else None
         applied, windows, may_warn = self._applicable(ctx.key, end_user, mlx.tags if mlx is not None else {})
         if not applied:
-            return await self.app(scope, receive, send)
+            return self.app(scope, receive, send)
+        plan = ctx.plan
+        nowait = getattr(self.store, "reserve_nowait", None)
+        if ctx.finishers is not None and plan is not None and nowait is not None:
+            # the common case, without a coroutine of this layer in the request's await chain: the worst case
+            # admitted in memory (the leases, ``reserve_nowait``), the settle left for the request's end
+            routing = self.routing
+            request_id = ctx.request_id or "bud_" + uuid.uuid4().hex
+            worst = worst_case(
+                plan.targets, request, routing.catalog, cascade=plan.cascade is not None, prompt=prompt_estimate(ctx)
+            )
+            ttl = reservation_ttl(plan, routing.config.health.backoff_max_ms / 1000)
+            try:
+                admission = nowait(request_id, windows, worst.nano, ttl)
+            except StoreUnavailable:
+                admission = None
+            if admission is not None:
+                ctx.budget = "ok"
+                budget_send, settle = self._serving(ctx, request_id, admission, worst, applied, may_warn, send)
+                at_end(ctx, settle)
+                return self.app(scope, receive, budget_send)
+        return self._guard_waiting(ctx, request, scope, receive, send, applied, windows, may_warn)
+
+    async def _guard_waiting(
+        self,
+        ctx: Context,
+        request: Any,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        applied: list[Applied],
+        windows: list[BudgetWindow],
+        may_warn: bool,
+    ) -> None:
+        end_user = ctx.mlx.end_user if ctx.mlx is not None else None
+        mlx = ctx.mlx
         routing = self.routing
         plan = ctx.plan
         try:
@@ -380,8 +415,24 @@ class BudgetLayer:
             headers = budget_headers(refused, 0, [])
             denial.headers.extend((k.decode(), v.decode()) for k, v in headers)
             return await deny(scope, send, denial)
-        # serve with the budget headers, then settle or release the reservation (here, not in a coroutine of
-        # its own: every frame of the request's await chain is paid for at each resumption)
+        budget_send, settle = self._serving(ctx, request_id, admission, worst, applied, may_warn, send)
+        try:
+            await self.app(scope, receive, budget_send)
+        finally:
+            settle()
+
+    def _serving(
+        self,
+        ctx: Context,
+        request_id: str,
+        admission: Admission,
+        worst: WorstCase,
+        applied: list[Applied],
+        may_warn: bool,
+        send: Send,
+    ) -> tuple[Send, Callable[[], None]]:
+        """Answer the ``send`` that adds the budget headers to an admitted request's answer, and what settles
+        or releases its reservation once it is done (never raises)."""
         shown = tightest(admission.windows)
         answered = False
 
@@ -397,11 +448,10 @@ class BudgetLayer:
                 message = {**message, "headers": [*message.get("headers", ()), *budget_headers(shown, back, warned)]}
             return send(message)
 
-        try:
-            await self.app(scope, receive, budget_send)
-        finally:
-            amount = settlement(ctx.outcome, answered, worst.nano)
+        def settle() -> None:
+            amount = None
             try:
+                amount = settlement(ctx.outcome, answered, worst.nano)
                 self.store.finish_soon(request_id, amount)  # batched off the request path: lands within ms
             except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
                 self.logger.error(
@@ -410,6 +460,8 @@ class BudgetLayer:
                     amount_nano=amount,
                     error=f"{type(exc).__name__}: {exc}",
                 )
+
+        return budget_send, settle
 
     async def _downgrade(
         self,

@@ -36,7 +36,7 @@ first (``_parse_retry_after_header``); a request larger than the limit itself ne
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -45,7 +45,7 @@ import structlog
 from msgspec import Struct
 
 from mux.asgi import ASGIApp, Message, Receive, Scope, Send
-from mux.context import Context, Outcome
+from mux.context import Context, Outcome, at_end
 from mux.errors import RateLimited
 from mux.ingress import deny, ingress_of, with_request
 from mux.money.estimate import prompt_estimate
@@ -308,17 +308,32 @@ class RateLimitLayer:
             return self.app(scope, receive, send)
         return with_request(scope, receive, send, self.max_body_bytes, self._limit)
 
-    async def _limit(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    def _limit(self, ctx: Context, request: Any, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         mlx = ctx.mlx
         found = (
             self._applicable(ctx.key, mlx.end_user, mlx.tags)
             if mlx is not None
             else self._applicable(ctx.key, None, {})
         )
-        buckets = found.buckets
-        if not buckets:
-            return await self.app(scope, receive, send)
+        if not found.buckets:
+            return self.app(scope, receive, send)
         tokens = prompt_estimate(ctx) if found.tokens else 0
+        if ctx.finishers is not None:
+            # the common case, without a coroutine of this layer in the request's await chain: admitted in
+            # memory (an allowance, ``acquire_all_nowait``), the token correction left for the request's end
+            nowait = getattr(self.store, "acquire_all_nowait", None)
+            decisions = nowait(found.limits, tokens) if nowait is not None else None
+            if decisions is not None:
+                ctx.ratelimit = "ok"
+                limited_send, correct = self._serving(ctx, found, tokens, decisions, send)
+                at_end(ctx, correct)
+                return self.app(scope, receive, limited_send)
+        return self._limit_waiting(ctx, found, tokens, scope, receive, send)
+
+    async def _limit_waiting(
+        self, ctx: Context, found: Applicable, tokens: int, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        buckets = found.buckets
         try:
             decisions = await self.store.acquire_all(found.limits, tokens)
             last = decisions[-1]
@@ -335,6 +350,17 @@ class RateLimitLayer:
             ctx.ratelimit = "fail_open"
             return await self.app(scope, receive, send)
         ctx.ratelimit = "ok"
+        limited_send, correct = self._serving(ctx, found, tokens, decisions, send)
+        try:
+            await self.app(scope, receive, limited_send)
+        finally:
+            correct()
+
+    def _serving(
+        self, ctx: Context, found: Applicable, tokens: int, decisions: Sequence[RateDecision], send: Send
+    ) -> tuple[Send, Callable[[], None]]:
+        """Answer the ``send`` that adds the admitted request's headers, and what corrects its token limits by
+        its real usage once it is done (never raises)."""
         headers = admitted_headers(decisions)
         answered = False
 
@@ -345,13 +371,13 @@ class RateLimitLayer:
                 message = {**message, "headers": [*message.get("headers", ()), *headers]}
             return send(message)
 
-        try:
-            await self.app(scope, receive, limited_send)
-        finally:
+        def correct() -> None:
             if found.tokens:
                 real = real_tokens(ctx.outcome, answered)
                 if real is not None and real != tokens:
-                    self._correct(buckets, real - tokens)
+                    self._correct(found.buckets, real - tokens)
+
+        return limited_send, correct
 
     def _correct(self, buckets: Sequence[Bucket], delta: int) -> None:
         """Add ``delta`` tokens to each token limit of ``buckets``, batched off the request path by the store

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from mux.asgi import ASGIApp, Message, Receive, Scope, Send
-from mux.context import Context, context_of, route_path
+from mux.context import Context, context_of, route_path, run_finishers
 from mux.ingress import ingress_of
 from mux.ledger.row import NO_TAGS, RowValues, json_text, nano_usd
 from mux.logging import RecordLogger
@@ -101,6 +101,9 @@ class TraceLayer:
             return await self.app(scope, receive, send)
         ctx = context_of(scope)
         ctx.request_id = request_id = self.new_id()
+        runs_finishers = ctx.finishers is None  # (a TraceLayer outside, if any, runs them)
+        if runs_finishers:
+            ctx.finishers = []  # inner layers' work for the request's end (``mux.context.at_end``)
         status = 0
         first_byte: float | None = None
         error_code: str | None = None
@@ -145,6 +148,8 @@ class TraceLayer:
             failure = type(exc).__name__
             raise
         finally:
+            if runs_finishers:
+                run_finishers(ctx)
             if not recorded:
                 finish(failure)
 

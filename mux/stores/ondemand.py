@@ -78,7 +78,18 @@ class OnDemand:
                 self._bind()
         return self.store
 
-    _DIRECT = ("reserve", "settle", "release", "finish_soon", "usage", "acquire", "acquire_all", "correct_soon")
+    _DIRECT = (
+        "reserve",
+        "reserve_nowait",
+        "settle",
+        "release",
+        "finish_soon",
+        "usage",
+        "acquire",
+        "acquire_all",
+        "acquire_all_nowait",
+        "correct_soon",
+    )
 
     def _bind(self) -> None:
         """Once the store is open, its own methods answer the calls on the request path (as instance
@@ -107,6 +118,10 @@ class OnDemand:
     def reserve(self, *args: Any) -> Awaitable[Any]:
         return self._call("reserve", args, {})
 
+    def reserve_nowait(self, *args: Any) -> Any:
+        """None: answered at once only by an open store that can (a leasing one); then bound to it."""
+        return None
+
     def settle(self, *args: Any) -> Awaitable[Any]:
         return self._call("settle", args, {})
 
@@ -133,6 +148,10 @@ class OnDemand:
 
     def acquire_all(self, *args: Any) -> Awaitable[Any]:
         return self._call("acquire_all", args, {})
+
+    def acquire_all_nowait(self, *args: Any) -> Any:
+        """None: answered at once only by an open store that can (one with allowances); then bound to it."""
+        return None
 
     def correct(self, *args: Any) -> Awaitable[Any]:
         return self._call("correct", args, {})

@@ -131,7 +131,9 @@ class LeasedRateLimitStore:
     async def acquire(self, scope_key: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
         return (await self.acquire_all([(scope_key, rpm, tpm)], tokens))[0]
 
-    async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
+    def acquire_all_nowait(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision] | None:
+        """Answer ``acquire_all`` at once when the allowances of all ``limits`` admit the request (taking from
+        them), else None, taking nothing: then ``acquire_all`` decides."""
         now = self._clock()
         found = []
         for limit in limits:
@@ -144,18 +146,28 @@ class LeasedRateLimitStore:
                 or limit[2] is not None
                 and allowance.tokens < tokens
             ):
-                break
+                return None
             found.append(allowance)
-        else:
-            out = []
-            for limit, allowance in zip(limits, found, strict=True):
-                allowance.requests -= 1
-                allowance.tokens -= tokens
-                out.append(_decision(allowance))
-                self._count(limit, tokens, now)
-                if 4 * allowance.requests < allowance.size or 4 * allowance.tokens < allowance.token_size:
-                    self._wake.set()
-            return out
+        return self._take_from(limits, found, tokens, now)
+
+    def _take_from(
+        self, limits: Sequence[Limit], found: list[_Allowance], tokens: int, now: float
+    ) -> list[RateDecision]:
+        out = []
+        for limit, allowance in zip(limits, found, strict=True):
+            allowance.requests -= 1
+            allowance.tokens -= tokens
+            out.append(_decision(allowance))
+            self._count(limit, tokens, now)
+            if 4 * allowance.requests < allowance.size or 4 * allowance.tokens < allowance.token_size:
+                self._wake.set()
+        return out
+
+    async def acquire_all(self, limits: Sequence[Limit], tokens: int) -> list[RateDecision]:
+        answer = self.acquire_all_nowait(limits, tokens)
+        if answer is not None:
+            return answer
+        now = self._clock()
         for _, rpm, tpm in limits:
             check(rpm, tpm, tokens)
         decisions = await self.inner.acquire_all(limits, tokens)

@@ -215,21 +215,11 @@ class LeasedSpendStore:
     async def reserve(
         self, request_id: str, windows: Sequence[BudgetWindow], amount_nano: int, ttl_s: float
     ) -> Admission:
-        if amount_nano < 0 or not 0 < ttl_s < self._retain:
-            check_reservation(amount_nano, ttl_s, self._retain)
-        if not windows:
-            return Admission(True, [])
-        if request_id in self._holds:
-            raise ValueError(f"request {request_id!r} already holds a reservation")
+        answer = self.reserve_nowait(request_id, windows, amount_nano, ttl_s)  # checks the arguments too
+        if answer is not None:
+            return answer
         now = self._clock()
         p, leases = self._laid_out(windows, now)
-        if len(windows) == 1:  # the common case, one budget on one counter: admitted in memory when it fits
-            lease, w = leases[0], windows[0]
-            if lease.fits(amount_nano, now):
-                spent, reserved = lease.view()
-                if not w.enforce or spent + reserved + amount_nano <= w.cap_nano:
-                    self._admit(request_id, leases, amount_nano, now + ttl_s)
-                    return Admission(True, [usage_of(w, p, 0, (spent, reserved + amount_nano))])
         for _ in range(16):
             short = [lease for lease in leases if not lease.fits(amount_nano, now)]
             if not short:
@@ -253,6 +243,37 @@ class LeasedSpendStore:
             answer = decide(windows, p, views, amount_nano)
             if not answer.admitted:  # a lease kept for requests in flight past a cap: never admit beyond it
                 return answer
+        self._admit(request_id, leases, amount_nano, now + ttl_s)
+        return answer
+
+    def reserve_nowait(
+        self, request_id: str, windows: Sequence[BudgetWindow], amount_nano: int, ttl_s: float
+    ) -> Admission | None:
+        """Answer ``reserve`` at once when the request is admitted in memory (its worst case fits the leases of
+        all its counters, and every cap), holding it; else None, holding nothing: then ``reserve`` decides."""
+        if amount_nano < 0 or not 0 < ttl_s < self._retain:
+            check_reservation(amount_nano, ttl_s, self._retain)
+        if not windows:
+            return Admission(True, [])
+        if request_id in self._holds:
+            raise ValueError(f"request {request_id!r} already holds a reservation")
+        now = self._clock()
+        p, leases = self._laid_out(windows, now)
+        if len(windows) == 1:  # the common case, one budget on one counter
+            lease, w = leases[0], windows[0]
+            if not lease.fits(amount_nano, now):
+                return None
+            spent, reserved = lease.view()
+            if w.enforce and spent + reserved + amount_nano > w.cap_nano:
+                return None
+            self._admit(request_id, leases, amount_nano, now + ttl_s)
+            return Admission(True, [usage_of(w, p, 0, (spent, reserved + amount_nano))])
+        for lease in leases:
+            if not lease.fits(amount_nano, now):
+                return None
+        answer = decide(windows, p, [lease.view() for lease in leases], amount_nano)
+        if not answer.admitted:
+            return None
         self._admit(request_id, leases, amount_nano, now + ttl_s)
         return answer
 
