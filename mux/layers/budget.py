@@ -165,9 +165,12 @@ def iso(ts: int | None) -> str | None:
 
 def usd_text(nano: int) -> str:
     """Answer nano-USD as a plain decimal USD string (``0.000642``, ``12``)."""
-    whole, frac = divmod(max(nano, 0), 1_000_000_000)
-    text = f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
-    return text
+    if nano <= 0:
+        return "0"
+    whole, frac = divmod(nano, 1_000_000_000)
+    if not frac:
+        return str(whole)
+    return f"{whole}.{frac:09d}".rstrip("0")
 
 
 def left_nano(window: WindowUsage, back_nano: int = 0) -> int:
@@ -435,13 +438,17 @@ class BudgetLayer:
         or releases its reservation once it is done (never raises)."""
         shown = tightest(admission.windows)
         answered = False
+        seen: tuple[float, int] | None = None  # the cost known when the answer started, in nano-USD
 
         def budget_send(message: Message) -> Any:
-            nonlocal answered
+            nonlocal answered, seen
             if message["type"] == "http.response.start":
                 answered = 200 <= message["status"] < 300
                 cost = ctx.outcome.cost_usd
-                back = max(0, worst.nano - to_nano(cost)) if cost is not None else 0
+                back = 0
+                if cost is not None:
+                    seen = (cost, to_nano(cost))
+                    back = max(0, worst.nano - seen[1])
                 warned = warnings(applied, admission.windows, back) if may_warn else []
                 if warned and ctx.budget == "ok":
                     ctx.budget = "warn"
@@ -451,7 +458,10 @@ class BudgetLayer:
         def settle() -> None:
             amount = None
             try:
-                amount = settlement(ctx.outcome, answered, worst.nano)
+                if seen is not None and ctx.outcome.cost_usd == seen[0]:
+                    amount = seen[1]  # (the cost did not change since the answer started: a JSON answer)
+                else:
+                    amount = settlement(ctx.outcome, answered, worst.nano)
                 self.store.finish_soon(request_id, amount)  # batched off the request path: lands within ms
             except Exception as exc:  # noqa: BLE001 - the answer is sent: report, never fail it afterwards
                 self.logger.error(
