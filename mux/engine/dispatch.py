@@ -15,7 +15,7 @@ cancels the upstream request and frees its connection; nothing more is sent and 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from functools import partial
 from time import time
 from typing import Any
@@ -158,31 +158,40 @@ class Dispatch:
             return await send_json(send, 200, ingress.answer(completion.body, replace))
         _failed(outcome, _GONE)  # reached only when the watch absorbed the client's going away
 
-    async def _chat_once(
+    def _chat_once(
         self, ctx: Context, target: Target, prepared: tuple[Call, UpstreamRequest], timeout_s: float
-    ) -> Completion:
+    ) -> Awaitable[Completion]:
+        """Answer the awaitable of one chat attempt: the exchange, which parses and charges its answer (no
+        coroutine of this method stays in the request's await chain)."""
         call, upstream = prepared
         provider = target.provider
         adapter = self.adapters[provider.type]
-        status, headers, body = await exchange(self.transport, upstream, provider, timeout_s)
-        if status >= 400:
-            raise adapter.parse_error(provider, status, body, headers)
-        completion = adapter.parse_response(provider, call, body)
-        charge(ctx.outcome, self.routing.catalog, target, completion.model, completion.usage)
-        return completion
 
-    async def _embed_once(
+        def answer(status: int, headers: Mapping[str, str], body: bytes) -> Completion:
+            if status >= 400:
+                raise adapter.parse_error(provider, status, body, headers)
+            completion = adapter.parse_response(provider, call, body)
+            charge(ctx.outcome, self.routing.catalog, target, completion.model, completion.usage)
+            return completion
+
+        return exchange(self.transport, upstream, provider, timeout_s, answer)
+
+    def _embed_once(
         self, ctx: Context, target: Target, prepared: tuple[EmbeddingCall, UpstreamRequest], timeout_s: float
-    ) -> Completion:
+    ) -> Awaitable[Completion]:
+        """Answer the awaitable of one embeddings attempt, as ``_chat_once``."""
         call, upstream = prepared
         provider = target.provider
         adapter: Any = self.adapters[provider.type]
-        status, headers, body = await exchange(self.transport, upstream, provider, timeout_s)
-        if status >= 400:
-            raise adapter.parse_error(provider, status, body, headers)
-        result = adapter.parse_embeddings(provider, call, body)
-        charge(ctx.outcome, self.routing.catalog, target, result.model, result.usage)
-        return result
+
+        def answer(status: int, headers: Mapping[str, str], body: bytes) -> Completion:
+            if status >= 400:
+                raise adapter.parse_error(provider, status, body, headers)
+            result: Completion = adapter.parse_embeddings(provider, call, body)
+            charge(ctx.outcome, self.routing.catalog, target, result.model, result.usage)
+            return result
+
+        return exchange(self.transport, upstream, provider, timeout_s, answer)
 
     def _check(self, request: ChatRequest, cascade: CascadeConfig, completion: Completion) -> str | None:
         return self.cascade.failure(cascade, request, completion.body)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from time import perf_counter
+from typing import TypeVar
 
 from mux.asgi import Send
 from mux.config.schema import ProviderConfig
@@ -22,13 +23,20 @@ from mux.ingress import StreamEncoder
 from mux.providers.base import Adapter, StreamTranslator, UpstreamRequest
 from mux.sse import SSEParser
 
+T = TypeVar("T")
+
 
 async def exchange(
-    transport: Transport, upstream: UpstreamRequest, provider: ProviderConfig, timeout_s: float
-) -> tuple[int, Mapping[str, str], bytes]:
+    transport: Transport,
+    upstream: UpstreamRequest,
+    provider: ProviderConfig,
+    timeout_s: float,
+    answer: Callable[[int, Mapping[str, str], bytes], T],
+) -> T:
     """Send a non-streamed upstream request and read its whole answer within ``timeout_s`` (and the provider's
-    first-byte limit, if set); answer status, headers and body. Raises ``UpstreamTimeout`` or
-    ``UpstreamError``."""
+    first-byte limit, if set); answer ``answer(status, headers, body)`` (called here, so that the caller needs no
+    coroutine of its own around this one in the request's await chain). Raises ``UpstreamTimeout`` or
+    ``UpstreamError``, or what ``answer`` raises."""
     loop = asyncio.get_running_loop()
     now = loop.time()
     first_byte_s = provider.first_byte_timeout_s
@@ -42,7 +50,7 @@ async def exchange(
             body = await response.read()
     except TimeoutError:
         raise UpstreamTimeout(f"Provider '{provider.name}' did not {waiting} in time.") from None
-    return response.status, response.headers, body
+    return answer(response.status, response.headers, body)
 
 
 async def relay_stream(
