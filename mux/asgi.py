@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from mux.errors import BodyTooLarge, ClientDisconnected, InvalidRequest, MuxError
+from mux.later import Later
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -111,7 +112,7 @@ class ClientWatch:
         self._task = task = asyncio.current_task()
         loop = task.get_loop()  # type: ignore[union-attr]
         self._since = loop.time()
-        _enlist(self, loop)
+        _later.add(self, loop, WATCH_AFTER_S)
         return self
 
     def _start(self) -> None:
@@ -142,34 +143,21 @@ class ClientWatch:
 
 
 WATCH_AFTER_S = 0.1
-_batch: tuple[asyncio.AbstractEventLoop, list[ClientWatch]] | None = None  # the watches the next timer starts
 
 
-def _enlist(watch: ClientWatch, loop: asyncio.AbstractEventLoop) -> None:
-    """Have ``watch`` started by the pending timer of its loop, or by a new one ``WATCH_AFTER_S`` from now."""
-    global _batch
-    batch = _batch
-    if batch is None or batch[0] is not loop:  # (a batch only ever holds watches of its own loop)
-        batch = _batch = (loop, [])
-        loop.call_later(WATCH_AFTER_S, _start_batch, batch)
-    batch[1].append(watch)
+def _due(watch: ClientWatch) -> None:
+    """Start ``watch`` if its work has lasted ``WATCH_AFTER_S``; a younger one waits for the next timer (a
+    finished one is dropped)."""
+    if watch._finished:
+        return
+    loop = watch._task.get_loop()  # type: ignore[union-attr]
+    if watch._since <= loop.time() - WATCH_AFTER_S:
+        watch._start()
+    else:
+        _later.add(watch, loop, WATCH_AFTER_S)
 
 
-def _start_batch(batch: tuple[asyncio.AbstractEventLoop, list[ClientWatch]]) -> None:
-    """Start the watches of ``batch`` whose work has lasted ``WATCH_AFTER_S``; the younger ones wait for the
-    next timer (finished ones are dropped)."""
-    global _batch
-    if _batch is batch:
-        _batch = None
-    loop = batch[0]
-    started_before = loop.time() - WATCH_AFTER_S
-    for watch in batch[1]:
-        if watch._finished:
-            continue
-        if watch._since <= started_before:
-            watch._start()
-        else:
-            _enlist(watch, loop)
+_later: Later[ClientWatch] = Later(_due)  # the watches the next batch timer starts
 
 
 async def _disconnected(receive: Receive) -> None:

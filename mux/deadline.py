@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
+from mux.later import Later
+
 ARM_AFTER_S = 0.5
 
 
@@ -36,7 +38,7 @@ class Deadline:
         self._loop = loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         if self.when - loop.time() > 2 * ARM_AFTER_S:
-            _enlist(self, loop)
+            _later.add(self, loop, ARM_AFTER_S)
         else:
             self._handle = loop.call_at(self.when, self._fire)
         return self
@@ -75,22 +77,4 @@ class Deadline:
             raise TimeoutError from error
 
 
-_batch: tuple[asyncio.AbstractEventLoop, list[Deadline]] | None = None  # the deadlines the next timer arms
-
-
-def _enlist(deadline: Deadline, loop: asyncio.AbstractEventLoop) -> None:
-    """Have ``deadline`` armed by the pending batch timer of its loop, or by a new one ``ARM_AFTER_S`` away."""
-    global _batch
-    batch = _batch
-    if batch is None or batch[0] is not loop:  # (a batch only ever holds deadlines of its own loop)
-        batch = _batch = (loop, [])
-        loop.call_later(ARM_AFTER_S, _arm_batch, batch)
-    batch[1].append(deadline)
-
-
-def _arm_batch(batch: tuple[asyncio.AbstractEventLoop, list[Deadline]]) -> None:
-    global _batch
-    if _batch is batch:
-        _batch = None
-    for deadline in batch[1]:
-        deadline._arm()
+_later: Later[Deadline] = Later(Deadline._arm)  # the deadlines the next batch timer arms
